@@ -1,0 +1,1 @@
+//! loom models of rcu-defer live in `tests/`; this library is empty.

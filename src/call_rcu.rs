@@ -1,0 +1,223 @@
+//! `call_rcu`: callbacks that run after a grace period, on one background
+//! thread named `rcu-call`, in batches that share one grace period.
+
+use crate::detect::{self, Error};
+use crate::grace;
+use crate::reader::read_depth;
+use crate::sync::{global, lock, thread, thread_local_const, Arc, Condvar, Mutex};
+use std::any::Any;
+use std::cell::Cell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+type Callback = Box<dyn FnOnce() + Send + 'static>;
+
+/// What the callback thread is doing, as producers need to know it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Worker {
+    /// Not spawned yet: the first `call_rcu` spawns it.
+    NotStarted,
+    /// Taking or running a batch; it looks at the queue again when done.
+    Busy,
+    /// Sleeping on `WORK` until a producer wakes it.
+    Sleeping,
+}
+
+struct Queue {
+    items: Vec<Callback>,
+    worker: Worker,
+    /// Under loom the model must be able to end the worker.
+    #[cfg(loom)]
+    shutdown: bool,
+    #[cfg(loom)]
+    handle: Option<thread::JoinHandle<()>>,
+}
+
+global! {
+    static QUEUE: Mutex<Queue> = Mutex::new(Queue {
+        items: Vec::new(),
+        worker: Worker::NotStarted,
+        #[cfg(loom)]
+        shutdown: false,
+        #[cfg(loom)]
+        handle: None,
+    });
+}
+global! {
+    /// The callback thread sleeps here while the queue is empty.
+    static WORK: Condvar = Condvar::new();
+}
+
+thread_local_const! {
+    /// True on the callback thread.
+    static ON_CALLBACK_THREAD: Cell<bool> = Cell::new(false);
+}
+
+/// Runs `f` on the `rcu-call` thread after a grace period: after every read
+/// section that is running now has ended.
+///
+/// Never blocks and never runs `f` on the calling thread. The callback
+/// thread is started by the first call. Callbacks queued together share one
+/// grace period and run in the order they were queued. A callback that
+/// panics is reported on stderr with its message; the thread goes on with
+/// the next one.
+///
+/// ```
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use std::sync::Arc;
+///
+/// let ran = Arc::new(AtomicBool::new(false));
+/// let flag = ran.clone();
+/// rcu_defer::call_rcu(move || flag.store(true, Ordering::SeqCst));
+/// rcu_defer::drain_call_rcu();
+/// assert!(ran.load(Ordering::SeqCst));
+/// ```
+///
+/// # Panics
+///
+/// If the callback thread cannot be spawned (the callback stays queued and
+/// the next call tries again).
+pub fn call_rcu<F: FnOnce() + Send + 'static>(f: F) {
+    enqueue(Box::new(f));
+}
+
+fn enqueue(callback: Callback) {
+    let mut queue = lock(&QUEUE);
+    queue.items.push(callback);
+    match queue.worker {
+        Worker::Busy => {}
+        Worker::Sleeping => {
+            queue.worker = Worker::Busy;
+            WORK.notify_one();
+        }
+        Worker::NotStarted => {
+            let spawned = thread::Builder::new()
+                .name("rcu-call".to_owned())
+                .spawn(worker_loop);
+            match spawned {
+                Ok(_handle) => {
+                    #[cfg(loom)]
+                    {
+                        queue.handle = Some(_handle);
+                    }
+                    queue.worker = Worker::Busy;
+                }
+                Err(e) => panic!("rcu-defer: cannot start the rcu-call thread: {e}"),
+            }
+        }
+    }
+}
+
+fn worker_loop() {
+    ON_CALLBACK_THREAD.with(|on| on.set(true));
+    let mut batch: Vec<Callback> = Vec::new();
+    loop {
+        {
+            let mut queue = lock(&QUEUE);
+            while queue.items.is_empty() {
+                #[cfg(loom)]
+                if queue.shutdown {
+                    return;
+                }
+                queue.worker = Worker::Sleeping;
+                queue = WORK.wait(queue).unwrap_or_else(|p| p.into_inner());
+            }
+            // Take the whole queue; the emptied batch vector goes back to
+            // producers so that its allocation is reused.
+            std::mem::swap(&mut queue.items, &mut batch);
+        }
+        // One grace period for the whole batch. The callback thread holds
+        // no read section unless a callback leaked a guard, which the check
+        // after each callback reports; the stall detector then names it.
+        if let Err(report) = grace::grace_period(None) {
+            unreachable!("a grace period without a time limit returned {report}");
+        }
+        for callback in batch.drain(..) {
+            run_callback(callback);
+        }
+    }
+}
+
+fn run_callback(callback: Callback) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(callback)) {
+        eprintln!(
+            "rcu-defer: a call_rcu callback panicked: {}; the rcu-call thread goes on",
+            panic_message(&*payload)
+        );
+    }
+    let depth = read_depth();
+    if depth > 0 {
+        eprintln!(
+            "rcu-defer: a call_rcu callback returned inside a read section (depth {depth}); \
+             the rcu-call thread cannot run grace periods until it ends"
+        );
+    }
+}
+
+/// The message of a panic payload, for reports.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "(a panic payload that is not a string)"
+    }
+}
+
+/// Waits until every callback queued with [`call_rcu`] before this call,
+/// by any thread, has run.
+///
+/// # Panics
+///
+/// Inside a read section (the callbacks wait for a grace period, which
+/// waits for that section), or from a `call_rcu` callback (it would wait for
+/// itself). [`try_drain_call_rcu`] returns these as errors instead.
+///
+/// ```
+/// rcu_defer::call_rcu(|| println!("after a grace period"));
+/// rcu_defer::drain_call_rcu();
+/// ```
+pub fn drain_call_rcu() {
+    if let Err(e) = try_drain_call_rcu() {
+        panic!("{e}");
+    }
+}
+
+/// Like [`drain_call_rcu`], but returns [`Error::InReadSection`] or
+/// [`Error::InCallRcuCallback`] at once instead of panicking.
+pub fn try_drain_call_rcu() -> Result<(), Error> {
+    const OP: &str = "drain_call_rcu";
+    if ON_CALLBACK_THREAD.with(Cell::get) {
+        return Err(Error::InCallRcuCallback { op: OP });
+    }
+    detect::check_may_wait(OP)?;
+    let done = Arc::new((Mutex::new(false), Condvar::new()));
+    let signal = Arc::clone(&done);
+    // Callbacks run in queue order, so when this marker runs every callback
+    // queued before it has run.
+    call_rcu(move || {
+        *lock(&signal.0) = true;
+        signal.1.notify_all();
+    });
+    let mut finished = lock(&done.0);
+    while !*finished {
+        finished = done.1.wait(finished).unwrap_or_else(|p| p.into_inner());
+    }
+    Ok(())
+}
+
+/// Stops the callback thread once its queue is empty and joins it, so that
+/// a loom model can end. Only under `cfg(loom)`.
+#[cfg(loom)]
+#[doc(hidden)]
+pub fn loom_stop_call_rcu_thread() {
+    let handle = {
+        let mut queue = lock(&QUEUE);
+        queue.shutdown = true;
+        WORK.notify_one();
+        queue.handle.take()
+    };
+    if let Some(handle) = handle {
+        handle.join().expect("the rcu-call thread panicked");
+    }
+}

@@ -1,0 +1,185 @@
+//! `RcuCell<T>`: a value that readers load inside a read section without
+//! blocking or writing shared memory, and that writers replace, retiring the
+//! old value after a grace period.
+
+use crate::call_rcu::call_rcu;
+use crate::detect;
+use crate::grace;
+use crate::reader::ReadGuard;
+use crate::sync::{lock, AtomicPtr, Mutex, Ordering};
+use std::fmt;
+use std::marker::PhantomData;
+
+/// An RCU-protected value: the replacement for an `RwLock<T>` whose readers
+/// are hot and whose writers are rare.
+///
+/// Readers call [`read`](RcuCell::read) with a [`ReadGuard`] and get a
+/// `&T` valid for as long as the guard: one atomic load, no lock, no write
+/// to shared memory, never blocked by a writer. Writers publish a new value
+/// ([`replace`](RcuCell::replace), [`update`](RcuCell::update)) and the old
+/// one is dropped only after every read section that could still see it
+/// has ended. Writers are serialized with each other.
+///
+/// ```
+/// use rcu_defer::{read_lock, RcuCell};
+///
+/// let config = RcuCell::new(String::from("queue-size=128"));
+/// {
+///     let guard = read_lock();
+///     assert_eq!(config.read(&guard), "queue-size=128");
+/// }
+/// config.update(|old| old.replace("128", "256"));
+/// let guard = read_lock();
+/// assert_eq!(config.read(&guard), "queue-size=256");
+/// ```
+pub struct RcuCell<T: Send + Sync + 'static> {
+    /// Always a pointer from `Box::into_raw`, owned by the cell.
+    current: AtomicPtr<T>,
+    /// Serializes writers, so that `update` reads a value no other writer
+    /// can retire under it and no update is lost.
+    writer: Mutex<()>,
+    /// The cell owns a `T` (for drop check and auto traits).
+    _owns: PhantomData<Box<T>>,
+}
+
+impl<T: Send + Sync + 'static> RcuCell<T> {
+    /// Creates a cell holding `value`.
+    pub fn new(value: T) -> Self {
+        RcuCell {
+            current: AtomicPtr::new(Box::into_raw(Box::new(value))),
+            writer: Mutex::new(()),
+            _owns: PhantomData,
+        }
+    }
+
+    /// The current value, valid while `guard`'s read section lasts.
+    ///
+    /// Never blocks. A writer that replaces the value meanwhile does not
+    /// affect the reference: the old value is dropped only after the
+    /// section ends.
+    #[inline]
+    pub fn read<'a>(&'a self, guard: &'a ReadGuard) -> &'a T {
+        let _ = guard;
+        // Acquire pairs with the Release swap that published the value: the
+        // value's contents are visible before the pointer is.
+        let ptr = self.current.load(Ordering::Acquire);
+        // SAFETY: `ptr` came from `Box::into_raw` and is owned by the cell
+        // or, once replaced, by a retirement that frees it only after a
+        // grace period. `guard` proves this thread is inside a read section
+        // (guards are !Send and only `read_lock` makes them) for all of 'a,
+        // so any grace period that could end before 'a does waits for it;
+        // and `&'a self` keeps the cell, which frees its current value on
+        // drop, alive for 'a.
+        unsafe { &*ptr }
+    }
+
+    /// Publishes `value`; the old value is dropped on the `rcu-call` thread
+    /// after a grace period (see [`call_rcu`](crate::call_rcu)). Never waits
+    /// for readers.
+    pub fn replace(&self, value: T) {
+        let old = self.swap(value);
+        call_rcu(move || drop(old));
+    }
+
+    /// Publishes `value`, waits for a grace period, and returns the old
+    /// value, which no reader can still see.
+    ///
+    /// # Panics
+    ///
+    /// Inside a read section of the calling thread (it would wait for
+    /// itself), before changing anything.
+    pub fn replace_sync(&self, value: T) -> T {
+        detect::assert_may_block("RcuCell::replace_sync");
+        let old = self.swap(value);
+        grace::grace_period(None).expect("a grace period without a time limit completes");
+        old.into_inner()
+    }
+
+    /// Read-copy-update: computes a new value from the current one and
+    /// publishes it; the old value is dropped after a grace period, like
+    /// [`replace`](RcuCell::replace).
+    ///
+    /// Writers are serialized, so concurrent updates never lose each other's
+    /// changes; readers are never blocked. If `f` panics, nothing changes.
+    pub fn update(&self, f: impl FnOnce(&T) -> T) {
+        let _writer = lock(&self.writer);
+        // Acquire is enough: writers are serialized by the lock, and the
+        // value was published with Release.
+        let ptr = self.current.load(Ordering::Acquire);
+        // SAFETY: only writers retire the current value, and they are
+        // serialized by `self.writer`, which we hold: `ptr` stays valid
+        // until we replace it below.
+        let next = f(unsafe { &*ptr });
+        let new = Box::into_raw(Box::new(next));
+        // Release publishes the new value's contents with the pointer.
+        self.current.store(new, Ordering::Release);
+        let old = Retired(ptr);
+        drop(_writer);
+        call_rcu(move || drop(old));
+    }
+
+    /// Swaps in `value` under the writer lock and takes ownership of the
+    /// old value.
+    fn swap(&self, value: T) -> Retired<T> {
+        let new = Box::into_raw(Box::new(value));
+        let _writer = lock(&self.writer);
+        // AcqRel: Release publishes `value`; Acquire takes ownership of the
+        // old value's contents.
+        Retired(self.current.swap(new, Ordering::AcqRel))
+    }
+}
+
+/// A value unpublished from a cell, owned by whoever holds this.
+struct Retired<T>(*mut T);
+
+// SAFETY: `Retired<T>` owns a `Box<T>` (see `into_inner` and `Drop`), so it
+// may move to another thread exactly when `Box<T>` may: `T: Send`.
+unsafe impl<T: Send> Send for Retired<T> {}
+
+impl<T> Retired<T> {
+    fn into_inner(self) -> T {
+        let ptr = self.0;
+        std::mem::forget(self);
+        // SAFETY: `ptr` came from `Box::into_raw`, was unpublished from its
+        // cell, and `self` was its only owner (now forgotten).
+        *unsafe { Box::from_raw(ptr) }
+    }
+}
+
+impl<T> Drop for Retired<T> {
+    fn drop(&mut self) {
+        // SAFETY: as in `into_inner`; the caller dropped it only after a
+        // grace period, so no reader still holds a reference.
+        drop(unsafe { Box::from_raw(self.0) });
+    }
+}
+
+impl<T: Send + Sync + 'static> Drop for RcuCell<T> {
+    fn drop(&mut self) {
+        // Relaxed: `&mut self` is exclusive; whatever gave us ownership
+        // already ordered the last store before this.
+        let ptr = self.current.load(Ordering::Relaxed);
+        // SAFETY: `&mut self` means no `read` borrow is alive (they borrow
+        // the cell), so the current value is ours to free now.
+        drop(unsafe { Box::from_raw(ptr) });
+    }
+}
+
+impl<T: Send + Sync + Default + 'static> Default for RcuCell<T> {
+    fn default() -> Self {
+        RcuCell::new(T::default())
+    }
+}
+
+impl<T: Send + Sync + 'static> From<T> for RcuCell<T> {
+    fn from(value: T) -> Self {
+        RcuCell::new(value)
+    }
+}
+
+impl<T: Send + Sync + fmt::Debug + 'static> fmt::Debug for RcuCell<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let guard = crate::reader::read_lock();
+        f.debug_tuple("RcuCell").field(self.read(&guard)).finish()
+    }
+}

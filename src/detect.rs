@@ -1,0 +1,282 @@
+//! Deadlock detection and stall reports: the library never hangs silently.
+//!
+//! A thread that waits for a grace period (or for `call_rcu` callbacks)
+//! while it holds a read guard waits for itself; that is caught before it
+//! waits. A grace period held up by a reader for longer than the stall
+//! timeout is reported, naming the readers.
+
+use crate::reader::{current_record_if_registered, Blocker, Registry};
+use crate::sync::{global, lock, AtomicU64, Mutex, Ordering};
+use std::fmt;
+use std::panic::Location;
+use std::time::{Duration, Instant};
+
+/// Why a grace-period wait or a drain did not (or would never) complete.
+#[non_exhaustive]
+#[derive(Clone, Debug)]
+pub enum Error {
+    /// The calling thread is inside a read section, so waiting for a grace
+    /// period would wait for itself forever.
+    InReadSection {
+        /// The operation that was refused, e.g. `"synchronize_rcu"`.
+        op: &'static str,
+        /// The caller's read-section depth.
+        depth: usize,
+        /// Where the caller's outermost read section was entered.
+        entered_at: &'static Location<'static>,
+    },
+    /// The caller is a `call_rcu` callback, and the operation would wait for
+    /// the callback thread that is running it.
+    InCallRcuCallback {
+        /// The operation that was refused, e.g. `"drain_call_rcu"`.
+        op: &'static str,
+    },
+    /// The grace period did not complete within the caller's time limit.
+    Timeout(StallReport),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InReadSection {
+                op,
+                depth,
+                entered_at,
+            } => write!(
+                f,
+                "{op} was called inside a read section (depth {depth}, outermost section \
+                 entered at {entered_at}); it would wait for that section to end, which cannot \
+                 happen while this thread waits, so it would never return"
+            ),
+            Error::InCallRcuCallback { op } => write!(
+                f,
+                "{op} was called from a call_rcu callback; it would wait for the callback \
+                 thread, which is busy running this callback, so it would never return"
+            ),
+            Error::Timeout(report) => write!(
+                f,
+                "the grace period did not complete within the time limit; {report}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// A grace period that is held up, and the readers holding it up.
+///
+/// Given to the stall handler (see [`set_stall_handler`]) and carried by
+/// [`Error::Timeout`].
+#[derive(Clone, Debug)]
+pub struct StallReport {
+    waited: Duration,
+    readers: Vec<StalledReader>,
+}
+
+impl StallReport {
+    /// How long the grace period had waited when the report was made.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
+    /// The readers that held the grace period up.
+    pub fn readers(&self) -> &[StalledReader] {
+        &self.readers
+    }
+}
+
+impl fmt::Display for StallReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.readers.len();
+        write!(
+            f,
+            "a grace period has waited {:.1?} for {n} reader{} still inside a read section \
+             that began before it",
+            self.waited,
+            if n == 1 { "" } else { "s" }
+        )?;
+        if n == 0 {
+            f.write_str(" (they left just before the report was made)")?;
+        }
+        for reader in &self.readers {
+            write!(f, "\n  - {reader}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One reader named in a [`StallReport`].
+#[derive(Clone, Debug)]
+pub struct StalledReader {
+    thread_name: Option<String>,
+    thread_id: String,
+    depth: usize,
+    entered_at: Option<&'static Location<'static>>,
+    in_section: Duration,
+}
+
+impl StalledReader {
+    /// The reader thread's name, if it has one.
+    pub fn thread_name(&self) -> Option<&str> {
+        self.thread_name.as_deref()
+    }
+
+    /// The reader thread's id (`ThreadId(N)`, as `Debug` prints it).
+    pub fn thread_id(&self) -> &str {
+        &self.thread_id
+    }
+
+    /// The reader's read-section depth.
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+
+    /// Where the reader entered its outermost section.
+    pub fn entered_at(&self) -> Option<&'static Location<'static>> {
+        self.entered_at
+    }
+
+    /// How long the reader has been inside its section, at least.
+    ///
+    /// Entering a section records no time (that would slow the read side),
+    /// so this is measured from the moment a writer first found the section
+    /// in its way, or from the start of the reported grace period,
+    /// whichever is earlier.
+    pub fn in_section(&self) -> Duration {
+        self.in_section
+    }
+}
+
+impl fmt::Display for StalledReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.thread_name {
+            Some(name) => write!(f, "thread '{name}' ({})", self.thread_id)?,
+            None => write!(f, "unnamed thread ({})", self.thread_id)?,
+        }
+        write!(f, ", depth {}, ", self.depth)?;
+        match self.entered_at {
+            Some(at) => write!(f, "section entered at {at}")?,
+            None => f.write_str("section entry point unknown")?,
+        }
+        write!(f, ", inside for at least {:.1?}", self.in_section)
+    }
+}
+
+/// Stall timeout in milliseconds; `u64::MAX` disables stall reports.
+const STALL_DISABLED: u64 = u64::MAX;
+const STALL_DEFAULT_MS: u64 = 21_000;
+
+global! {
+    static STALL_TIMEOUT_MS: AtomicU64 = AtomicU64::new(STALL_DEFAULT_MS);
+}
+global! {
+    static STALL_HANDLER: Mutex<fn(&StallReport)> = Mutex::new(print_stall_report);
+}
+
+/// Sets how long a grace period may wait before the stall handler is called
+/// (default 21 s, like the Linux kernel's RCU CPU stall warning); `None`
+/// disables stall reports. Takes effect for grace periods that sleep after
+/// the call.
+pub fn set_stall_timeout(limit: Option<Duration>) {
+    let ms = match limit {
+        None => STALL_DISABLED,
+        Some(d) => u64::try_from(d.as_millis())
+            .unwrap_or(STALL_DISABLED - 1)
+            .min(STALL_DISABLED - 1),
+    };
+    // Relaxed: a configuration value with no data attached.
+    STALL_TIMEOUT_MS.store(ms, Ordering::Relaxed);
+}
+
+/// Sets the function called (on the waiting writer's thread) with a report
+/// when a grace period stalls. The default prints the report to stderr.
+pub fn set_stall_handler(handler: fn(&StallReport)) {
+    *lock(&STALL_HANDLER) = handler;
+}
+
+pub(crate) fn stall_timeout() -> Option<Duration> {
+    // Relaxed: see `set_stall_timeout`.
+    match STALL_TIMEOUT_MS.load(Ordering::Relaxed) {
+        STALL_DISABLED => None,
+        ms => Some(Duration::from_millis(ms)),
+    }
+}
+
+fn print_stall_report(report: &StallReport) {
+    eprintln!("rcu-defer: stall: {report}");
+}
+
+/// Calls the stall handler.
+pub(crate) fn report_stall(report: &StallReport) {
+    let handler = *lock(&STALL_HANDLER);
+    handler(report);
+}
+
+/// Builds a report of the readers that block grace period `gp`.
+pub(crate) fn stall_report(registry: &mut Registry, gp: u64, waited: Duration) -> StallReport {
+    let now = Instant::now();
+    let readers = registry
+        .blockers(gp)
+        .into_iter()
+        .map(|b: Blocker| {
+            let seen = b.blocked_since.map_or(Duration::ZERO, |t| now - t);
+            let (thread_name, thread_id) = match b.owner {
+                Some(owner) => (owner.name, owner.id),
+                None => (None, "exited thread".to_owned()),
+            };
+            StalledReader {
+                thread_name,
+                thread_id,
+                depth: b.depth,
+                entered_at: b.entered_at,
+                in_section: seen.max(waited),
+            }
+        })
+        .collect();
+    StallReport { waited, readers }
+}
+
+/// `Err(InReadSection)` if the calling thread is inside a read section.
+pub(crate) fn check_may_wait(op: &'static str) -> Result<(), Error> {
+    match current_record_if_registered() {
+        Some(record) if record.depth() > 0 => Err(Error::InReadSection {
+            op,
+            depth: record.depth(),
+            entered_at: record
+                .entered_at()
+                .expect("a record inside a section has an entry location"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Panics if the calling thread is inside a read section.
+///
+/// Call it at the top of your own functions that may block or wait for a
+/// grace period (the kernel's `might_sleep()` idea): the misuse is then found
+/// at the first call, with the location where the section was entered,
+/// rather than at the first deadlock.
+///
+/// ```
+/// fn flush_to_disk() {
+///     rcu_defer::assert_may_block("flush_to_disk");
+///     // ... blocking work ...
+/// }
+/// flush_to_disk();
+/// ```
+///
+/// ```should_panic
+/// # fn flush_to_disk() { rcu_defer::assert_may_block("flush_to_disk"); }
+/// let _guard = rcu_defer::read_lock();
+/// flush_to_disk(); // panics: "flush_to_disk was called inside a read section ..."
+/// ```
+///
+/// # Panics
+///
+/// If the calling thread holds a read guard.
+#[track_caller]
+pub fn assert_may_block(op: &'static str) {
+    if let Err(e) = check_may_wait(op) {
+        panic!("{e}");
+    }
+}

@@ -1,0 +1,243 @@
+//! Grace periods: `synchronize_rcu` and its variants.
+//!
+//! One thread at a time (the leader) runs a grace period: it fences, advances
+//! the grace-period counter, and waits until no reader record holds an older
+//! value. Callers that arrive while a grace period runs wait for the next
+//! one, which a single leader runs for all of them: N concurrent callers
+//! cost about one grace period, not N.
+//!
+//! Waiting spins briefly, then sleeps on an event that a reader leaving its
+//! section sets when the writer has asked it to (QEMU's `rcu_gp_event`).
+
+use crate::detect::{self, Error, StallReport};
+use crate::flavor::writer_fence;
+use crate::reader::{gp_counter, registry, set_gp_counter, GP_STEP};
+use crate::sync::{fence, global, lock, spin_loop, Condvar, Mutex, Ordering, MAY_SPIN};
+use std::time::{Duration, Instant};
+
+/// How many scans the leader makes, spinning between them, before it sleeps.
+const SPIN_SCANS: u32 = 100;
+
+/// A resettable event: the leader sleeps on it, readers set it.
+struct Event {
+    set: Mutex<bool>,
+    cv: Condvar,
+}
+
+global! {
+    static EVENT: Event = Event { set: Mutex::new(false), cv: Condvar::new() };
+}
+
+/// Leader election and completion count.
+struct Leader {
+    /// Grace periods completed since the process started.
+    completed: u64,
+    /// Whether a leader is running one now.
+    running: bool,
+}
+
+global! {
+    static LEADER: Mutex<Leader> = Mutex::new(Leader { completed: 0, running: false });
+}
+global! {
+    /// Signalled whenever a leader finishes or gives up.
+    static LEADER_DONE: Condvar = Condvar::new();
+}
+
+/// Wakes a leader sleeping in `wait_for_readers`. Called by a reader leaving
+/// its section after a leader set its `waiting` flag.
+pub(crate) fn wake_writer() {
+    let mut set = lock(&EVENT.set);
+    *set = true;
+    EVENT.cv.notify_all();
+}
+
+fn reset_event() {
+    *lock(&EVENT.set) = false;
+}
+
+/// Sleeps until the event is set (true) or `until` passes (false).
+fn wait_event(until: Option<Instant>) -> bool {
+    let mut set = lock(&EVENT.set);
+    while !*set {
+        match until {
+            None => set = EVENT.cv.wait(set).unwrap_or_else(|p| p.into_inner()),
+            Some(until) => {
+                let now = Instant::now();
+                if now >= until {
+                    return false;
+                }
+                set = EVENT
+                    .cv
+                    .wait_timeout(set, until - now)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        }
+    }
+    true
+}
+
+/// Waits until every read section that was running when it was called has
+/// ended.
+///
+/// Concurrent callers share grace periods. Waiting spins briefly, then
+/// sleeps until a reader leaving its section wakes it. If the grace period
+/// waits longer than the stall timeout (see
+/// [`set_stall_timeout`](crate::set_stall_timeout)), the stall handler is
+/// called once with a report naming the readers that hold it up, and the
+/// wait goes on.
+///
+/// # Panics
+///
+/// If the calling thread is inside a read section: the grace period would
+/// wait for that section, which cannot end while this call waits. The
+/// message names the depth and where the outermost section was entered. Use
+/// [`try_synchronize_rcu`] to get this as an [`Error`] instead.
+///
+/// ```
+/// rcu_defer::synchronize_rcu();
+/// ```
+pub fn synchronize_rcu() {
+    if let Err(e) = try_synchronize_rcu() {
+        panic!("{e}");
+    }
+}
+
+/// Like [`synchronize_rcu`], but returns [`Error::InReadSection`] at once
+/// instead of panicking when the calling thread is inside a read section.
+///
+/// ```
+/// use rcu_defer::{read_lock, try_synchronize_rcu, Error};
+/// let guard = read_lock();
+/// assert!(matches!(try_synchronize_rcu(), Err(Error::InReadSection { depth: 1, .. })));
+/// drop(guard);
+/// assert!(try_synchronize_rcu().is_ok());
+/// ```
+pub fn try_synchronize_rcu() -> Result<(), Error> {
+    detect::check_may_wait("synchronize_rcu")?;
+    grace_period(None).map_err(Error::Timeout)
+}
+
+/// Like [`try_synchronize_rcu`], but gives up once `limit` has passed and
+/// returns [`Error::Timeout`] with a report of the readers that held the
+/// grace period up.
+///
+/// Giving up leaves nothing half done: readers are unaffected and a later
+/// grace period starts afresh.
+///
+/// ```
+/// use std::time::Duration;
+/// rcu_defer::synchronize_rcu_timeout(Duration::from_secs(5)).unwrap();
+/// ```
+pub fn synchronize_rcu_timeout(limit: Duration) -> Result<(), Error> {
+    detect::check_may_wait("synchronize_rcu_timeout")?;
+    let until = Instant::now().checked_add(limit);
+    grace_period(until).map_err(Error::Timeout)
+}
+
+/// Waits for a full grace period that starts after this call, sharing it
+/// with concurrent callers; gives up at `until`.
+pub(crate) fn grace_period(until: Option<Instant>) -> Result<(), StallReport> {
+    let called = Instant::now();
+    let mut leader = lock(&LEADER);
+    // A grace period already running may have started before this call, so
+    // it does not count: wait for the one after it.
+    let target = leader.completed + if leader.running { 2 } else { 1 };
+    loop {
+        if leader.completed >= target {
+            return Ok(());
+        }
+        if !leader.running {
+            leader.running = true;
+            drop(leader);
+            let result = run_grace_period(until);
+            leader = lock(&LEADER);
+            leader.running = false;
+            if result.is_ok() {
+                leader.completed += 1;
+            }
+            LEADER_DONE.notify_all();
+            result?;
+            continue;
+        }
+        leader = match until {
+            None => LEADER_DONE.wait(leader).unwrap_or_else(|p| p.into_inner()),
+            Some(until) => {
+                let now = Instant::now();
+                if now >= until {
+                    drop(leader);
+                    return Err(detect::stall_report(
+                        &mut registry(),
+                        gp_counter(),
+                        now - called,
+                    ));
+                }
+                LEADER_DONE
+                    .wait_timeout(leader, until - now)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+        };
+    }
+}
+
+/// The leader's work: one grace period.
+fn run_grace_period(until: Option<Instant>) -> Result<(), StallReport> {
+    // Pairs with the reader's fence after it publishes `ctr` on entry:
+    // either this scan sees the reader's ctr, or the reader sees every store
+    // made before this grace period (the writer's unpublishing).
+    writer_fence();
+    let gp = gp_counter() + GP_STEP;
+    set_gp_counter(gp);
+    let result = wait_for_readers(gp, until);
+    // Acquire pairs with the reader's Release store of ctr = 0: the ended
+    // sections happen before whatever the caller does next (freeing).
+    fence(Ordering::Acquire);
+    result
+}
+
+/// Waits until no record holds a section that began before `gp`.
+fn wait_for_readers(gp: u64, until: Option<Instant>) -> Result<(), StallReport> {
+    let started = Instant::now();
+    let mut spins = 0;
+    let mut stall_reported = false;
+    loop {
+        if !registry().records().any(|r| r.blocks(gp)) {
+            return Ok(());
+        }
+        if MAY_SPIN && spins < SPIN_SCANS {
+            spins += 1;
+            spin_loop();
+            continue;
+        }
+        reset_event();
+        registry().mark_waiting(gp);
+        // Pairs with the reader's fence between its ctr = 0 store and its
+        // `waiting` load: either the rescan sees the reader gone, or the
+        // reader sees `waiting` and sets the event (after the reset above).
+        writer_fence();
+        if !registry().unmark_quiescent(gp) {
+            return Ok(());
+        }
+        let stall_at = match detect::stall_timeout() {
+            Some(t) if !stall_reported => started.checked_add(t),
+            _ => None,
+        };
+        let wake_at = match (stall_at, until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if wait_event(wake_at) {
+            continue;
+        }
+        let now = Instant::now();
+        if until.is_some_and(|u| now >= u) {
+            return Err(detect::stall_report(&mut registry(), gp, now - started));
+        }
+        if stall_at.is_some_and(|s| now >= s) {
+            stall_reported = true;
+            detect::report_stall(&detect::stall_report(&mut registry(), gp, now - started));
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Userspace RCU (read-copy-update) for device and data-plane code.
+//!
+//! RCU splits a shared data structure's users into *readers*, who must be
+//! cheap and must never wait, and *writers*, who may wait. A writer never
+//! changes data a reader may be looking at: it publishes a new version and
+//! frees the old one only after a *grace period*, a wait long enough that
+//! every reader that could have seen the old version has finished.
+//!
+//! # Read sections
+//!
+//! A reader brackets its accesses with a read section: [`read_lock`] returns
+//! a [`ReadGuard`], and the section lasts until the guard is dropped.
+//! Sections nest freely; only the outermost one does any work, and that work
+//! is a store to the thread's own reader record plus a compiler fence (in
+//! the default flavor). There is no registration call: a thread registers on
+//! its first `read_lock` and unregisters when it exits. A guard is neither
+//! `Send` nor `Sync`; the section belongs to its thread.
+//!
+//! # Grace periods
+//!
+//! [`synchronize_rcu`] returns once every read section that was running when
+//! it was called has ended. Concurrent callers share grace periods.
+//! [`call_rcu`] queues a callback to run after a grace period on a background
+//! thread named `rcu-call`, without blocking the caller, and
+//! [`drain_call_rcu`] waits until every callback queued before it has run.
+//!
+//! [`RcuCell`] packages the pattern for one value: readers get a `&T` for the
+//! length of their section, writers [`replace`](RcuCell::replace) or
+//! [`update`](RcuCell::update) it, and old values are dropped after a grace
+//! period.
+//!
+//! ```
+//! use rcu_defer::{read_lock, RcuCell};
+//! use std::sync::Arc;
+//! use std::thread;
+//!
+//! #[derive(Debug)]
+//! struct Config { queue_size: u16 }
+//!
+//! let config = Arc::new(RcuCell::new(Config { queue_size: 128 }));
+//! let reader = {
+//!     let config = Arc::clone(&config);
+//!     thread::spawn(move || {
+//!         for _ in 0..1000 {
+//!             let guard = read_lock();
+//!             let size = config.read(&guard).queue_size;
+//!             assert!(size == 128 || size == 256);
+//!         }
+//!     })
+//! };
+//! config.replace(Config { queue_size: 256 }); // the old value is dropped after a grace period
+//! reader.join().unwrap();
+//! rcu_defer::drain_call_rcu(); // wait for the old value to be dropped
+//! ```
+//!
+//! # Flavors
+//!
+//! The price of a read section is the price of its memory fences. In the
+//! [`Flavor::Membarrier`] flavor (the default on Linux when the kernel offers
+//! `membarrier(2)`), readers pay only compiler fences and each step of a
+//! grace period pays one `membarrier` system call that makes every running
+//! reader execute a full fence. In the [`Flavor::Fence`] flavor, readers pay
+//! a real fence on entering and leaving their outermost section. The flavor
+//! is chosen once per process; [`flavor`] reports it, and
+//! `RCU_DEFER_FLAVOR=fence|membarrier` forces one.
+//!
+//! # Deadlocks and stalls
+//!
+//! A grace period waits for every running read section, including one held
+//! by the thread that waits. So [`synchronize_rcu`] or [`drain_call_rcu`]
+//! called inside a read section would never return; instead they panic
+//! with the location where the section was entered, and
+//! [`try_synchronize_rcu`] and [`try_drain_call_rcu`] return
+//! [`Error::InReadSection`]. [`assert_may_block`] puts the same check at the
+//! top of your own blocking functions. A reader that stays in its section
+//! for longer than the stall timeout ([`set_stall_timeout`], 21 s by
+//! default) is named in a [`StallReport`] given to the stall handler
+//! ([`set_stall_handler`]), and [`synchronize_rcu_timeout`] gives up with
+//! one.
+//!
+//! ```
+//! use rcu_defer::{read_lock, try_synchronize_rcu, Error};
+//!
+//! let guard = read_lock();
+//! match try_synchronize_rcu() {
+//!     Err(Error::InReadSection { op, depth, entered_at }) => {
+//!         assert_eq!((op, depth), ("synchronize_rcu", 1));
+//!         println!("would deadlock: section entered at {entered_at}");
+//!     }
+//!     other => panic!("expected a deadlock error, got {other:?}"),
+//! }
+//! drop(guard);
+//! try_synchronize_rcu().unwrap();
+//! ```
+
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations, rust_2018_idioms)]
+
+mod call_rcu;
+mod cell;
+mod detect;
+mod flavor;
+mod grace;
+mod reader;
+mod sync;
+mod sys;
+
+pub use call_rcu::{call_rcu, drain_call_rcu, try_drain_call_rcu};
+pub use cell::RcuCell;
+pub use detect::{
+    assert_may_block, set_stall_handler, set_stall_timeout, Error, StallReport, StalledReader,
+};
+pub use flavor::{flavor, Flavor};
+pub use grace::{synchronize_rcu, synchronize_rcu_timeout, try_synchronize_rcu};
+pub use reader::{in_read_section, read_depth, read_lock, ReadGuard};
+
+#[cfg(loom)]
+#[doc(hidden)]
+pub use call_rcu::loom_stop_call_rcu_thread;

@@ -1,0 +1,13 @@
+//! Platform code: the process-wide memory barrier behind the membarrier
+//! flavor. One cfg-selected file per platform, and a fallback that always
+//! compiles (and that loom uses).
+
+#[cfg(all(target_os = "linux", not(loom)))]
+mod linux;
+#[cfg(all(target_os = "linux", not(loom)))]
+pub(crate) use linux::{membarrier, membarrier_register};
+
+#[cfg(not(all(target_os = "linux", not(loom))))]
+mod fallback;
+#[cfg(not(all(target_os = "linux", not(loom))))]
+pub(crate) use fallback::{membarrier, membarrier_register};
