@@ -115,9 +115,7 @@ fn requested() -> Option<Flavor> {
         Some("fence") => Some(Flavor::Fence),
         Some("membarrier") => Some(Flavor::Membarrier),
         Some("") => None,
-        _ => panic!(
-            "rcu-defer: RCU_DEFER_FLAVOR must be `fence` or `membarrier`, not {value:?}"
-        ),
+        _ => panic!("rcu-defer: RCU_DEFER_FLAVOR must be `fence` or `membarrier`, not {value:?}"),
     }
 }
 

@@ -11,7 +11,7 @@ use crate::flavor::{flavor, reader_fence, Flavor};
 use crate::grace;
 use crate::sync::{
     global, lock, thread, thread_local_const, thread_local_lazy, AtomicBool, AtomicPtr, AtomicU64,
-    AtomicUsize, Mutex, MutexGuard, Ordering,
+    Mutex, MutexGuard, Ordering,
 };
 use std::cell::Cell;
 use std::fmt;
@@ -19,11 +19,23 @@ use std::marker::PhantomData;
 use std::panic::Location;
 use std::time::Instant;
 
-/// The first value of the grace-period counter. It is odd and advances by
-/// two, so it is never 0, the value a quiescent [`Record::ctr`] holds.
-const GP_FIRST: u64 = 1;
-/// How far one grace period advances the counter.
-pub(crate) const GP_STEP: u64 = 2;
+/// A reader's `ctr` word holds its nesting depth in the low `DEPTH_BITS`
+/// bits and, above them, the grace-period counter value read when the
+/// outermost section began (liburcu's layout). One word means the outermost
+/// entry is one load of `GP_CTR` and one store, and the exit one store of 0.
+const DEPTH_BITS: u32 = 24;
+/// The depth part of a `ctr` word.
+const DEPTH_MASK: u64 = (1 << DEPTH_BITS) - 1;
+/// How far one grace period advances the counter: the low bits stay 0.
+///
+/// The counter can wrap only after 2^40 grace periods, and a reader is
+/// mistaken for a new one only if the counter advanced by exactly that much
+/// while it stayed in one section, which a section that blocks every grace
+/// period cannot allow (only abandoned, timed-out grace periods advance it
+/// without completing).
+pub(crate) const GP_STEP: u64 = 1 << DEPTH_BITS;
+/// The first value of the grace-period counter (never 0).
+const GP_FIRST: u64 = GP_STEP;
 
 global! {
     /// The grace-period counter: readers copy it into their record on
@@ -57,11 +69,10 @@ thread_local_lazy! {
 #[repr(align(128))]
 pub(crate) struct Record {
     /// 0 while the thread is outside any read section; otherwise the value of
-    /// `GP_CTR` when it entered its outermost section.
+    /// `GP_CTR` when it entered its outermost section plus its nesting depth
+    /// (see `DEPTH_BITS`). Written only by the owner, with plain loads and
+    /// stores (no read-modify-write).
     ctr: AtomicU64,
-    /// Read-section nesting depth. Owner-written (plain load and store, no
-    /// read-modify-write); other threads read it only for reports.
-    depth: AtomicUsize,
     /// Where the outermost section was entered (a `&'static Location`), for
     /// deadlock and stall reports.
     entered_at: AtomicPtr<Location<'static>>,
@@ -93,7 +104,8 @@ struct Entry {
     record: &'static Record,
     /// `None` while the record is free for reuse.
     owner: Option<Owner>,
-    /// The section (its `ctr`) a sleeping writer first found blocking, and
+    /// The section (its `ctr` without the depth) a sleeping writer first
+    /// found blocking, and
     /// when: how long a stalled reader has been inside, for reports.
     blocked_since: Option<(u64, Instant)>,
 }
@@ -127,8 +139,9 @@ impl Registry {
             let ctr = entry.record.ctr();
             if blocks(ctr, gp) {
                 entry.record.set_waiting(true);
-                if entry.blocked_since.map(|(seen, _)| seen) != Some(ctr) {
-                    entry.blocked_since = Some((ctr, now));
+                let section = ctr & !DEPTH_MASK;
+                if entry.blocked_since.map(|(seen, _)| seen) != Some(section) {
+                    entry.blocked_since = Some((section, now));
                 }
             }
         }
@@ -160,7 +173,7 @@ impl Registry {
                     entered_at: entry.record.entered_at(),
                     blocked_since: entry
                         .blocked_since
-                        .and_then(|(seen, at)| (seen == ctr).then_some(at)),
+                        .and_then(|(seen, at)| (seen == ctr & !DEPTH_MASK).then_some(at)),
                 })
             })
             .collect()
@@ -173,7 +186,6 @@ impl Registry {
         }
         let record: &'static Record = Box::leak(Box::new(Record {
             ctr: AtomicU64::new(0),
-            depth: AtomicUsize::new(0),
             entered_at: AtomicPtr::new(std::ptr::null_mut()),
             waiting: AtomicBool::new(false),
             real_fence: flavor() == Flavor::Fence,
@@ -200,7 +212,13 @@ impl Registry {
 /// A section that published `ctr` blocks the grace period that set the
 /// counter to `gp` unless it is quiescent (0) or began after (`gp`).
 fn blocks(ctr: u64, gp: u64) -> bool {
-    ctr != 0 && ctr != gp
+    ctr != 0 && ctr & !DEPTH_MASK != gp
+}
+
+#[cold]
+#[inline(never)]
+fn depth_overflow() -> ! {
+    panic!("rcu-defer: read sections nested more than {DEPTH_MASK} deep on one thread");
 }
 
 /// Locks the registry (writers scan it; registration and exit change it).
@@ -209,6 +227,7 @@ pub(crate) fn registry() -> MutexGuard<'static, Registry> {
 }
 
 /// The current grace-period counter value.
+#[inline(always)]
 pub(crate) fn gp_counter() -> u64 {
     // Relaxed: only the grace-period leader writes it, under the leader
     // election lock; its ordering against readers comes from the fences.
@@ -225,26 +244,33 @@ pub(crate) fn set_gp_counter(value: u64) {
 impl Record {
     #[inline(always)]
     fn enter(&self, at: &'static Location<'static>) {
-        let depth = self.depth.load(Ordering::Relaxed);
-        if depth == 0 {
-            // Relaxed: read by writers only in reports; the ctr store below is
-            // what the protocol orders.
+        // Relaxed: only this thread writes `ctr`.
+        let ctr = self.ctr.load(Ordering::Relaxed);
+        if ctr == 0 {
+            // Relaxed: read by writers only in reports; the ctr store below
+            // is what the protocol orders.
             self.entered_at
                 .store(at as *const Location<'static> as *mut _, Ordering::Relaxed);
             // Relaxed: the fence below orders this store before the
             // section's loads (pairs with the writer's fence that precedes
-            // its scan of `ctr`).
-            self.ctr.store(gp_counter(), Ordering::Relaxed);
+            // its scan of `ctr`). The stored value does not depend on the
+            // loaded one, so no store-to-load chain links one section to the
+            // next.
+            self.ctr.store(gp_counter() | 1, Ordering::Relaxed);
             reader_fence(self.real_fence);
+        } else {
+            if ctr & DEPTH_MASK == DEPTH_MASK {
+                depth_overflow();
+            }
+            // Relaxed: nested entry publishes nothing new.
+            self.ctr.store(ctr + 1, Ordering::Relaxed);
         }
-        self.depth.store(depth + 1, Ordering::Relaxed);
     }
 
     #[inline(always)]
     fn exit(&self) {
-        let depth = self.depth.load(Ordering::Relaxed);
-        self.depth.store(depth - 1, Ordering::Relaxed);
-        if depth == 1 {
+        let ctr = self.ctr.load(Ordering::Relaxed);
+        if ctr & DEPTH_MASK == 1 {
             // Release pairs with the writer's Acquire fence after it reads
             // 0: every load of the section happens before whatever the writer
             // does once the grace period is over.
@@ -256,6 +282,9 @@ impl Record {
             if self.waiting.load(Ordering::Relaxed) {
                 self.wake_writer();
             }
+        } else {
+            // Relaxed: nested exit publishes nothing.
+            self.ctr.store(ctr - 1, Ordering::Relaxed);
         }
     }
 
@@ -287,7 +316,8 @@ impl Record {
     /// The owner's read-section depth (racy when read from another thread:
     /// for reports only).
     pub(crate) fn depth(&self) -> usize {
-        self.depth.load(Ordering::Relaxed)
+        // The mask keeps the value below 2^24, so it fits any usize.
+        (self.ctr() & DEPTH_MASK) as usize
     }
 
     /// Where the owner's current (or last) outermost section was entered.
