@@ -53,6 +53,40 @@
 //! rcu_defer::drain_call_rcu(); // wait for the old value to be dropped
 //! ```
 //!
+//! # Deferred local calls
+//!
+//! [`call_local`] records a call to make when the thread's *outermost* read
+//! section ends, once per (function, `Arc`) pair: an I/O thread that
+//! completes 64 requests in one pass inside one read section notifies the
+//! guest once, not 64 times. Outside any section the call is made at once,
+//! so code that does not batch behaves as before. [`call_local_fn`] defers a
+//! closure without deduplication, and a [`DeferScope`] ([`defer_scope`])
+//! batches without entering a read section, for code that must block while
+//! it batches. Pending calls run on the same thread, in first-recorded
+//! order, after the thread has left its section.
+//!
+//! Wrapping a whole pass in one outer guard also removes the fences of
+//! every guard nested inside it: only the outermost one publishes anything.
+//!
+//! ```
+//! use rcu_defer::{call_local, read_lock};
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use std::sync::Arc;
+//!
+//! struct Queue { interrupts: AtomicU64 }
+//! fn notify_guest(q: &Queue) { q.interrupts.fetch_add(1, Ordering::Relaxed); }
+//!
+//! let queue = Arc::new(Queue { interrupts: AtomicU64::new(0) });
+//! {
+//!     let _pass = read_lock();
+//!     for _request in 0..64 {
+//!         let _inner = read_lock(); // nested: a counter increment, no fence
+//!         call_local(notify_guest, &queue);
+//!     }
+//! }
+//! assert_eq!(queue.interrupts.load(Ordering::Relaxed), 1);
+//! ```
+//!
 //! # Flavors
 //!
 //! The price of a read section is the price of its memory fences. In the
@@ -101,6 +135,7 @@ mod cell;
 mod detect;
 mod flavor;
 mod grace;
+mod local;
 mod reader;
 mod sync;
 mod sys;
@@ -112,8 +147,14 @@ pub use detect::{
 };
 pub use flavor::{flavor, Flavor};
 pub use grace::{synchronize_rcu, synchronize_rcu_timeout, try_synchronize_rcu};
+pub use local::{call_local, call_local_fn, defer_scope, DeferScope};
 pub use reader::{in_read_section, read_depth, read_lock, ReadGuard};
 
 #[cfg(loom)]
 #[doc(hidden)]
 pub use call_rcu::loom_stop_call_rcu_thread;
+
+/// The README's examples run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

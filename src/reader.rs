@@ -9,6 +9,7 @@
 
 use crate::flavor::{flavor, reader_fence, Flavor};
 use crate::grace;
+use crate::local;
 use crate::sync::{
     global, lock, thread, thread_local_const, thread_local_lazy, AtomicBool, AtomicPtr, AtomicU64,
     Mutex, MutexGuard, Ordering,
@@ -78,6 +79,9 @@ pub(crate) struct Record {
     entered_at: AtomicPtr<Location<'static>>,
     /// Set by a writer that sleeps until this thread leaves its section.
     waiting: AtomicBool,
+    /// Owner-only: the thread has `call_local` calls to run when its
+    /// outermost section ends.
+    deferred: AtomicBool,
     /// `flavor() == Flavor::Fence`, cached: readers issue real fences.
     real_fence: bool,
 }
@@ -188,6 +192,7 @@ impl Registry {
             ctr: AtomicU64::new(0),
             entered_at: AtomicPtr::new(std::ptr::null_mut()),
             waiting: AtomicBool::new(false),
+            deferred: AtomicBool::new(false),
             real_fence: flavor() == Flavor::Fence,
         }));
         self.entries.push(Entry {
@@ -282,6 +287,11 @@ impl Record {
             if self.waiting.load(Ordering::Relaxed) {
                 self.wake_writer();
             }
+            // Relaxed: owner-only. The section has ended, so the calls run
+            // outside it.
+            if self.deferred.load(Ordering::Relaxed) {
+                local::run_if_due();
+            }
         } else {
             // Relaxed: nested exit publishes nothing.
             self.ctr.store(ctr - 1, Ordering::Relaxed);
@@ -311,6 +321,12 @@ impl Record {
         // Relaxed: ordered by the writer's fence that follows, which pairs
         // with the reader's fence in `exit`.
         self.waiting.store(on, Ordering::Relaxed);
+    }
+
+    /// Owner only: whether the outermost exit must run deferred calls.
+    pub(crate) fn set_deferred(&self, on: bool) {
+        // Relaxed: owner-only flag.
+        self.deferred.store(on, Ordering::Relaxed);
     }
 
     /// The owner's read-section depth (racy when read from another thread:
@@ -462,6 +478,15 @@ pub struct ReadGuard {
     _not_send: PhantomData<*const ()>,
 }
 
+/// Dropping the outermost guard runs the thread's pending
+/// [`call_local`](crate::call_local) calls (unless a
+/// [`DeferScope`](crate::DeferScope) is still open).
+///
+/// # Panics
+///
+/// Resumes the first panic of a pending call after all of them have run
+/// (unless the thread is already unwinding; then such panics are reported on
+/// stderr and dropped).
 impl Drop for ReadGuard {
     #[inline]
     fn drop(&mut self) {
