@@ -110,6 +110,7 @@ impl fmt::Display for StallReport {
 pub struct StalledReader {
     thread_name: Option<String>,
     thread_id: String,
+    thread_exited: bool,
     depth: usize,
     entered_at: Option<&'static Location<'static>>,
     in_section: Duration,
@@ -124,6 +125,12 @@ impl StalledReader {
     /// The reader thread's id (`ThreadId(N)`, as `Debug` prints it).
     pub fn thread_id(&self) -> &str {
         &self.thread_id
+    }
+
+    /// Whether the reader thread has exited while inside its section (a
+    /// leaked guard: the section can then never end).
+    pub fn thread_exited(&self) -> bool {
+        self.thread_exited
     }
 
     /// The reader's read-section depth.
@@ -149,9 +156,14 @@ impl StalledReader {
 
 impl fmt::Display for StalledReader {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let exited = if self.thread_exited {
+            ", exited: its guard was leaked"
+        } else {
+            ""
+        };
         match &self.thread_name {
-            Some(name) => write!(f, "thread '{name}' ({})", self.thread_id)?,
-            None => write!(f, "unnamed thread ({})", self.thread_id)?,
+            Some(name) => write!(f, "thread '{name}' ({}{exited})", self.thread_id)?,
+            None => write!(f, "unnamed thread ({}{exited})", self.thread_id)?,
         }
         write!(f, ", depth {}, ", self.depth)?;
         match self.entered_at {
@@ -220,13 +232,15 @@ pub(crate) fn stall_report(registry: &mut Registry, gp: u64, waited: Duration) -
         .into_iter()
         .map(|b: Blocker| {
             let seen = b.blocked_since.map_or(Duration::ZERO, |t| now - t);
-            let (thread_name, thread_id) = match b.owner {
-                Some(owner) => (owner.name, owner.id),
-                None => (None, "exited thread".to_owned()),
+            let (thread_name, thread_id, thread_exited) = match b.owner {
+                Some(owner) => (owner.name, owner.id, owner.exited),
+                // A free record is quiescent; only a race with reuse gets here.
+                None => (None, "a thread that has exited".to_owned(), true),
             };
             StalledReader {
                 thread_name,
                 thread_id,
+                thread_exited,
                 depth: b.depth,
                 entered_at: b.entered_at,
                 in_section: seen.max(waited),

@@ -112,6 +112,13 @@
 //! ([`set_stall_handler`]), and [`synchronize_rcu_timeout`] gives up with
 //! one.
 //!
+//! A thread that exits while it still holds a read section (a guard leaked
+//! with `mem::forget`) is reported on stderr at exit, with the location
+//! where the section was entered. The section is *not* closed for it: the
+//! guard might live in another thread-local whose destructor still reads
+//! through it, so closing it would be unsound. Grace periods then wait for
+//! it, and stall reports name the thread as exited.
+//!
 //! ```
 //! use rcu_defer::{read_lock, try_synchronize_rcu, Error};
 //!

@@ -93,13 +93,17 @@ pub(crate) struct Owner {
     pub(crate) name: Option<String>,
     /// The thread's id, formatted.
     pub(crate) id: String,
+    /// The thread exited while inside a read section (its record then stays
+    /// owned and blocking).
+    pub(crate) exited: bool,
 }
 
 impl fmt::Display for Owner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let exited = if self.exited { ", exited" } else { "" };
         match &self.name {
-            Some(name) => write!(f, "thread '{name}' ({})", self.id),
-            None => write!(f, "unnamed thread ({})", self.id),
+            Some(name) => write!(f, "thread '{name}' ({}{exited})", self.id),
+            None => write!(f, "unnamed thread ({}{exited})", self.id),
         }
     }
 }
@@ -203,13 +207,21 @@ impl Registry {
         record
     }
 
-    fn release(&mut self, record: &'static Record) {
-        if let Some(entry) = self
-            .entries
+    fn entry(&mut self, record: &'static Record) -> Option<&mut Entry> {
+        self.entries
             .iter_mut()
             .find(|e| std::ptr::eq(e.record, record))
-        {
+    }
+
+    fn release(&mut self, record: &'static Record) {
+        if let Some(entry) = self.entry(record) {
             entry.owner = None;
+        }
+    }
+
+    fn mark_exited(&mut self, record: &'static Record) {
+        if let Some(owner) = self.entry(record).and_then(|e| e.owner.as_mut()) {
+            owner.exited = true;
         }
     }
 }
@@ -360,15 +372,19 @@ impl Drop for Registration {
         } else {
             // The thread is exiting inside a read section: a guard was
             // leaked (`mem::forget`) or lives in another thread-local that is
-            // destroyed later. Either way the section is not over, so the
-            // record stays owned and keeps blocking grace periods until its
-            // guard is dropped; stall reports will name it.
+            // destroyed later. Closing the section here would be unsound in
+            // the second case (that destructor may still read through the
+            // guard), so the section stays open: the record stays owned,
+            // marked exited, and keeps blocking grace periods, which stall
+            // reports will name. Say so now, with the location.
+            registry().mark_exited(record);
             let at = record
                 .entered_at()
                 .map_or_else(|| "an unknown location".to_owned(), |l| l.to_string());
             eprintln!(
                 "rcu-defer: thread {:?} is exiting inside a read section (depth {depth}, \
-                 entered at {at}); grace periods will wait until its guard is dropped",
+                 entered at {at}); grace periods will wait until its guard is dropped, \
+                 which for a leaked guard is never",
                 thread::current().name().unwrap_or("<unnamed>"),
             );
         }
@@ -382,6 +398,7 @@ fn register_current_thread() -> &'static Record {
     let owner = Owner {
         name: current.name().map(str::to_owned),
         id: format!("{:?}", current.id()),
+        exited: false,
     };
     let record = registry().acquire(owner);
     // A thread that registers while its thread-locals are being destroyed
