@@ -146,6 +146,7 @@ mod local;
 mod reader;
 mod sync;
 mod sys;
+pub mod virtio;
 
 pub use call_rcu::{call_rcu, drain_call_rcu, try_drain_call_rcu};
 pub use cell::RcuCell;

@@ -1,11 +1,14 @@
 //! Platform code: the process-wide memory barrier behind the membarrier
-//! flavor. One cfg-selected file per platform, and a fallback that always
-//! compiles (and that loom uses).
+//! flavor, and (Linux) the eventfd behind `virtio::EventFd`. One
+//! cfg-selected file per platform, and a fallback that always compiles (and
+//! that loom uses).
 
 #[cfg(all(target_os = "linux", not(loom)))]
 mod linux;
 #[cfg(all(target_os = "linux", not(loom)))]
 pub(crate) use linux::{membarrier, membarrier_register};
+#[cfg(target_os = "linux")]
+pub(crate) mod eventfd;
 
 #[cfg(not(all(target_os = "linux", not(loom))))]
 mod fallback;
