@@ -9,7 +9,8 @@
 //! Storage: one queue of slots per call type (`LocalCall<T>` or a closure
 //! type), kept per thread and reused, so recording allocates nothing in the
 //! steady state; a vector of (queue, slot) pairs keeps first-recorded order;
-//! a hash set of (function address, `Arc` address) makes dedup O(1).
+//! dedup compares (function address, `Arc` address) keys, linearly for a
+//! handful and through a hash set beyond, so it stays O(1) amortized.
 
 use crate::call_rcu::panic_message;
 use crate::reader::{current_record_if_registered, read_depth};
@@ -114,22 +115,63 @@ type Ticket = (usize, usize);
 /// Dedup key of `call_local`: (function address, `Arc` data address).
 type Key = (usize, usize);
 
+/// Up to this many pending `call_local` keys, dedup is a linear scan of
+/// `keys` (cheaper than hashing for the usual handful of notifiers); past
+/// it, `index` holds them all, so dedup stays O(1) amortized.
+const LINEAR_KEYS: usize = 8;
+
+/// A run that leaves the hash index larger than this frees it rather than
+/// clearing it (clearing costs time proportional to its capacity).
+const INDEX_KEEP: usize = 1024;
+
 #[derive(Default)]
 struct Pending {
     queues: Vec<Rc<dyn Queue>>,
     queue_of: HashMap<TypeId, usize, AddrBuild>,
-    /// Recorded calls in first-recorded order.
+    /// The last call type recorded and its queue: skips `queue_of`.
+    last_queue: Option<(TypeId, usize)>,
+    /// Recorded calls in first-recorded order. `order[..base]` belongs to
+    /// runs in progress; `order[base..]` is pending.
     order: Vec<Ticket>,
-    /// Keys of the `call_local` records in `order`.
-    seen: HashSet<Key, AddrBuild>,
-    /// Emptied vectors from the last run, reused by the next.
-    spare_order: Vec<Ticket>,
-    spare_seen: HashSet<Key, AddrBuild>,
+    base: usize,
+    /// Keys of the pending `call_local` records (`keys[key_base..]`).
+    keys: Vec<Key>,
+    key_base: usize,
+    /// All pending keys, once there are more than `LINEAR_KEYS`.
+    index: HashSet<Key, AddrBuild>,
 }
 
 impl Pending {
-    fn push<C: Call>(&mut self, call: C) -> Ticket {
+    fn has_pending(&self) -> bool {
+        self.order.len() > self.base
+    }
+
+    /// Records `key` unless it is pending; whether it was new.
+    fn insert_key(&mut self, key: Key) -> bool {
+        let pending = &self.keys[self.key_base..];
+        if pending.len() < LINEAR_KEYS {
+            if pending.contains(&key) {
+                return false;
+            }
+        } else {
+            if self.index.is_empty() {
+                self.index.extend(pending.iter().copied());
+            }
+            if !self.index.insert(key) {
+                return false;
+            }
+        }
+        self.keys.push(key);
+        true
+    }
+
+    fn queue_index<C: Call>(&mut self) -> usize {
         let type_id = TypeId::of::<C>();
+        if let Some((last, index)) = self.last_queue {
+            if last == type_id {
+                return index;
+            }
+        }
         let index = match self.queue_of.get(&type_id) {
             Some(&index) => index,
             None => {
@@ -141,6 +183,12 @@ impl Pending {
                 self.queues.len() - 1
             }
         };
+        self.last_queue = Some((type_id, index));
+        index
+    }
+
+    fn push<C: Call>(&mut self, call: C) {
+        let index = self.queue_index::<C>();
         let slots = self.queues[index]
             .as_any()
             .downcast_ref::<Slots<C>>()
@@ -148,8 +196,40 @@ impl Pending {
         let mut items = slots.items.borrow_mut();
         items.push(Some(call));
         let ticket = (index, items.len() - 1);
+        drop(items);
         self.order.push(ticket);
-        ticket
+    }
+
+    /// Makes everything pending the batch of a new run: returns the
+    /// batch's range of `order` and the previous bases, to restore.
+    fn start_run(&mut self) -> (usize, usize, usize) {
+        let batch = (self.base, self.order.len(), self.key_base);
+        self.base = self.order.len();
+        self.key_base = self.keys.len();
+        if !self.index.is_empty() {
+            if self.index.capacity() > INDEX_KEEP {
+                self.index = HashSet::default();
+            } else {
+                self.index.clear();
+            }
+        }
+        batch
+    }
+
+    /// Ends a run started by `start_run`: drops its batch unless calls it
+    /// recorded are still pending (a section it never closed).
+    fn end_run(&mut self, (start, end, key_start): (usize, usize, usize)) {
+        if self.order.len() == end {
+            self.order.truncate(start);
+            self.keys.truncate(key_start);
+            self.base = start;
+            self.key_base = key_start;
+            if start == 0 {
+                for queue in &self.queues {
+                    queue.clear();
+                }
+            }
+        }
     }
 }
 
@@ -157,14 +237,13 @@ impl Pending {
 struct Deferred {
     /// Open defer scopes.
     scopes: Cell<usize>,
-    /// Nested runs in progress (a call that opens and ends a section).
-    running: Cell<usize>,
     pending: RefCell<Pending>,
 }
 
 impl Drop for Deferred {
     fn drop(&mut self) {
-        let n = self.pending.get_mut().order.len();
+        let pending = self.pending.get_mut();
+        let n = pending.order.len() - pending.base;
         if n > 0 {
             eprintln!(
                 "rcu-defer: a thread is exiting with {n} deferred call(s) that never ran: the \
@@ -177,7 +256,6 @@ impl Drop for Deferred {
 thread_local_lazy! {
     static DEFERRED: Deferred = Deferred {
         scopes: Cell::new(0),
-        running: Cell::new(0),
         pending: RefCell::new(Pending::default()),
     };
 }
@@ -243,7 +321,7 @@ pub fn call_local<T: ?Sized + 'static>(f: fn(&T), arg: &Arc<T>) -> bool {
         }
         let key = (f as usize, Arc::as_ptr(arg) as *const () as usize);
         let mut pending = deferred.pending.borrow_mut();
-        if !pending.seen.insert(key) {
+        if !pending.insert_key(key) {
             return Some(false);
         }
         pending.push(LocalCall {
@@ -345,14 +423,13 @@ pub struct DeferScope {
 
 impl Drop for DeferScope {
     fn drop(&mut self) {
-        let due = DEFERRED.try_with(|deferred| {
+        let _ = DEFERRED.try_with(|deferred| {
             let scopes = deferred.scopes.get() - 1;
             deferred.scopes.set(scopes);
-            scopes == 0 && read_depth() == 0 && !deferred.pending.borrow().order.is_empty()
+            if scopes == 0 && read_depth() == 0 && deferred.pending.borrow().has_pending() {
+                deferred.run();
+            }
         });
-        if matches!(due, Ok(true)) {
-            run_pending();
-        }
     }
 }
 
@@ -361,69 +438,52 @@ impl Drop for DeferScope {
 #[cold]
 #[inline(never)]
 pub(crate) fn run_if_due() {
-    let due = DEFERRED.try_with(|deferred| deferred.scopes.get() == 0);
-    if matches!(due, Ok(true)) {
-        run_pending();
-    }
+    let _ = DEFERRED.try_with(|deferred| {
+        if deferred.scopes.get() == 0 {
+            deferred.run();
+        }
+    });
 }
 
-/// Runs every pending call in first-recorded order; see [`DeferScope`]'s
-/// `# Panics`.
-fn run_pending() {
-    // Take the batch, leaving empty (reused) vectors for calls that the
-    // batch itself records: those run at the end of the section they open.
-    let Ok(batch) = DEFERRED.try_with(|deferred| {
-        deferred.running.set(deferred.running.get() + 1);
-        let mut pending = deferred.pending.borrow_mut();
-        let pending = &mut *pending;
-        let order = std::mem::replace(&mut pending.order, std::mem::take(&mut pending.spare_order));
-        let seen = std::mem::replace(&mut pending.seen, std::mem::take(&mut pending.spare_seen));
-        (order, seen)
-    }) else {
-        return;
-    };
-    if let Some(record) = current_record_if_registered() {
-        record.set_deferred(false);
-    }
-    let (mut order, mut seen) = batch;
-    let unwinding = std::thread::panicking();
-    let mut first_panic = None;
-    for &(queue, slot) in &order {
-        let queue = DEFERRED.with(|deferred| Rc::clone(&deferred.pending.borrow().queues[queue]));
-        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| queue.run(slot))) {
-            if unwinding {
-                eprintln!(
-                    "rcu-defer: a deferred call panicked while the thread was already \
-                     unwinding: {}; the panic is dropped",
-                    panic_message(&*payload)
-                );
-            } else if first_panic.is_none() {
-                first_panic = Some(payload);
+impl Deferred {
+    /// Runs every pending call in first-recorded order; see [`DeferScope`]'s
+    /// `# Panics`. The thread is outside any read section and scope.
+    fn run(&self) {
+        let batch = self.pending.borrow_mut().start_run();
+        if let Some(record) = current_record_if_registered() {
+            record.set_deferred(false);
+        }
+        let unwinding = std::thread::panicking();
+        let mut first_panic = None;
+        for i in batch.0..batch.1 {
+            // Clone the queue out of the borrow: the call may record more.
+            let (queue, slot) = {
+                let pending = self.pending.borrow();
+                let (queue, slot) = pending.order[i];
+                (Rc::clone(&pending.queues[queue]), slot)
+            };
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| queue.run(slot))) {
+                if unwinding {
+                    eprintln!(
+                        "rcu-defer: a deferred call panicked while the thread was already \
+                         unwinding: {}; the panic is dropped",
+                        panic_message(&*payload)
+                    );
+                } else if first_panic.is_none() {
+                    first_panic = Some(payload);
+                }
             }
         }
-    }
-    order.clear();
-    seen.clear();
-    DEFERRED.with(|deferred| {
-        let running = deferred.running.get() - 1;
-        deferred.running.set(running);
-        let mut pending = deferred.pending.borrow_mut();
-        if running == 0 && pending.order.is_empty() {
-            for queue in &pending.queues {
-                queue.clear();
-            }
-        }
-        if !pending.order.is_empty() {
+        let mut pending = self.pending.borrow_mut();
+        pending.end_run(batch);
+        if pending.has_pending() {
             // Recorded by the batch inside a scope or section it never
             // closed: keep them for that section's end.
             drop(pending);
             mark_pending();
-        } else {
-            pending.spare_order = order;
-            pending.spare_seen = seen;
         }
-    });
-    if let Some(payload) = first_panic {
-        resume_unwind(payload);
+        if let Some(payload) = first_panic {
+            resume_unwind(payload);
+        }
     }
 }
