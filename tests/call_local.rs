@@ -46,7 +46,11 @@ fn a_hundred_duplicates_record_one_call_that_runs_at_the_outermost_end() {
         let _inner = read_lock();
         assert!(!call_local(bump, &count));
     }
-    assert_eq!(count.load(Ordering::SeqCst), 0, "nothing runs before the outermost end");
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        0,
+        "nothing runs before the outermost end"
+    );
     drop(guard);
     assert_eq!(count.load(Ordering::SeqCst), 1);
 }
@@ -55,7 +59,10 @@ fn a_hundred_duplicates_record_one_call_that_runs_at_the_outermost_end() {
 fn outside_any_section_call_local_runs_at_once() {
     let count = Arc::new(AtomicUsize::new(0));
     assert!(call_local(bump, &count));
-    assert!(call_local(bump, &count), "no dedup outside a section: both run");
+    assert!(
+        call_local(bump, &count),
+        "no dedup outside a section: both run"
+    );
     assert_eq!(count.load(Ordering::SeqCst), 2);
     let c = count.clone();
     call_local_fn(move || bump(&c));
@@ -70,9 +77,15 @@ fn dedup_is_by_function_and_arc_identity() {
     {
         let _g = read_lock();
         assert!(call_local(bump, &a));
-        assert!(!call_local(bump, &a_again), "a clone of the same Arc is the same key");
+        assert!(
+            !call_local(bump, &a_again),
+            "a clone of the same Arc is the same key"
+        );
         assert!(call_local(bump, &b), "another Arc is another key");
-        assert!(call_local(bump_twice, &a), "another function is another key");
+        assert!(
+            call_local(bump_twice, &a),
+            "another function is another key"
+        );
     }
     assert_eq!(a.load(Ordering::SeqCst), 3);
     assert_eq!(b.load(Ordering::SeqCst), 1);
@@ -120,7 +133,10 @@ fn a_pending_call_keeps_its_arc_alive_until_it_runs() {
     drop(count);
     assert!(weak.upgrade().is_some(), "the pending call holds a clone");
     drop(g);
-    assert!(weak.upgrade().is_none(), "the clone is released after the call ran");
+    assert!(
+        weak.upgrade().is_none(),
+        "the clone is released after the call ran"
+    );
 }
 
 fn check_outside_section(seen: &Mutex<Vec<bool>>) {
@@ -294,7 +310,10 @@ fn a_panicking_callback_while_unwinding_is_reported_and_dropped_without_aborting
         panic!("the section's own panic");
     }));
     let payload = result.expect_err("the section's own panic propagates");
-    assert_eq!(payload.downcast_ref::<&str>(), Some(&"the section's own panic"));
+    assert_eq!(
+        payload.downcast_ref::<&str>(),
+        Some(&"the section's own panic")
+    );
     assert_eq!(
         take_log(),
         ["ran during unwinding", "ran after the failing one"]
