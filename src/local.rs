@@ -287,10 +287,14 @@ fn mark_pending() {
 /// wait for grace periods and record further calls (which run at the end of
 /// the section it opens, or at once).
 ///
-/// `f` is identified by its address. Two distinct functions with identical
-/// machine code may share one address after optimisation and then
-/// deduplicate against each other; the same generic function instantiated in
-/// two crates may have two addresses and then run once for each.
+/// `f` is identified by its address, and Rust does not promise one address
+/// per function: in optimised builds a small function often gets a copy in
+/// each codegen unit that names it, so `call_local(f, &a)` written in two
+/// places may pass two different pointers and record two calls. Take the
+/// pointer once and pass that value everywhere (a `static F: fn(&T) = f;`
+/// or a field set once, as [`IrqNotifier`](crate::virtio::IrqNotifier)
+/// does). Conversely, two distinct functions with identical code may be
+/// merged into one address and then deduplicate against each other.
 ///
 /// ```
 /// use rcu_defer::{call_local, read_lock};

@@ -177,6 +177,11 @@ pub const ISR_QUEUE: u8 = 0x1;
 /// read section; see the [module documentation](self).
 pub struct IrqNotifier<N: Notify> {
     notifier: N,
+    /// `deliver`, as one function pointer taken once in `new`: the same
+    /// function can have several addresses (one per codegen unit that uses
+    /// it), and `call_local` deduplicates by address, so every `notify` must
+    /// pass this same value.
+    deliver: fn(&Self),
     isr: AtomicU8,
     requested: AtomicU64,
     signalled: AtomicU64,
@@ -190,6 +195,7 @@ impl<N: Notify + 'static> IrqNotifier<N> {
     pub fn new(notifier: N) -> Arc<Self> {
         Arc::new(IrqNotifier {
             notifier,
+            deliver: Self::deliver,
             isr: AtomicU8::new(0),
             requested: AtomicU64::new(0),
             signalled: AtomicU64::new(0),
@@ -204,7 +210,7 @@ impl<N: Notify + 'static> IrqNotifier<N> {
     /// requested. Outside any section it signals now.
     pub fn notify(self: &Arc<Self>) {
         self.request();
-        call_local(Self::deliver, self);
+        call_local(self.deliver, self);
     }
 
     /// Requests a notification and signals now, unbatched (for comparison,

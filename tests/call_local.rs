@@ -360,3 +360,27 @@ fn deferred_calls_are_per_thread() {
     drop(_g);
     assert_eq!(count.load(Ordering::SeqCst), 2);
 }
+
+static BUMP: fn(&AtomicUsize) = bump;
+
+#[inline(never)]
+fn defer_bump_here(count: &Arc<AtomicUsize>) -> bool {
+    call_local(BUMP, count)
+}
+
+#[inline(never)]
+fn defer_bump_there(count: &Arc<AtomicUsize>) -> bool {
+    call_local(BUMP, count)
+}
+
+#[test]
+fn one_function_pointer_value_deduplicates_across_call_sites() {
+    let count = Arc::new(AtomicUsize::new(0));
+    {
+        let _g = read_lock();
+        assert!(defer_bump_here(&count));
+        assert!(!defer_bump_there(&count));
+        assert!(!call_local(BUMP, &count));
+    }
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+}

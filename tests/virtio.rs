@@ -326,3 +326,25 @@ mod tracing_events {
         });
     }
 }
+
+#[inline(never)]
+fn complete_read(irq: &std::sync::Arc<IrqNotifier<Counter>>) {
+    irq.notify();
+}
+
+#[inline(never)]
+fn complete_write(irq: &std::sync::Arc<IrqNotifier<Counter>>) {
+    irq.notify();
+}
+
+#[test]
+fn notifies_from_different_functions_share_one_signal() {
+    let irq = IrqNotifier::new(Counter::default());
+    {
+        let _pass = read_lock();
+        complete_read(&irq);
+        complete_write(&irq);
+        irq.notify();
+    }
+    assert_eq!(signals(&irq), 1);
+}
