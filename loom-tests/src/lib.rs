@@ -1,1 +1,146 @@
-//! loom models of rcu-defer live in `tests/`; this library is empty.
+//! loom models of rcu-defer live in `tests/`; this library holds the small
+//! pieces they share. Everything here exists only under `--cfg loom`, so a
+//! normal `cargo test --workspace` builds an empty library.
+//!
+//! Run the models with:
+//!
+//! ```text
+//! RUSTFLAGS="--cfg loom" cargo test -p loom-tests --release --target-dir target/loom
+//! ```
+#![cfg(loom)]
+
+use loom::cell::UnsafeCell;
+use loom::model::Builder;
+use loom::sync::atomic::{AtomicBool, Ordering};
+
+/// A loom `Builder` for a model too large to explore exhaustively in the
+/// suite's time budget: at most `preemptions` preemptive context switches
+/// per execution (loom's `LOOM_MAX_PREEMPTIONS`; most concurrency bugs need
+/// two or three). Setting `LOOM_MAX_PREEMPTIONS` in the environment
+/// overrides the bound, so a long run can search deeper; the other
+/// `LOOM_*` variables keep their usual meaning.
+pub fn bounded(preemptions: usize) -> Builder {
+    let mut builder = Builder::new();
+    if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
+        builder.preemption_bound = Some(preemptions);
+    }
+    builder
+}
+
+/// What the object's memory holds while it is alive.
+const LIVE: usize = 0x11FE;
+/// What the writer writes into the object's memory when it "frees" it.
+const POISON: usize = 0xDEAD;
+
+/// One RCU-protected object as a model sees it: the pointer that publishes
+/// it, its memory, and a flag set when a writer frees it.
+///
+/// The memory is a `loom::cell::UnsafeCell`, so loom itself checks the
+/// RCU guarantee at the level of happens-before: a reader's access to the
+/// object must happen before the writer's free (the write of `POISON`),
+/// or loom fails the model with a causality violation. The `freed` flag and
+/// the `POISON` value turn an early free that *is* ordered before the read
+/// into an assertion failure with a readable message.
+pub struct Retirable {
+    /// The published pointer: true while new readers can reach the object.
+    published: AtomicBool,
+    /// The object's memory.
+    memory: UnsafeCell<usize>,
+    /// Set by the writer just before it frees the memory.
+    freed: AtomicBool,
+}
+
+impl Default for Retirable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Retirable {
+    /// A published, live object.
+    pub fn new() -> Self {
+        Retirable {
+            published: AtomicBool::new(true),
+            memory: UnsafeCell::new(LIVE),
+            freed: AtomicBool::new(false),
+        }
+    }
+
+    /// Reader side, to be called inside a read section: loads the pointer
+    /// and, if the object is still reachable, reads it and checks that it has
+    /// not been freed. Returns whether the object was reachable.
+    pub fn read(&self) -> bool {
+        // Acquire, as `rcu_dereference` would be.
+        if !self.published.load(Ordering::Acquire) {
+            return false;
+        }
+        self.check_live();
+        true
+    }
+
+    /// Reader side, to be called later in the *same* read section after
+    /// `read` returned true: the object must still be live.
+    pub fn check_live(&self) {
+        // SAFETY: loom checks this access against the writer's `with_mut`.
+        let value = self.memory.with(|p| unsafe { *p });
+        assert_eq!(
+            value, LIVE,
+            "a reader inside its read section read the object after it was freed"
+        );
+        assert!(
+            !self.freed.load(Ordering::Relaxed),
+            "a reader inside its read section, having reached the object through the \
+             published pointer, saw it freed: the grace period ended before the section"
+        );
+    }
+
+    /// Writer side: unpublish the object (no new reader can reach it).
+    pub fn unpublish(&self) {
+        // Release, as `rcu_assign_pointer` would be.
+        self.published.store(false, Ordering::Release);
+    }
+
+    /// Writer side, after a grace period: free the object.
+    pub fn free(&self) {
+        self.freed.store(true, Ordering::Relaxed);
+        // SAFETY: loom checks this access against every reader's `with`.
+        self.memory.with_mut(|p| unsafe { *p = POISON });
+    }
+}
+
+/// How many times [`settle`] yields per thread: more than the loom
+/// operations an exiting thread performs after its closure has returned
+/// (rcu-defer's registration destructor does an atomic load and takes the
+/// registry lock).
+const SETTLE_YIELDS_PER_THREAD: usize = 4;
+
+/// Joins every handle, then lets the joined threads finish *exiting* (see
+/// [`settle`]). Returns the threads' results.
+pub fn join<T>(handles: impl IntoIterator<Item = loom::thread::JoinHandle<T>>) -> Vec<T> {
+    let results: Vec<T> = handles
+        .into_iter()
+        .map(|h| h.join().expect("a model thread panicked"))
+        .collect();
+    settle(results.len());
+    results
+}
+
+/// Lets `threads` joined threads finish exiting before the model ends.
+///
+/// loom's `JoinHandle::join` returns as soon as the thread's closure has
+/// returned, before loom runs the thread's thread-local destructors (std's
+/// `join` waits for them). rcu-defer's registration destructor takes the
+/// reader registry's lock, and under loom the registry is a per-execution
+/// static that loom drops as soon as the model closure returns. A model that
+/// returned right after `join` would therefore let an exiting reader lock a
+/// dropped mutex (loom then panics with an out-of-bounds object index).
+///
+/// Each `yield_now` of the calling thread makes loom schedule another
+/// runnable thread for at least one step, so a few yields per thread let
+/// every destructor finish. If that ever stops being enough, the model fails
+/// loudly (it never passes wrongly).
+pub fn settle(threads: usize) {
+    for _ in 0..SETTLE_YIELDS_PER_THREAD * threads.max(1) {
+        loom::thread::yield_now();
+    }
+}
