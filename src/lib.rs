@@ -87,6 +87,10 @@
 //! assert_eq!(queue.interrupts.load(Ordering::Relaxed), 1);
 //! ```
 //!
+//! The [`virtio`] module applies this to guest notifications:
+//! [`IrqNotifier::notify`](virtio::IrqNotifier::notify) sets the interrupt
+//! status at once and signals the irqfd once per outermost section.
+//!
 //! # Flavors
 //!
 //! The price of a read section is the price of its memory fences. In the
