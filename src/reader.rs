@@ -363,13 +363,18 @@ struct Registration(Cell<Option<&'static Record>>);
 impl Drop for Registration {
     fn drop(&mut self) {
         let Some(record) = self.0.get() else { return };
-        // The fast-path thread-local has no destructor, so it is still
-        // accessible (under loom it may already be gone: ignore that).
-        let _ = LOCAL.try_with(|local| local.set(None));
         let depth = record.depth();
         if depth == 0 {
+            // The fast-path thread-local has no destructor, so it is still
+            // accessible (under loom it may already be gone: ignore that).
+            // Forget the record before it can be reused by another thread.
+            let _ = LOCAL.try_with(|local| local.set(None));
             registry().release(record);
         } else {
+            // The record is never released, so the thread keeps it: its
+            // later thread-local destructors still see their section (and
+            // get `InReadSection` instead of a hang), and the guard's drop
+            // still ends it.
             // The thread is exiting inside a read section: a guard was
             // leaked (`mem::forget`) or lives in another thread-local that is
             // destroyed later. Closing the section here would be unsound in

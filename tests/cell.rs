@@ -1,0 +1,394 @@
+//! `RcuCell`: publication, retirement after a grace period, serialized
+//! writers.
+
+use rcu_defer::{drain_call_rcu, read_lock, RcuCell};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+/// Anything that takes longer than this is taken for a hang.
+const HANG_LIMIT: Duration = Duration::from_secs(30);
+
+/// Runs `f` on its own thread and returns its result. Panics if `f` has not
+/// finished within [`HANG_LIMIT`]; re-raises `f`'s panic.
+fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let handle = thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(HANG_LIMIT) {
+        Ok(value) => {
+            handle
+                .join()
+                .expect("the watched thread panicked after sending");
+            value
+        }
+        Err(RecvTimeoutError::Timeout) => {
+            panic!("{what} did not finish within {HANG_LIMIT:?}: hang")
+        }
+        Err(RecvTimeoutError::Disconnected) => match handle.join() {
+            Err(payload) => resume_unwind(payload),
+            Ok(()) => unreachable!("the watched thread ended without sending"),
+        },
+    }
+}
+
+/// Receives from `rx`, panicking instead of hanging.
+fn recv<T>(rx: &mpsc::Receiver<T>, what: &str) -> T {
+    rx.recv_timeout(HANG_LIMIT)
+        .unwrap_or_else(|e| panic!("waiting for {what}: {e}"))
+}
+
+/// A value that records its own drop, and how many times it was dropped.
+struct Tracked {
+    value: u64,
+    dropped: Arc<AtomicUsize>,
+}
+
+impl Tracked {
+    fn new(value: u64) -> (Self, Arc<AtomicUsize>) {
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let tracked = Tracked {
+            value,
+            dropped: Arc::clone(&dropped),
+        };
+        (tracked, dropped)
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.dropped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn read_sees_the_initial_value() {
+    let cell = RcuCell::new(String::from("initial"));
+    let guard = read_lock();
+    assert_eq!(cell.read(&guard), "initial");
+}
+
+#[test]
+fn read_sees_the_latest_value_after_replace() {
+    within("read after replace", || {
+        let cell = Arc::new(RcuCell::new(0u64));
+        for i in 1..=100 {
+            cell.replace(i);
+            let guard = read_lock();
+            assert_eq!(*cell.read(&guard), i);
+        }
+        // And on another thread, in a section that starts afterwards.
+        let other = {
+            let cell = Arc::clone(&cell);
+            thread::spawn(move || *cell.read(&read_lock()))
+        };
+        assert_eq!(other.join().unwrap(), 100);
+        drain_call_rcu();
+    });
+}
+
+#[test]
+fn a_reference_read_before_replace_keeps_showing_the_old_value() {
+    within("old reference", || {
+        let cell = RcuCell::new(String::from("old"));
+        let guard = read_lock();
+        let old = cell.read(&guard);
+        // Another thread replaces the value while this section holds `old`
+        // (replace never waits for readers, so this cannot deadlock).
+        thread::scope(|s| {
+            s.spawn(|| cell.replace(String::from("new")));
+        });
+        assert_eq!(old, "old");
+        assert_eq!(cell.read(&guard), "new");
+        drop(guard);
+        drain_call_rcu();
+    });
+}
+
+#[test]
+fn replace_drops_the_old_value_only_after_a_grace_period() {
+    within("replace retires after grace period", || {
+        let (old, old_dropped) = Tracked::new(1);
+        let cell = Arc::new(RcuCell::new(old));
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (check_tx, check_rx) = mpsc::channel::<()>();
+        let (leave_tx, leave_rx) = mpsc::channel::<()>();
+        let (checked_tx, checked_rx) = mpsc::channel();
+        let reader = {
+            let cell = Arc::clone(&cell);
+            thread::spawn(move || {
+                let guard = read_lock();
+                let seen = cell.read(&guard);
+                entered_tx.send(seen.value).unwrap();
+                check_rx.recv().unwrap();
+                // The value this section read is still there.
+                checked_tx
+                    .send((seen.value, seen.dropped.load(Ordering::SeqCst)))
+                    .unwrap();
+                leave_rx.recv().unwrap();
+                drop(guard);
+            })
+        };
+        assert_eq!(recv(&entered_rx, "the reader to read"), 1);
+        let (new, new_dropped) = Tracked::new(2);
+        cell.replace(new);
+        // Give the callback thread every chance to drop it too early.
+        thread::sleep(Duration::from_millis(200));
+        check_tx.send(()).unwrap();
+        assert_eq!(recv(&checked_rx, "the reader's check"), (1, 0));
+        assert_eq!(
+            old_dropped.load(Ordering::SeqCst),
+            0,
+            "the old value was dropped while a reader that read it was in its section"
+        );
+        leave_tx.send(()).unwrap();
+        reader.join().unwrap();
+        drain_call_rcu();
+        assert_eq!(
+            old_dropped.load(Ordering::SeqCst),
+            1,
+            "the old value was never dropped"
+        );
+        assert_eq!(
+            new_dropped.load(Ordering::SeqCst),
+            0,
+            "the current value was dropped"
+        );
+    });
+}
+
+#[test]
+fn every_replaced_value_is_dropped_exactly_once_and_the_current_one_not_at_all() {
+    within("drops counted", || {
+        let (first, first_dropped) = Tracked::new(0);
+        let cell = RcuCell::new(first);
+        let mut counters = vec![first_dropped];
+        for i in 1..=500 {
+            let (value, dropped) = Tracked::new(i);
+            counters.push(dropped);
+            match i % 3 {
+                0 => cell.replace(value),
+                1 => drop(cell.replace_sync(value)),
+                _ => cell.update(move |_| value),
+            }
+        }
+        drain_call_rcu();
+        let (current, retired) = counters.split_last().unwrap();
+        for (i, dropped) in retired.iter().enumerate() {
+            assert_eq!(dropped.load(Ordering::SeqCst), 1, "value {i}");
+        }
+        assert_eq!(current.load(Ordering::SeqCst), 0);
+        drop(cell);
+        assert_eq!(current.load(Ordering::SeqCst), 1);
+    });
+}
+
+#[test]
+fn replace_sync_returns_the_old_value_after_readers_that_started_before_have_left() {
+    within("replace_sync", || {
+        let cell = Arc::new(RcuCell::new(String::from("old")));
+        let left = Arc::new(AtomicBool::new(false));
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let reader = {
+            let cell = Arc::clone(&cell);
+            let left = Arc::clone(&left);
+            thread::spawn(move || {
+                let guard = read_lock();
+                entered_tx.send(cell.read(&guard).clone()).unwrap();
+                thread::sleep(Duration::from_millis(200));
+                left.store(true, Ordering::Relaxed);
+                drop(guard);
+            })
+        };
+        assert_eq!(recv(&entered_rx, "the reader to read"), "old");
+        let old = cell.replace_sync(String::from("new"));
+        assert_eq!(old, "old");
+        assert!(
+            left.load(Ordering::Relaxed),
+            "replace_sync returned while a reader that could see the old value was in its section"
+        );
+        assert_eq!(cell.read(&read_lock()), "new");
+        reader.join().unwrap();
+    });
+}
+
+#[test]
+fn replace_sync_hands_back_the_value_without_dropping_it() {
+    within("replace_sync ownership", || {
+        let (old, old_dropped) = Tracked::new(7);
+        let (new, _new_dropped) = Tracked::new(8);
+        let cell = RcuCell::new(old);
+        let back = cell.replace_sync(new);
+        drain_call_rcu();
+        assert_eq!(back.value, 7);
+        assert_eq!(old_dropped.load(Ordering::SeqCst), 0);
+        drop(back);
+        assert_eq!(old_dropped.load(Ordering::SeqCst), 1);
+    });
+}
+
+#[test]
+fn update_passes_the_current_value_and_publishes_the_result() {
+    within("update", || {
+        let cell = RcuCell::new(vec![1, 2, 3]);
+        cell.update(|v| {
+            let mut next = v.clone();
+            next.push(4);
+            next
+        });
+        assert_eq!(cell.read(&read_lock()), &[1, 2, 3, 4]);
+        drain_call_rcu();
+    });
+}
+
+#[test]
+fn update_drops_the_old_value_only_after_a_grace_period() {
+    within("update retires after grace period", || {
+        let (old, old_dropped) = Tracked::new(1);
+        let cell = Arc::new(RcuCell::new(old));
+        let left = Arc::new(AtomicBool::new(false));
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let reader = {
+            let cell = Arc::clone(&cell);
+            let left = Arc::clone(&left);
+            thread::spawn(move || {
+                let guard = read_lock();
+                let seen = cell.read(&guard);
+                entered_tx.send(()).unwrap();
+                thread::sleep(Duration::from_millis(200));
+                let still_alive = seen.dropped.load(Ordering::SeqCst) == 0 && seen.value == 1;
+                left.store(true, Ordering::SeqCst);
+                drop(guard);
+                still_alive
+            })
+        };
+        recv(&entered_rx, "the reader to read");
+        cell.update(|old| Tracked::new(old.value + 1).0);
+        assert!(
+            reader.join().unwrap(),
+            "the value read in a section was dropped before the section ended"
+        );
+        drain_call_rcu();
+        assert!(left.load(Ordering::SeqCst));
+        assert_eq!(old_dropped.load(Ordering::SeqCst), 1);
+        assert_eq!(cell.read(&read_lock()).value, 2);
+    });
+}
+
+#[test]
+fn concurrent_updates_are_serialized_and_none_is_lost() {
+    within("serialized updaters", || {
+        let cell = Arc::new(RcuCell::new(0u64));
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let cell = Arc::clone(&cell);
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let mut last = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let guard = read_lock();
+                    let now = *cell.read(&guard);
+                    assert!(
+                        now >= last,
+                        "a reader saw the value go back from {last} to {now}"
+                    );
+                    last = now;
+                }
+            })
+        };
+        let updaters: Vec<_> = (0..2)
+            .map(|_| {
+                let cell = Arc::clone(&cell);
+                thread::spawn(move || {
+                    for _ in 0..10_000 {
+                        cell.update(|v| v + 1);
+                    }
+                })
+            })
+            .collect();
+        for u in updaters {
+            u.join().unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        reader.join().unwrap();
+        assert_eq!(*cell.read(&read_lock()), 20_000);
+        drain_call_rcu();
+    });
+}
+
+#[test]
+fn concurrent_replace_sync_calls_each_get_back_a_distinct_old_value() {
+    // Every value published is handed back exactly once (by the replace_sync
+    // that unpublished it) or is still current: none lost, none duplicated.
+    within("concurrent replace_sync", || {
+        const THREADS: u64 = 3;
+        const EACH: u64 = 300;
+        let cell = Arc::new(RcuCell::new(0u64));
+        let writers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let cell = Arc::clone(&cell);
+                thread::spawn(move || {
+                    (1..=EACH)
+                        .map(|i| cell.replace_sync(t * EACH + i))
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        let mut seen: Vec<u64> = writers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect();
+        seen.push(*cell.read(&read_lock()));
+        seen.sort_unstable();
+        assert!(
+            seen.iter().copied().eq(0..=THREADS * EACH),
+            "old values lost or handed back twice"
+        );
+    });
+}
+
+#[test]
+fn a_panicking_update_closure_changes_nothing() {
+    within("panicking update", || {
+        let (value, dropped) = Tracked::new(41);
+        let cell = RcuCell::new(value);
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            cell.update(|_| panic!("deliberate panic in an update closure"));
+        }));
+        assert!(result.is_err());
+        drain_call_rcu();
+        assert_eq!(cell.read(&read_lock()).value, 41);
+        assert_eq!(
+            dropped.load(Ordering::SeqCst),
+            0,
+            "the current value was dropped"
+        );
+        // The writer lock is usable again.
+        cell.update(|v| Tracked::new(v.value + 1).0);
+        assert_eq!(cell.read(&read_lock()).value, 42);
+        drain_call_rcu();
+        assert_eq!(dropped.load(Ordering::SeqCst), 1);
+    });
+}
+
+#[test]
+fn dropping_the_cell_drops_the_current_value() {
+    let (value, dropped) = Tracked::new(5);
+    let cell = RcuCell::new(value);
+    assert_eq!(dropped.load(Ordering::SeqCst), 0);
+    drop(cell);
+    assert_eq!(dropped.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn default_and_from_build_a_cell_holding_the_value() {
+    let cell: RcuCell<Vec<u8>> = RcuCell::default();
+    assert!(cell.read(&read_lock()).is_empty());
+    let cell = RcuCell::from(String::from("from"));
+    assert_eq!(cell.read(&read_lock()), "from");
+    assert!(format!("{cell:?}").contains("from"));
+}
