@@ -146,6 +146,7 @@ mod cell;
 mod detect;
 mod flavor;
 mod grace;
+pub mod guide;
 mod local;
 mod reader;
 mod sync;
