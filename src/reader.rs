@@ -139,14 +139,20 @@ impl Registry {
         self.entries.iter().map(|e| e.record)
     }
 
-    /// Before sleeping: asks every reader that blocks `gp` to wake the
-    /// writer, and notes when each such section was first seen blocking.
+    /// Before sleeping: asks *every* reader to wake the writer when it
+    /// leaves its section, and notes when each blocking section was first
+    /// seen. Flagging only the readers that block now would lose a wake-up:
+    /// a reader that enters (with an old counter value) after this scan but
+    /// before the writer's fence is seen blocking by the rescan that
+    /// decides to sleep, and it would leave without waking the writer.
+    /// `unmark_quiescent` withdraws the request from the readers that turn
+    /// out not to block.
     pub(crate) fn mark_waiting(&mut self, gp: u64) {
         let now = Instant::now();
         for entry in &mut self.entries {
+            entry.record.set_waiting(true);
             let ctr = entry.record.ctr();
             if blocks(ctr, gp) {
-                entry.record.set_waiting(true);
                 let section = ctr & !DEPTH_MASK;
                 if entry.blocked_since.map(|(seen, _)| seen) != Some(section) {
                     entry.blocked_since = Some((section, now));
@@ -219,9 +225,15 @@ impl Registry {
         }
     }
 
-    fn mark_exited(&mut self, record: &'static Record) {
-        if let Some(owner) = self.entry(record).and_then(|e| e.owner.as_mut()) {
-            owner.exited = true;
+    /// Marks the record's owner as exited; returns how to name it.
+    fn mark_exited(&mut self, record: &'static Record) -> String {
+        match self.entry(record).and_then(|e| e.owner.as_mut()) {
+            Some(owner) => {
+                let name = owner.to_string();
+                owner.exited = true;
+                name
+            }
+            None => "a thread".to_owned(),
         }
     }
 }
@@ -363,6 +375,14 @@ struct Registration(Cell<Option<&'static Record>>);
 impl Drop for Registration {
     fn drop(&mut self) {
         let Some(record) = self.0.get() else { return };
+        // When a loom model fails, loom destroys the remaining thread-locals
+        // after it has dropped the model's statics (the registry among
+        // them); touching the registry then would turn the model's failure
+        // into an abort that hides it.
+        #[cfg(loom)]
+        if std::thread::panicking() {
+            return;
+        }
         let depth = record.depth();
         if depth == 0 {
             // The fast-path thread-local has no destructor, so it is still
@@ -382,15 +402,14 @@ impl Drop for Registration {
             // guard), so the section stays open: the record stays owned,
             // marked exited, and keeps blocking grace periods, which stall
             // reports will name. Say so now, with the location.
-            registry().mark_exited(record);
+            let who = registry().mark_exited(record);
             let at = record
                 .entered_at()
                 .map_or_else(|| "an unknown location".to_owned(), |l| l.to_string());
             eprintln!(
-                "rcu-defer: thread {:?} is exiting inside a read section (depth {depth}, \
-                 entered at {at}); grace periods will wait until its guard is dropped, \
-                 which for a leaked guard is never",
-                thread::current().name().unwrap_or("<unnamed>"),
+                "rcu-defer: {who} is exiting inside a read section (depth {depth}, entered at \
+                 {at}); grace periods will wait until its guard is dropped, which for a \
+                 leaked guard is never"
             );
         }
     }

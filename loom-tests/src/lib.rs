@@ -7,6 +7,21 @@
 //! ```text
 //! RUSTFLAGS="--cfg loom" cargo test -p loom-tests --release --target-dir target/loom
 //! ```
+//!
+//! Rules for models, forced by how loom runs threads:
+//!
+//! - Never call `read_lock` on the model's own (main) thread: loom runs its
+//!   thread-local destructors after it has dropped the per-execution
+//!   statics, and rcu-defer's registration destructor needs the registry
+//!   (loom panics with "attempted to access lazy_static during shutdown").
+//!   Read in spawned threads.
+//! - End a model with [`join`] (or `join` + [`settle`]), not a bare
+//!   `JoinHandle::join`: see [`settle`].
+//! - When a model fails, loom unwinds and drops the remaining threads'
+//!   thread-locals outside the model; rcu-defer's registration destructor
+//!   then panics again and the test binary aborts ("panic in a destructor
+//!   during cleanup"), taking the binary's other models with it. The first
+//!   panic printed is the model's failure; rerun it alone with `--exact`.
 #![cfg(loom)]
 
 use loom::cell::UnsafeCell;

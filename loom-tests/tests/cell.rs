@@ -1,0 +1,157 @@
+//! loom models of `RcuCell`: a value that a reader obtained inside its read
+//! section is not dropped before the section ends, whether the writer waits
+//! for the grace period itself (`replace_sync`) or retires the old value
+//! through `call_rcu` (`replace`).
+#![cfg(loom)]
+
+use loom::cell::UnsafeCell;
+use loom::sync::atomic::{AtomicBool, Ordering};
+use loom::sync::Arc;
+use loom::thread;
+use rcu_defer::{read_lock, RcuCell};
+
+/// How many distinct values a model creates (ids `0..VALUES`).
+const VALUES: usize = 2;
+
+/// Which values have been dropped, kept outside the values themselves so
+/// that a reader can check a value without touching more of its memory than
+/// its id.
+struct DropLog {
+    /// Set by `Tracked::drop`.
+    dropped: [AtomicBool; VALUES],
+    /// Written by `Tracked::drop`, read by readers: loom reports a
+    /// causality violation if a reader's check is not ordered before the
+    /// drop (and detects a double drop).
+    drop_cell: [UnsafeCell<bool>; VALUES],
+}
+
+// SAFETY: the `UnsafeCell`s are loom's: loom checks every access to them
+// for races and fails the model on one, which is the point of this model.
+// (`RcuCell<T>` requires `T: Send + Sync`.)
+unsafe impl Sync for DropLog {}
+
+impl DropLog {
+    fn new() -> Arc<Self> {
+        Arc::new(DropLog {
+            dropped: [AtomicBool::new(false), AtomicBool::new(false)],
+            drop_cell: [UnsafeCell::new(false), UnsafeCell::new(false)],
+        })
+    }
+
+    /// Reader side, inside the read section in which it got the value.
+    fn assert_alive(&self, id: usize) {
+        assert!(
+            id < VALUES,
+            "a reader read id {id:#x} from a value in its read section: the value's memory \
+             was freed (and reused) under the reader"
+        );
+        // SAFETY: loom checks this access against `Tracked::drop`'s.
+        let dropped = self.drop_cell[id].with(|p| unsafe { *p });
+        assert!(
+            !dropped && !self.dropped[id].load(Ordering::Relaxed),
+            "value {id}, read from the cell inside a read section, was dropped before the \
+             section ended"
+        );
+    }
+
+    fn is_dropped(&self, id: usize) -> bool {
+        self.dropped[id].load(Ordering::Relaxed)
+    }
+}
+
+/// The cell's value: an id, and the log its `Drop` writes to.
+///
+/// `repr(C)` with the id after the `Arc` keeps the id clear of the words a
+/// malloc free list writes into a freed block, so that a run against a
+/// broken protocol (a use after free) reports a dropped value rather than a
+/// garbage id; either way the model fails.
+#[repr(C)]
+struct Tracked {
+    log: Arc<DropLog>,
+    id: usize,
+}
+
+impl Tracked {
+    fn new(log: &Arc<DropLog>, id: usize) -> Self {
+        Tracked {
+            log: Arc::clone(log),
+            id,
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        let id = self.id;
+        self.log.dropped[id].store(true, Ordering::Relaxed);
+        // SAFETY: loom checks this access against every reader's.
+        self.log.drop_cell[id].with_mut(|p| {
+            assert!(!unsafe { *p }, "value {id} dropped twice");
+            unsafe { *p = true };
+        });
+    }
+}
+
+/// A reader thread: one read section in which it reads the cell and checks
+/// that the value it got is alive.
+fn spawn_reader(cell: &Arc<RcuCell<Tracked>>, log: &Arc<DropLog>) -> thread::JoinHandle<()> {
+    let cell = Arc::clone(cell);
+    let log = Arc::clone(log);
+    thread::spawn(move || {
+        let guard = read_lock();
+        let id = cell.read(&guard).id;
+        log.assert_alive(id);
+        drop(guard);
+    })
+}
+
+/// Property: `RcuCell::replace_sync` with one concurrent reader never drops
+/// (nor lets the caller drop) a value while a reader that read it from the
+/// cell is still inside its read section; it returns the old value, and the
+/// writer drops that value right away.
+///
+/// Exhaustive (no preemption bound); the flavor is decided concurrently by
+/// the reader and the writer's grace period.
+#[test]
+fn replace_sync_never_drops_value_under_reader() {
+    loom::model(|| {
+        let log = DropLog::new();
+        let cell = Arc::new(RcuCell::new(Tracked::new(&log, 0)));
+        let reader = spawn_reader(&cell, &log);
+        let old = cell.replace_sync(Tracked::new(&log, 1));
+        assert_eq!(old.id, 0, "replace_sync returned the wrong value");
+        drop(old);
+        assert!(log.is_dropped(0));
+        loom_tests::join([reader]);
+        assert!(!log.is_dropped(1), "the cell's current value was dropped");
+    });
+}
+
+/// Property: `RcuCell::replace` (which retires the old value with
+/// `call_rcu`) never drops a value while a reader that read it is inside its
+/// read section, and the old value is dropped once the `rcu-call` thread has
+/// run its callbacks.
+///
+/// Four threads (writer, reader, the `rcu-call` worker, which the model
+/// stops with `loom_stop_call_rcu_thread`): bounded to 6 preemptions
+/// (~9 s; exhaustive does not finish in minutes). The flavor is decided
+/// before the threads start.
+#[test]
+fn replace_retires_old_value_after_reader() {
+    loom_tests::bounded(6).check(|| {
+        rcu_defer::flavor();
+        let log = DropLog::new();
+        let cell = Arc::new(RcuCell::new(Tracked::new(&log, 0)));
+        let reader = spawn_reader(&cell, &log);
+        cell.replace(Tracked::new(&log, 1));
+        // Runs the queued callback (after its grace period), then stops
+        // and joins the worker.
+        rcu_defer::loom_stop_call_rcu_thread();
+        assert!(
+            log.is_dropped(0),
+            "the rcu-call thread stopped without dropping the replaced value"
+        );
+        loom_tests::join([reader]);
+        assert!(!log.is_dropped(1), "the cell's current value was dropped");
+    });
+}
