@@ -43,12 +43,11 @@ pub fn criterion() -> Criterion {
 }
 
 /// The name of the flavor in effect in this process (`"membarrier"` or
-/// `"fence"`), deciding it if nothing has yet. Use it in group names.
-pub fn flavor_name() -> &'static str {
-    match rcu_defer::flavor() {
-        Flavor::Membarrier => "membarrier",
-        Flavor::Fence => "fence",
-    }
+/// `"fence"`, as [`Flavor`] displays it), deciding it if nothing has yet.
+/// Use it in group names, so that results are labelled with the flavor
+/// that produced them.
+pub fn flavor_name() -> String {
+    rcu_defer::flavor().to_string()
 }
 
 /// Whether this process is the re-executed child of [`run_in_both_flavors`].
