@@ -237,7 +237,10 @@ fn wait_for_readers(gp: u64, until: Option<Instant>) -> Result<(), StallReport> 
         }
         if stall_at.is_some_and(|s| now >= s) {
             stall_reported = true;
-            detect::report_stall(&detect::stall_report(&mut registry(), gp, now - started));
+            // Build the report first: the registry lock must be released
+            // before the user's handler runs (it may register a reader).
+            let report = detect::stall_report(&mut registry(), gp, now - started);
+            detect::report_stall(&report);
         }
     }
 }

@@ -187,3 +187,31 @@ fn concurrent_timeouts_and_plain_waits_all_complete_once_the_reader_leaves() {
     assert_eq!(timed_out, [true, false, true, false]);
     synchronize_rcu();
 }
+
+static HANDLER_READ: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A handler that enters a read section on the writer's thread (its first,
+/// which registers the thread): it must not find the library's locks held.
+fn handler_that_reads(report: &StallReport) {
+    let guard = read_lock();
+    drop(guard);
+    HANDLER_READ.store(true, std::sync::atomic::Ordering::SeqCst);
+    collect(report);
+}
+
+#[test]
+fn a_stall_handler_may_enter_a_read_section() {
+    let _settings = Settings::new(Some(Duration::from_millis(100)));
+    set_stall_handler(handler_that_reads);
+    let (_, reader) = stuck_reader("held", Duration::from_millis(600));
+    // A fresh thread, so that the handler's read_lock is its first.
+    let writer = thread::spawn(synchronize_rcu);
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || tx.send(writer.join()).unwrap());
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("synchronize_rcu hung: the handler found a lock held")
+        .unwrap();
+    reader.join().unwrap();
+    assert!(HANDLER_READ.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(REPORTS.lock().unwrap().len(), 1);
+}
