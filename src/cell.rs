@@ -6,7 +6,7 @@ use crate::call_rcu::call_rcu;
 use crate::detect;
 use crate::grace;
 use crate::reader::ReadGuard;
-use crate::sync::{lock, AtomicPtr, Mutex, Ordering};
+use crate::sync::{lock, thread_local_const, AtomicPtr, AtomicUsize, Mutex, MutexGuard, Ordering};
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -38,6 +38,9 @@ pub struct RcuCell<T: Send + Sync + 'static> {
     /// Serializes writers, so that `update` reads a value no other writer
     /// can retire under it and no update is lost.
     writer: Mutex<()>,
+    /// The thread holding `writer` (see `thread_token`), 0 if none: lets a
+    /// write from inside `update`'s own closure panic instead of hanging.
+    writer_thread: AtomicUsize,
     /// The cell owns a `T` (for drop check and auto traits).
     _owns: PhantomData<Box<T>>,
 }
@@ -48,6 +51,7 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
         RcuCell {
             current: AtomicPtr::new(Box::into_raw(Box::new(value))),
             writer: Mutex::new(()),
+            writer_thread: AtomicUsize::new(0),
             _owns: PhantomData,
         }
     }
@@ -101,8 +105,14 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
     ///
     /// Writers are serialized, so concurrent updates never lose each other's
     /// changes; readers are never blocked. If `f` panics, nothing changes.
+    ///
+    /// # Panics
+    ///
+    /// If `f` writes to this same cell (`update`, `replace` or
+    /// `replace_sync` from inside the closure), which would otherwise wait
+    /// for itself; and whatever `f` panics with.
     pub fn update(&self, f: impl FnOnce(&T) -> T) {
-        let _writer = lock(&self.writer);
+        let _writer = self.lock_writer("RcuCell::update");
         // Acquire is enough: writers are serialized by the lock, and the
         // value was published with Release.
         let ptr = self.current.load(Ordering::Acquire);
@@ -122,10 +132,62 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
     /// old value.
     fn swap(&self, value: T) -> Retired<T> {
         let new = Box::into_raw(Box::new(value));
-        let _writer = lock(&self.writer);
+        let _writer = self.lock_writer("a write to an RcuCell");
         // AcqRel: Release publishes `value`; Acquire takes ownership of the
         // old value's contents.
         Retired(self.current.swap(new, Ordering::AcqRel))
+    }
+}
+
+thread_local_const! {
+    /// Its address identifies the current thread among live threads.
+    static THREAD_TOKEN: u8 = 0;
+}
+
+fn thread_token() -> usize {
+    THREAD_TOKEN.with(|t| t as *const u8 as usize)
+}
+
+/// The cell's writer lock, held by one thread.
+struct WriterGuard<'a> {
+    owner: &'a AtomicUsize,
+    _lock: MutexGuard<'a, ()>,
+}
+
+impl Drop for WriterGuard<'_> {
+    fn drop(&mut self) {
+        // Relaxed: only compared with the current thread's own token.
+        self.owner.store(0, Ordering::Relaxed);
+    }
+}
+
+impl<T: Send + Sync + 'static> RcuCell<T> {
+    fn lock_writer(&self, op: &str) -> WriterGuard<'_> {
+        let me = thread_token();
+        let guard = match self.writer.try_lock() {
+            Ok(guard) => guard,
+            // A panicking `update` closure poisons the lock but changes
+            // nothing: the value is consistent.
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                // Relaxed: a thread only ever finds its own token here if it
+                // stored it itself (program order).
+                if self.writer_thread.load(Ordering::Relaxed) == me {
+                    panic!(
+                        "rcu-defer: {op} from inside RcuCell::update's closure on the same \
+                         cell would wait for itself; compute the new value in the closure \
+                         instead"
+                    );
+                }
+                lock(&self.writer)
+            }
+        };
+        // Relaxed: see above.
+        self.writer_thread.store(me, Ordering::Relaxed);
+        WriterGuard {
+            owner: &self.writer_thread,
+            _lock: guard,
+        }
     }
 }
 

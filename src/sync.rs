@@ -6,14 +6,16 @@
 
 #[cfg(not(loom))]
 pub(crate) use std::{
-    sync::atomic::{compiler_fence, fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8},
+    sync::atomic::{
+        compiler_fence, fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize,
+    },
     sync::{Arc, Condvar, Mutex, MutexGuard},
     thread,
 };
 
 #[cfg(loom)]
 pub(crate) use loom::{
-    sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8},
+    sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize},
     sync::{Arc, Condvar, Mutex, MutexGuard},
     thread,
 };
