@@ -4,59 +4,16 @@
 //! All tests in this binary share one process, one callback thread and one
 //! queue; each test only looks at its own callbacks.
 
+mod common;
+
+use common::{child_command, is_child, output_within, panic_text, recv, within, HANG_LIMIT};
 use rcu_defer::{call_rcu, drain_call_rcu, read_lock, synchronize_rcu, try_drain_call_rcu, Error};
-use std::env;
-use std::panic::{catch_unwind, resume_unwind};
-use std::process::{Command, Output, Stdio};
+use std::panic::catch_unwind;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
-
-/// Anything that takes longer than this is taken for a hang.
-const HANG_LIMIT: Duration = Duration::from_secs(30);
-
-/// Runs `f` on its own thread and returns its result. Panics if `f` has not
-/// finished within [`HANG_LIMIT`]; re-raises `f`'s panic.
-fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(HANG_LIMIT) {
-        Ok(value) => {
-            handle
-                .join()
-                .expect("the watched thread panicked after sending");
-            value
-        }
-        Err(RecvTimeoutError::Timeout) => {
-            panic!("{what} did not finish within {HANG_LIMIT:?}: hang")
-        }
-        Err(RecvTimeoutError::Disconnected) => match handle.join() {
-            Err(payload) => resume_unwind(payload),
-            Ok(()) => unreachable!("the watched thread ended without sending"),
-        },
-    }
-}
-
-/// Receives from `rx`, panicking instead of hanging.
-fn recv<T>(rx: &mpsc::Receiver<T>, what: &str) -> T {
-    rx.recv_timeout(HANG_LIMIT)
-        .unwrap_or_else(|e| panic!("waiting for {what}: {e}"))
-}
-
-/// The text of a panic payload.
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "<non-string panic payload>".to_owned()
-    }
-}
 
 #[test]
 fn a_callback_does_not_run_until_a_section_that_began_before_it_was_queued_ends() {
@@ -304,35 +261,11 @@ fn a_panicking_callback_is_caught_and_later_callbacks_and_drain_still_work() {
     });
 }
 
-/// Runs `command` to completion and returns its output; kills it (by its
-/// process id) and panics if it has not finished within `limit`.
-fn output_within(mut command: Command, limit: Duration) -> Output {
-    let child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting the test binary as a child");
-    let id = child.id();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(output) => output.expect("waiting for the child"),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &id.to_string()]).status();
-            panic!("the child process {id} did not finish within {limit:?}: hang");
-        }
-    }
-}
-
-const CHILD_ROLE: &str = "RCU_DEFER_TEST_CHILD_ROLE";
-
 #[test]
 fn a_panicking_callback_is_reported_once_on_stderr_with_its_message() {
     const TEST: &str = "a_panicking_callback_is_reported_once_on_stderr_with_its_message";
     const MESSAGE: &str = "boom-7d41e9 from a callback";
-    if env::var(CHILD_ROLE).is_ok_and(|role| role == TEST) {
+    if is_child(TEST) {
         // A process of its own, so that silencing the panic hook leaves only
         // the library's report on stderr.
         std::panic::set_hook(Box::new(|_| {}));
@@ -340,11 +273,7 @@ fn a_panicking_callback_is_reported_once_on_stderr_with_its_message() {
         within("drain after a panicking callback", drain_call_rcu);
         return;
     }
-    let mut command = Command::new(env::current_exe().unwrap());
-    command
-        .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
-        .env(CHILD_ROLE, TEST);
-    let output = output_within(command, HANG_LIMIT + HANG_LIMIT);
+    let output = output_within(child_command(TEST), HANG_LIMIT + HANG_LIMIT);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

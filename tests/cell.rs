@@ -1,46 +1,16 @@
 //! `RcuCell`: publication, retirement after a grace period, serialized
 //! writers.
 
+mod common;
+
+use common::{recv, within};
 use rcu_defer::{drain_call_rcu, read_lock, RcuCell};
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
-
-/// Anything that takes longer than this is taken for a hang.
-const HANG_LIMIT: Duration = Duration::from_secs(30);
-
-/// Runs `f` on its own thread and returns its result. Panics if `f` has not
-/// finished within [`HANG_LIMIT`]; re-raises `f`'s panic.
-fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(HANG_LIMIT) {
-        Ok(value) => {
-            handle
-                .join()
-                .expect("the watched thread panicked after sending");
-            value
-        }
-        Err(RecvTimeoutError::Timeout) => {
-            panic!("{what} did not finish within {HANG_LIMIT:?}: hang")
-        }
-        Err(RecvTimeoutError::Disconnected) => match handle.join() {
-            Err(payload) => resume_unwind(payload),
-            Ok(()) => unreachable!("the watched thread ended without sending"),
-        },
-    }
-}
-
-/// Receives from `rx`, panicking instead of hanging.
-fn recv<T>(rx: &mpsc::Receiver<T>, what: &str) -> T {
-    rx.recv_timeout(HANG_LIMIT)
-        .unwrap_or_else(|e| panic!("waiting for {what}: {e}"))
-}
 
 /// A value that records its own drop, and how many times it was dropped.
 struct Tracked {

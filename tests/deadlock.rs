@@ -7,61 +7,20 @@
 //! other by `STALL_TESTS`, and the handler records every report so that each
 //! test only looks at reports that name its own reader thread.
 
+mod common;
+
+use common::{panic_text, recv, within, HANG_LIMIT};
 use rcu_defer::{
     assert_may_block, drain_call_rcu, read_lock, set_stall_handler, set_stall_timeout,
     synchronize_rcu, synchronize_rcu_timeout, try_drain_call_rcu, try_synchronize_rcu, Error,
     RcuCell, ReadGuard, StallReport,
 };
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe, Location};
+use std::panic::{catch_unwind, AssertUnwindSafe, Location};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
-
-/// Anything that takes longer than this is taken for a hang.
-const HANG_LIMIT: Duration = Duration::from_secs(30);
-
-/// Runs `f` on its own thread and returns its result. Panics if `f` has not
-/// finished within [`HANG_LIMIT`]; re-raises `f`'s panic.
-fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(HANG_LIMIT) {
-        Ok(value) => {
-            handle
-                .join()
-                .expect("the watched thread panicked after sending");
-            value
-        }
-        Err(RecvTimeoutError::Timeout) => {
-            panic!("{what} did not finish within {HANG_LIMIT:?}: hang")
-        }
-        Err(RecvTimeoutError::Disconnected) => match handle.join() {
-            Err(payload) => resume_unwind(payload),
-            Ok(()) => unreachable!("the watched thread ended without sending"),
-        },
-    }
-}
-
-/// Receives from `rx`, panicking instead of hanging.
-fn recv<T>(rx: &mpsc::Receiver<T>, what: &str) -> T {
-    rx.recv_timeout(HANG_LIMIT)
-        .unwrap_or_else(|e| panic!("waiting for {what}: {e}"))
-}
-
-/// The text of a panic payload.
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "<non-string panic payload>".to_owned()
-    }
-}
 
 /// Enters a section and returns its guard with the line of the `read_lock`
 /// call (the location the library must report).

@@ -4,48 +4,15 @@
 //! that holds a reader in its section delays the others' grace periods,
 //! which is harmless. None of them changes the stall timeout or handler.
 
+mod common;
+
+use common::{recv, within, HANG_LIMIT};
 use rcu_defer::{read_lock, synchronize_rcu, synchronize_rcu_timeout, try_synchronize_rcu, Error};
-use std::panic::resume_unwind;
-#[cfg(target_os = "linux")]
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
-
-/// Anything that takes longer than this is taken for a hang.
-const HANG_LIMIT: Duration = Duration::from_secs(30);
-
-/// Runs `f` on its own thread and returns its result. Panics if `f` has not
-/// finished within [`HANG_LIMIT`]; re-raises `f`'s panic.
-fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(HANG_LIMIT) {
-        Ok(value) => {
-            handle
-                .join()
-                .expect("the watched thread panicked after sending");
-            value
-        }
-        Err(RecvTimeoutError::Timeout) => {
-            panic!("{what} did not finish within {HANG_LIMIT:?}: hang")
-        }
-        Err(RecvTimeoutError::Disconnected) => match handle.join() {
-            Err(payload) => resume_unwind(payload),
-            Ok(()) => unreachable!("the watched thread ended without sending"),
-        },
-    }
-}
-
-/// Receives from `rx`, panicking instead of hanging.
-fn recv<T>(rx: &mpsc::Receiver<T>, what: &str) -> T {
-    rx.recv_timeout(HANG_LIMIT)
-        .unwrap_or_else(|e| panic!("waiting for {what}: {e}"))
-}
 
 /// A reader thread that enters a section, reports it, stays `hold`, sets
 /// `left` (Relaxed: the grace period itself must order it before the
@@ -375,35 +342,11 @@ fn thread_cpu_ticks() -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
-#[cfg(target_os = "linux")]
-const CHILD_ROLE: &str = "RCU_DEFER_TEST_CHILD_ROLE";
-
 /// Runs only `test` of this binary in a child process and checks that it
 /// passed; kills it (by its process id) if it has not finished in time.
 #[cfg(target_os = "linux")]
 fn run_child(test: &str) {
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(CHILD_ROLE, test)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = command
-        .spawn()
-        .expect("starting the test binary as a child");
-    let id = child.id();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let limit = HANG_LIMIT + HANG_LIMIT;
-    let output = match rx.recv_timeout(limit) {
-        Ok(output) => output.expect("waiting for the child"),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &id.to_string()]).status();
-            panic!("the child process {id} did not finish within {limit:?}: hang");
-        }
-    };
+    let output = common::output_within(common::child_command(test), HANG_LIMIT + HANG_LIMIT);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     print!("{stdout}");
@@ -420,7 +363,7 @@ fn a_writer_waiting_for_a_sleeping_reader_sleeps_instead_of_spinning() {
     // grace period (with other tests around, it could be sleeping while
     // another thread leads, and a spinning leader would go unnoticed).
     const TEST: &str = "a_writer_waiting_for_a_sleeping_reader_sleeps_instead_of_spinning";
-    if !std::env::var(CHILD_ROLE).is_ok_and(|role| role == TEST) {
+    if !common::is_child(TEST) {
         run_child(TEST);
         return;
     }

@@ -3,85 +3,32 @@
 //! All tests in this binary share one process and so one RCU state; none of
 //! them leaves a read section open or changes global settings.
 
+mod common;
+
+use common::{
+    child_command, is_child, markers, output_within, panic_text, recv, within, HANG_LIMIT, MARKER,
+};
 use rcu_defer::{
     flavor, in_read_section, read_depth, read_lock, synchronize_rcu, synchronize_rcu_timeout,
     try_synchronize_rcu, Error, Flavor, ReadGuard,
 };
 use std::cell::RefCell;
-use std::env;
-use std::panic::{catch_unwind, resume_unwind};
-use std::process::{Command, Output, Stdio};
+use std::panic::catch_unwind;
+use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
-
-/// Anything that takes longer than this is taken for a hang.
-const HANG_LIMIT: Duration = Duration::from_secs(30);
-
-/// Runs `f` on its own thread and returns its result. Panics if `f` has not
-/// finished within [`HANG_LIMIT`]; re-raises `f`'s panic.
-fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(HANG_LIMIT) {
-        Ok(value) => {
-            handle
-                .join()
-                .expect("the watched thread panicked after sending");
-            value
-        }
-        Err(RecvTimeoutError::Timeout) => {
-            panic!("{what} did not finish within {HANG_LIMIT:?}: hang")
-        }
-        Err(RecvTimeoutError::Disconnected) => match handle.join() {
-            Err(payload) => resume_unwind(payload),
-            Ok(()) => unreachable!("the watched thread ended without sending"),
-        },
-    }
-}
-
-/// Receives from `rx`, panicking instead of hanging.
-fn recv<T>(rx: &mpsc::Receiver<T>, what: &str) -> T {
-    rx.recv_timeout(HANG_LIMIT)
-        .unwrap_or_else(|e| panic!("waiting for {what}: {e}"))
-}
-
-/// The text of a panic payload.
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "<non-string panic payload>".to_owned()
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Child processes: a test re-runs this binary with a different environment
 // (the flavor is chosen once per process) and checks a marker it prints.
 
-/// Set in a child's environment to the name of the test it must play the
-/// child's part of.
-const CHILD_ROLE: &str = "RCU_DEFER_TEST_CHILD_ROLE";
-const MARKER: &str = "RCU-DEFER-CHILD-MARKER:";
-
-fn is_child(test: &str) -> bool {
-    env::var(CHILD_ROLE).is_ok_and(|role| role == test)
-}
-
 /// Runs only `test` of this binary in a child process with `envs` set.
 fn run_child(test: &str, envs: &[(&str, &str)]) -> Output {
-    let exe = env::current_exe().expect("the test binary's path");
-    let mut command = Command::new(exe);
-    command
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(CHILD_ROLE, test)
-        .env_remove("RCU_DEFER_FLAVOR");
+    let mut command = child_command(test);
+    command.env_remove("RCU_DEFER_FLAVOR");
     for (key, value) in envs {
         command.env(key, value);
     }
@@ -93,40 +40,6 @@ fn run_child(test: &str, envs: &[(&str, &str)]) -> Output {
         "the child did not run exactly one passing test\n--- stdout:\n{stdout}\n--- stderr:\n{stderr}"
     );
     output
-}
-
-/// Runs `command` to completion and returns its output; kills it (by its
-/// process id) and panics if it has not finished within `limit`.
-fn output_within(mut command: Command, limit: Duration) -> Output {
-    let child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting the test binary as a child");
-    let id = child.id();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(output) => output.expect("waiting for the child"),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &id.to_string()]).status();
-            panic!("the child process {id} did not finish within {limit:?}: hang");
-        }
-    }
-}
-
-/// The marker lines a child printed, without the marker prefix.
-fn markers(output: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        // libtest prints "test <name> ... " before the test's own output.
-        .filter_map(|line| {
-            line.find(MARKER)
-                .map(|at| line[at + MARKER.len()..].to_owned())
-        })
-        .collect()
 }
 
 // ---------------------------------------------------------------------------

@@ -27,15 +27,16 @@
 //! RCU_DEFER_TORTURE_SECS=600 cargo test --release --test torture -- --ignored --nocapture
 //! ```
 
+mod common;
+
+use common::{child_command, is_child, output_within, within_limit, MARKER};
 use rcu_defer::{
     call_rcu, drain_call_rcu, flavor, read_lock, set_stall_handler, set_stall_timeout,
     synchronize_rcu, Flavor, RcuCell, StallReport,
 };
 use std::env;
 use std::panic::resume_unwind;
-use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -49,32 +50,6 @@ const HANG_MARGIN: Duration = Duration::from_secs(60);
 /// readers never stay in a section for more than a fraction of a
 /// millisecond on purpose.
 const STALL_LIMIT: Duration = Duration::from_secs(10);
-
-/// Runs `f` on its own thread and returns its result. Panics if `f` has not
-/// finished within `limit`; re-raises `f`'s panic.
-fn within<T: Send + 'static>(
-    what: &str,
-    limit: Duration,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(value) => {
-            handle
-                .join()
-                .expect("the watched thread panicked after sending");
-            value
-        }
-        Err(RecvTimeoutError::Timeout) => panic!("{what} did not finish within {limit:?}: hang"),
-        Err(RecvTimeoutError::Disconnected) => match handle.join() {
-            Err(payload) => resume_unwind(payload),
-            Ok(()) => unreachable!("the watched thread ended without sending"),
-        },
-    }
-}
 
 /// A small, fast, per-thread pseudo-random generator (xorshift64*).
 struct Rng(u64);
@@ -455,53 +430,25 @@ fn torture(duration: Duration) {
 
 #[test]
 fn torture_readers_never_see_a_retired_object() {
-    within("torture", DEFAULT_RUN + HANG_MARGIN, || {
+    within_limit("torture", DEFAULT_RUN + HANG_MARGIN, || {
         torture(DEFAULT_RUN)
     });
 }
 
-/// Runs `command` to completion and returns its output; kills it (by its
-/// process id) and panics if it has not finished within `limit`.
-fn output_within(mut command: Command, limit: Duration) -> Output {
-    let child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting the test binary as a child");
-    let id = child.id();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(output) => output.expect("waiting for the child"),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &id.to_string()]).status();
-            panic!("the child process {id} did not finish within {limit:?}: hang");
-        }
-    }
-}
-
-const CHILD_ROLE: &str = "RCU_DEFER_TEST_CHILD_ROLE";
-const MARKER: &str = "RCU-DEFER-CHILD-MARKER:";
-
 #[test]
 fn torture_readers_never_see_a_retired_object_in_the_fence_flavor() {
     const TEST: &str = "torture_readers_never_see_a_retired_object_in_the_fence_flavor";
-    if env::var(CHILD_ROLE).is_ok_and(|role| role == TEST) {
+    if is_child(TEST) {
         assert_eq!(flavor(), Flavor::Fence);
-        within("torture (fence)", DEFAULT_RUN + HANG_MARGIN, || {
+        within_limit("torture (fence)", DEFAULT_RUN + HANG_MARGIN, || {
             torture(DEFAULT_RUN)
         });
         println!("{MARKER}done");
         return;
     }
     // The flavor is chosen once per process: run this in a child.
-    let mut command = Command::new(env::current_exe().unwrap());
-    command
-        .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
-        .env(CHILD_ROLE, TEST)
-        .env("RCU_DEFER_FLAVOR", "fence");
+    let mut command = child_command(TEST);
+    command.env("RCU_DEFER_FLAVOR", "fence");
     let output = output_within(command, DEFAULT_RUN + HANG_MARGIN + HANG_MARGIN);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -522,7 +469,7 @@ fn torture_long() {
         Err(_) => 60,
     };
     let duration = Duration::from_secs(secs);
-    within("long torture", duration + HANG_MARGIN, move || {
+    within_limit("long torture", duration + HANG_MARGIN, move || {
         torture(duration)
     });
 }

@@ -1,0 +1,126 @@
+//! Helpers shared by the integration tests: hang guards and child processes.
+//!
+//! Each file under `tests/` is its own crate and says `mod common;` to
+//! compile this module into itself.
+
+// Each test binary uses only some of these helpers; the rest would be
+// reported as dead code in that binary.
+#![allow(dead_code)]
+
+use std::env;
+use std::panic::resume_unwind;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread;
+use std::time::Duration;
+
+/// Anything that takes longer than this is taken for a hang.
+pub const HANG_LIMIT: Duration = Duration::from_secs(30);
+
+/// Runs `f` on its own thread and returns its result. Panics if `f` has not
+/// finished within [`HANG_LIMIT`]; re-raises `f`'s panic.
+pub fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    within_limit(what, HANG_LIMIT, f)
+}
+
+/// Runs `f` on its own thread and returns its result. Panics if `f` has not
+/// finished within `limit`; re-raises `f`'s panic.
+pub fn within_limit<T: Send + 'static>(
+    what: &str,
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = mpsc::channel();
+    let handle = thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(value) => {
+            handle
+                .join()
+                .expect("the watched thread panicked after sending");
+            value
+        }
+        Err(RecvTimeoutError::Timeout) => panic!("{what} did not finish within {limit:?}: hang"),
+        Err(RecvTimeoutError::Disconnected) => match handle.join() {
+            Err(payload) => resume_unwind(payload),
+            Ok(()) => unreachable!("the watched thread ended without sending"),
+        },
+    }
+}
+
+/// Receives from `rx`, panicking instead of hanging.
+pub fn recv<T>(rx: &mpsc::Receiver<T>, what: &str) -> T {
+    rx.recv_timeout(HANG_LIMIT)
+        .unwrap_or_else(|e| panic!("waiting for {what}: {e}"))
+}
+
+/// The text of a panic payload.
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "<non-string panic payload>".to_owned()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Child processes: a test re-runs its own binary (for a process of its own,
+// or a different environment) and checks what the child printed.
+
+/// Set in a child's environment to the name of the test it must play the
+/// child's part of.
+pub const CHILD_ROLE: &str = "RCU_DEFER_TEST_CHILD_ROLE";
+/// Prefix of the lines a child prints for its parent to check.
+pub const MARKER: &str = "RCU-DEFER-CHILD-MARKER:";
+
+/// Whether this process is the child started to play `test`'s part.
+pub fn is_child(test: &str) -> bool {
+    env::var(CHILD_ROLE).is_ok_and(|role| role == test)
+}
+
+/// A command that runs only `test` of this binary, as its child.
+pub fn child_command(test: &str) -> Command {
+    let exe = env::current_exe().expect("the test binary's path");
+    let mut command = Command::new(exe);
+    command
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD_ROLE, test);
+    command
+}
+
+/// Runs `command` to completion and returns its output; kills it (by its
+/// process id) and panics if it has not finished within `limit`.
+pub fn output_within(mut command: Command, limit: Duration) -> Output {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the test binary as a child");
+    let id = child.id();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(output) => output.expect("waiting for the child"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &id.to_string()]).status();
+            panic!("the child process {id} did not finish within {limit:?}: hang");
+        }
+    }
+}
+
+/// The marker lines a child printed, without the marker prefix.
+pub fn markers(output: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        // libtest prints "test <name> ... " before the test's own output.
+        .filter_map(|line| {
+            line.find(MARKER)
+                .map(|at| line[at + MARKER.len()..].to_owned())
+        })
+        .collect()
+}
