@@ -6,7 +6,8 @@
 //! timeout is reported, naming the readers.
 
 use crate::reader::{current_record_if_registered, Blocker, Registry};
-use crate::sync::{global, lock, AtomicU64, Mutex, Ordering};
+use crate::sync::{global, lock, thread_local_const, AtomicU64, Mutex, Ordering};
+use std::cell::Cell;
 use std::fmt;
 use std::panic::Location;
 use std::time::{Duration, Instant};
@@ -33,6 +34,13 @@ pub enum Error {
     },
     /// The grace period did not complete within the caller's time limit.
     Timeout(StallReport),
+    /// The caller is the stall handler, which runs in the middle of the
+    /// stalled grace period: waiting for a grace period there would wait
+    /// for itself.
+    InStallHandler {
+        /// The operation that was refused, e.g. `"synchronize_rcu"`.
+        op: &'static str,
+    },
 }
 
 impl fmt::Display for Error {
@@ -52,6 +60,12 @@ impl fmt::Display for Error {
                 f,
                 "{op} was called from a call_rcu callback; it would wait for the callback \
                  thread, which is busy running this callback, so it would never return"
+            ),
+            Error::InStallHandler { op } => write!(
+                f,
+                "{op} was called from the stall handler, which runs inside the stalled grace \
+                 period; it would wait for that grace period, which cannot end until the \
+                 handler returns, so it would never return"
             ),
             Error::Timeout(report) => write!(
                 f,
@@ -174,6 +188,11 @@ impl fmt::Display for StalledReader {
     }
 }
 
+thread_local_const! {
+    /// True while this thread runs the stall handler.
+    static IN_STALL_HANDLER: Cell<bool> = Cell::new(false);
+}
+
 /// Stall timeout in milliseconds; `u64::MAX` disables stall reports.
 const STALL_DISABLED: u64 = u64::MAX;
 const STALL_DEFAULT_MS: u64 = 21_000;
@@ -220,7 +239,16 @@ fn print_stall_report(report: &StallReport) {
 
 /// Calls the stall handler.
 pub(crate) fn report_stall(report: &StallReport) {
+    /// Clears the flag however the handler returns (it may panic).
+    struct InHandler;
+    impl Drop for InHandler {
+        fn drop(&mut self) {
+            IN_STALL_HANDLER.with(|h| h.set(false));
+        }
+    }
     let handler = *lock(&STALL_HANDLER);
+    IN_STALL_HANDLER.with(|h| h.set(true));
+    let _in_handler = InHandler;
     handler(report);
 }
 
@@ -252,6 +280,9 @@ pub(crate) fn stall_report(registry: &mut Registry, gp: u64, waited: Duration) -
 
 /// `Err(InReadSection)` if the calling thread is inside a read section.
 pub(crate) fn check_may_wait(op: &'static str) -> Result<(), Error> {
+    if IN_STALL_HANDLER.with(Cell::get) {
+        return Err(Error::InStallHandler { op });
+    }
     match current_record_if_registered() {
         Some(record) if record.depth() > 0 => Err(Error::InReadSection {
             op,

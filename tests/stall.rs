@@ -215,3 +215,41 @@ fn a_stall_handler_may_enter_a_read_section() {
     assert!(HANDLER_READ.load(std::sync::atomic::Ordering::SeqCst));
     assert_eq!(REPORTS.lock().unwrap().len(), 1);
 }
+
+static FROM_HANDLER: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// A handler that (wrongly) waits for a grace period itself.
+fn handler_that_waits(_: &StallReport) {
+    let outcome = match rcu_defer::try_synchronize_rcu() {
+        Err(Error::InStallHandler { op }) => format!("refused {op}"),
+        other => format!("{other:?}"),
+    };
+    let drain = match rcu_defer::try_drain_call_rcu() {
+        Err(e) => e.to_string(),
+        Ok(()) => "drained".to_owned(),
+    };
+    FROM_HANDLER.lock().unwrap().extend([outcome, drain]);
+}
+
+#[test]
+fn waiting_for_a_grace_period_from_the_stall_handler_is_refused_not_a_hang() {
+    let _settings = Settings::new(Some(Duration::from_millis(100)));
+    set_stall_handler(handler_that_waits);
+    let (_, reader) = stuck_reader("held-too", Duration::from_millis(500));
+    let writer = thread::spawn(synchronize_rcu);
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || tx.send(writer.join()).unwrap());
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("synchronize_rcu hung: the handler waited for its own grace period")
+        .unwrap();
+    reader.join().unwrap();
+    let seen = FROM_HANDLER.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0], "refused synchronize_rcu");
+    assert!(
+        seen[1].contains("drain_call_rcu was called from the stall handler"),
+        "{seen:?}"
+    );
+    // Outside the handler, waiting works again.
+    synchronize_rcu();
+}
