@@ -124,6 +124,10 @@ fn requested() -> Option<Flavor> {
 /// a real fence otherwise. `real` is the cached `flavor() == Fence`.
 #[inline(always)]
 pub(crate) fn reader_fence(real: bool) {
+    #[cfg(loom)]
+    if crate::fault::active(crate::fault::LoomFault::DropReaderFence) {
+        return;
+    }
     if real {
         fence(Ordering::SeqCst);
     } else {

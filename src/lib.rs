@@ -144,6 +144,8 @@
 mod call_rcu;
 mod cell;
 mod detect;
+#[cfg(loom)]
+mod fault;
 mod flavor;
 mod grace;
 pub mod guide;
@@ -166,6 +168,9 @@ pub use reader::{in_read_section, read_depth, read_lock, ReadGuard};
 #[cfg(loom)]
 #[doc(hidden)]
 pub use call_rcu::loom_stop_call_rcu_thread;
+#[cfg(loom)]
+#[doc(hidden)]
+pub use fault::{loom_inject_fault, LoomFault};
 
 /// The README's examples run as doc tests.
 #[cfg(doctest)]

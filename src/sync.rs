@@ -22,6 +22,11 @@ pub(crate) use loom::{
 
 pub(crate) use std::sync::atomic::Ordering;
 
+/// A `std` atomic that loom does not model, for the test-only fault switch
+/// (`fault.rs`): switching a fault on must not add interleavings.
+#[cfg(loom)]
+pub(crate) use std::sync::atomic::AtomicU8 as UnmodeledAtomicU8;
+
 /// loom has no compiler fence; the crate never issues one under loom (the
 /// fence flavor is forced there), but keep the name valid.
 #[cfg(loom)]
