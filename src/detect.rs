@@ -5,7 +5,7 @@
 //! waits. A grace period held up by a reader for longer than the stall
 //! timeout is reported, naming the readers.
 
-use crate::reader::{current_record_if_registered, Blocker, Registry};
+use crate::reader::{current_section, Blocker, Registry};
 use crate::sync::{global, lock, thread_local_const, AtomicU64, Mutex, Ordering};
 use std::cell::Cell;
 use std::fmt;
@@ -283,15 +283,13 @@ pub(crate) fn check_may_wait(op: &'static str) -> Result<(), Error> {
     if IN_STALL_HANDLER.with(Cell::get) {
         return Err(Error::InStallHandler { op });
     }
-    match current_record_if_registered() {
-        Some(record) if record.depth() > 0 => Err(Error::InReadSection {
+    match current_section() {
+        Some((depth, entered_at)) => Err(Error::InReadSection {
             op,
-            depth: record.depth(),
-            entered_at: record
-                .entered_at()
-                .expect("a record inside a section has an entry location"),
+            depth,
+            entered_at: entered_at.expect("a record inside a section has an entry location"),
         }),
-        _ => Ok(()),
+        None => Ok(()),
     }
 }
 

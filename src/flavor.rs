@@ -121,18 +121,28 @@ fn requested() -> Option<Flavor> {
 
 /// The reader's side of a store→load ordering point: a compiler fence in the
 /// membarrier flavor (the writer's membarrier supplies the hardware fence),
-/// a real fence otherwise. `real` is the cached `flavor() == Fence`.
+/// a real fence otherwise. `real` is the reader's cached
+/// `flavor() == Fence`.
 #[inline(always)]
 pub(crate) fn reader_fence(real: bool) {
+    if real {
+        real_reader_fence();
+    } else {
+        compiler_fence(Ordering::SeqCst);
+    }
+}
+
+/// The fence flavor's reader fence, out of line so that the membarrier
+/// flavor's read path falls straight through (the call costs little next to
+/// the fence itself).
+#[cold]
+#[inline(never)]
+pub(crate) fn real_reader_fence() {
     #[cfg(loom)]
     if crate::fault::active(crate::fault::LoomFault::DropReaderFence) {
         return;
     }
-    if real {
-        fence(Ordering::SeqCst);
-    } else {
-        compiler_fence(Ordering::SeqCst);
-    }
+    fence(Ordering::SeqCst);
 }
 
 /// The writer's side of a store→load ordering point: a membarrier that makes

@@ -144,6 +144,7 @@
 mod call_rcu;
 mod cell;
 mod detect;
+mod erased;
 #[cfg(loom)]
 mod fault;
 mod flavor;

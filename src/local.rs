@@ -6,84 +6,31 @@
 //! QEMU's `defer_call` (formerly `blk_io_plug_call`): 64 completions that
 //! each ask to notify the guest cost one notification.
 //!
-//! Storage: one queue of slots per call type (`LocalCall<T>` or a closure
-//! type), kept per thread and reused, so recording allocates nothing in the
-//! steady state; a vector of (queue, slot) pairs keeps first-recorded order;
-//! dedup compares (function address, `Arc` address) keys, linearly for a
-//! handful and through a hash set beyond, so it stays O(1) amortized.
+//! Storage: the thread's [`DeferState`] lives in the same thread-local as
+//! its reader record (so `call_local` finds both with `%fs`-relative
+//! accesses, without an initialization check). Pending calls are
+//! type-erased ([`Erased`]) into one vector in first-recorded order; a run
+//! swaps that vector with a spare, so recording allocates nothing in the
+//! steady state. Dedup compares (function address, `Arc` address) keys,
+//! linearly for a handful and through a hash set beyond, so it stays O(1)
+//! amortized. The vectors have no destructor of their own (the
+//! thread-local must not have one); a second thread-local, armed on the
+//! first recording, frees them when the thread exits.
 
 use crate::call_rcu::panic_message;
-use crate::reader::{current_record_if_registered, read_depth};
+use crate::erased::Erased;
+use crate::reader::{with_local, Local};
 use crate::sync::thread_local_lazy;
-use std::any::{Any, TypeId};
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::marker::PhantomData;
+use std::mem::{self, ManuallyDrop};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::rc::Rc;
 use std::sync::Arc;
 
-/// A recorded call, typed.
-trait Call: 'static {
-    fn call(self);
-}
-
-/// `call_local`'s record: the function and a clone of the `Arc`, which
-/// keeps the argument alive until the call runs.
-struct LocalCall<T: ?Sized + 'static> {
-    f: fn(&T),
-    arg: Arc<T>,
-}
-
-impl<T: ?Sized + 'static> Call for LocalCall<T> {
-    fn call(self) {
-        (self.f)(&self.arg);
-    }
-}
-
-/// `call_local_fn`'s record.
-struct FnCall<F>(F);
-
-impl<F: FnOnce() + 'static> Call for FnCall<F> {
-    fn call(self) {
-        (self.0)();
-    }
-}
-
-/// The slots of one call type, type-erased for the run loop.
-trait Queue {
-    /// Takes the call out of `slot` and makes it, holding no borrow while it
-    /// runs (it may record more calls).
-    fn run(&self, slot: usize);
-    /// Forgets every slot (all have run), keeping the allocation.
-    fn clear(&self);
-    fn as_any(&self) -> &dyn Any;
-}
-
-struct Slots<C> {
-    items: RefCell<Vec<Option<C>>>,
-}
-
-impl<C: Call> Queue for Slots<C> {
-    fn run(&self, slot: usize) {
-        let call = self.items.borrow_mut().get_mut(slot).and_then(Option::take);
-        if let Some(call) = call {
-            call.call();
-        }
-    }
-
-    fn clear(&self) {
-        self.items.borrow_mut().clear();
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
-
-/// A multiply-rotate hasher for keys that are addresses (and type ids):
-/// far cheaper than SipHash, and these keys are not attacker-chosen.
+/// A multiply-rotate hasher for keys that are addresses: far cheaper than
+/// SipHash, and these keys are not attacker-chosen.
 #[derive(Default)]
 struct AddrHasher(u64);
 
@@ -109,167 +56,282 @@ impl Hasher for AddrHasher {
 
 type AddrBuild = BuildHasherDefault<AddrHasher>;
 
-/// Where a recorded call lives: (queue index, slot index).
-type Ticket = (usize, usize);
-
 /// Dedup key of `call_local`: (function address, `Arc` data address).
+/// `call_local_fn` calls have `NO_KEY`, which no `call_local` call has (a
+/// function's address is never 0).
 type Key = (usize, usize);
 
-/// Up to this many pending `call_local` keys, dedup is a linear scan of
-/// `keys` (cheaper than hashing for the usual handful of notifiers); past
-/// it, `index` holds them all, so dedup stays O(1) amortized.
+/// The key of a call that is never deduplicated.
+const NO_KEY: Key = (0, 0);
+
+/// Up to this many pending calls, dedup is a linear scan of their keys
+/// (cheaper than hashing for the usual handful of notifiers); past it,
+/// `index` holds every pending key, so dedup stays O(1) amortized.
 const LINEAR_KEYS: usize = 8;
 
-/// A run that leaves the hash index larger than this frees it rather than
+/// A run that finds the hash index larger than this frees it rather than
 /// clearing it (clearing costs time proportional to its capacity).
 const INDEX_KEEP: usize = 1024;
 
-#[derive(Default)]
+/// `DeferState::cleanup`: nothing recorded yet on this thread.
+const NOT_ARMED: u8 = 0;
+/// `DeferState::cleanup`: the exit-time cleanup is armed.
+const ARMED: u8 = 1;
+/// `DeferState::cleanup`: the thread is exiting and its cleanup has run;
+/// calls are made at once.
+const TORN_DOWN: u8 = 2;
+
+/// One recorded call and its dedup key.
+struct Slot {
+    key: Key,
+    call: Erased,
+}
+
+/// The pending calls of one thread.
 struct Pending {
-    queues: Vec<Rc<dyn Queue>>,
-    queue_of: HashMap<TypeId, usize, AddrBuild>,
-    /// The last call type recorded and its queue: skips `queue_of`.
-    last_queue: Option<(TypeId, usize)>,
-    /// Recorded calls in first-recorded order. `order[..base]` belongs to
-    /// runs in progress; `order[base..]` is pending.
-    order: Vec<Ticket>,
-    base: usize,
-    /// Keys of the pending `call_local` records (`keys[key_base..]`).
-    keys: Vec<Key>,
-    key_base: usize,
-    /// All pending keys, once there are more than `LINEAR_KEYS`.
-    index: HashSet<Key, AddrBuild>,
+    /// Recorded calls, in first-recorded order.
+    calls: Vec<Slot>,
+    /// An empty vector with capacity that the next run swaps in for
+    /// `calls`.
+    spare: Vec<Slot>,
+    /// Every pending key, once more than `LINEAR_KEYS` calls are pending.
+    index: Option<HashSet<Key, AddrBuild>>,
 }
 
 impl Pending {
-    fn has_pending(&self) -> bool {
-        self.order.len() > self.base
+    const fn new() -> Self {
+        Pending {
+            calls: Vec::new(),
+            spare: Vec::new(),
+            index: None,
+        }
     }
 
-    /// Records `key` unless it is pending; whether it was new.
-    fn insert_key(&mut self, key: Key) -> bool {
-        let pending = &self.keys[self.key_base..];
-        if pending.len() < LINEAR_KEYS {
-            if pending.contains(&key) {
-                return false;
+    /// Whether `key` can be recorded: it is not pending already.
+    #[inline]
+    fn is_new(&mut self, key: Key) -> bool {
+        if self.calls.len() < LINEAR_KEYS {
+            !self.calls.iter().any(|slot| slot.key == key)
+        } else {
+            self.index_insert(key)
+        }
+    }
+
+    /// The hashed half of `is_new`: inserts `key`, building the index from
+    /// the pending calls first if this is its first use since a run.
+    #[cold]
+    #[inline(never)]
+    fn index_insert(&mut self, key: Key) -> bool {
+        let index = self.index.get_or_insert_with(HashSet::default);
+        if index.is_empty() {
+            index.extend(
+                self.calls
+                    .iter()
+                    .map(|slot| slot.key)
+                    .filter(|&key| key != NO_KEY),
+            );
+        }
+        index.insert(key)
+    }
+
+    /// Forgets every pending key (their calls are about to run: a call
+    /// recorded from now on is a new one).
+    fn clear_keys(&mut self) {
+        if let Some(index) = &mut self.index {
+            if index.capacity() > INDEX_KEEP {
+                self.index = None;
+            } else {
+                index.clear();
+            }
+        }
+    }
+
+    /// Takes every pending call as the batch of a new run.
+    fn start_run(&mut self) -> Vec<Slot> {
+        self.clear_keys();
+        let spare = mem::take(&mut self.spare);
+        mem::replace(&mut self.calls, spare)
+    }
+
+    /// Keeps the emptied batch vector as the next spare (a run nested in
+    /// another's call may leave a smaller one there).
+    fn end_run(&mut self, batch: Vec<Slot>) {
+        if batch.capacity() > self.spare.capacity() {
+            self.spare = batch;
+        }
+    }
+}
+
+/// A thread's defer state, kept beside its reader record.
+pub(crate) struct DeferState {
+    /// Open defer scopes.
+    scopes: Cell<usize>,
+    /// `NOT_ARMED`, `ARMED` or `TORN_DOWN`.
+    cleanup: Cell<u8>,
+    /// `ManuallyDrop`: the thread-local that holds this has no destructor;
+    /// `Cleanup` drops the contents at thread exit.
+    pending: RefCell<ManuallyDrop<Pending>>,
+}
+
+impl DeferState {
+    /// The state of a thread that has deferred nothing.
+    pub(crate) const fn new() -> Self {
+        DeferState {
+            scopes: Cell::new(0),
+            cleanup: Cell::new(NOT_ARMED),
+            pending: RefCell::new(ManuallyDrop::new(Pending::new())),
+        }
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.pending.borrow().calls.is_empty()
+    }
+
+    /// Whether calls can be recorded: the exit-time cleanup is armed (it is
+    /// armed here on the first recording).
+    #[inline]
+    fn can_record(&self) -> bool {
+        match self.cleanup.get() {
+            ARMED => true,
+            TORN_DOWN => false,
+            _ => self.arm(),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn arm(&self) -> bool {
+        if CLEANUP.try_with(|_| ()).is_ok() {
+            self.cleanup.set(ARMED);
+            true
+        } else {
+            self.cleanup.set(TORN_DOWN);
+            false
+        }
+    }
+
+    /// Runs every pending call in first-recorded order; see [`DeferScope`]'s
+    /// `# Panics`. The thread is outside any read section and scope.
+    #[inline]
+    fn run(&self, local: &Local) {
+        let mut pending = self.pending.borrow_mut();
+        if pending.calls.len() != 1 {
+            drop(pending);
+            return self.run_batch(local);
+        }
+        // One call, the common case (one notifier per pass): no batch to
+        // swap out, and a panic needs catching only while unwinding.
+        let slot = pending.calls.pop().expect("one call is pending");
+        pending.clear_keys();
+        drop(pending);
+        if std::thread::panicking() {
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| slot.call.run())) {
+                report_dropped_panic(&*payload);
             }
         } else {
-            if self.index.is_empty() {
-                self.index.extend(pending.iter().copied());
-            }
-            if !self.index.insert(key) {
-                return false;
-            }
+            slot.call.run();
         }
-        self.keys.push(key);
-        true
-    }
-
-    fn queue_index<C: Call>(&mut self) -> usize {
-        let type_id = TypeId::of::<C>();
-        if let Some((last, index)) = self.last_queue {
-            if last == type_id {
-                return index;
-            }
+        if self.has_pending() {
+            // Recorded by the call inside a section it never closed: keep
+            // them for that section's end.
+            local.mark_deferred();
         }
-        let index = match self.queue_of.get(&type_id) {
-            Some(&index) => index,
-            None => {
-                let queue: Rc<dyn Queue> = Rc::new(Slots::<C> {
-                    items: RefCell::new(Vec::new()),
-                });
-                self.queues.push(queue);
-                self.queue_of.insert(type_id, self.queues.len() - 1);
-                self.queues.len() - 1
-            }
-        };
-        self.last_queue = Some((type_id, index));
-        index
     }
 
-    fn push<C: Call>(&mut self, call: C) {
-        let index = self.queue_index::<C>();
-        let slots = self.queues[index]
-            .as_any()
-            .downcast_ref::<Slots<C>>()
-            .expect("queue_of maps each call type to its own queue");
-        let mut items = slots.items.borrow_mut();
-        items.push(Some(call));
-        let ticket = (index, items.len() - 1);
-        drop(items);
-        self.order.push(ticket);
-    }
-
-    /// Makes everything pending the batch of a new run: returns the
-    /// batch's range of `order` and the previous bases, to restore.
-    fn start_run(&mut self) -> (usize, usize, usize) {
-        let batch = (self.base, self.order.len(), self.key_base);
-        self.base = self.order.len();
-        self.key_base = self.keys.len();
-        if !self.index.is_empty() {
-            if self.index.capacity() > INDEX_KEEP {
-                self.index = HashSet::default();
-            } else {
-                self.index.clear();
-            }
-        }
-        batch
-    }
-
-    /// Ends a run started by `start_run`: drops its batch unless calls it
-    /// recorded are still pending (a section it never closed).
-    fn end_run(&mut self, (start, end, key_start): (usize, usize, usize)) {
-        if self.order.len() == end {
-            self.order.truncate(start);
-            self.keys.truncate(key_start);
-            self.base = start;
-            self.key_base = key_start;
-            if start == 0 {
-                for queue in &self.queues {
-                    queue.clear();
+    /// `run` for any number of calls.
+    #[inline(never)]
+    fn run_batch(&self, local: &Local) {
+        let mut batch = self.pending.borrow_mut().start_run();
+        let unwinding = std::thread::panicking();
+        let mut first_panic = None;
+        // No borrow is held while a call runs: it may record more calls.
+        for slot in batch.drain(..) {
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| slot.call.run())) {
+                if unwinding {
+                    report_dropped_panic(&*payload);
+                } else if first_panic.is_none() {
+                    first_panic = Some(payload);
                 }
             }
         }
+        self.pending.borrow_mut().end_run(batch);
+        if self.has_pending() {
+            // Recorded by a call inside a section it never closed: keep them
+            // for that section's end.
+            local.mark_deferred();
+        }
+        if let Some(payload) = first_panic {
+            resume_unwind(payload);
+        }
     }
-}
 
-/// The thread's defer state.
-struct Deferred {
-    /// Open defer scopes.
-    scopes: Cell<usize>,
-    pending: RefCell<Pending>,
-}
-
-impl Drop for Deferred {
-    fn drop(&mut self) {
-        let pending = self.pending.get_mut();
-        let n = pending.order.len() - pending.base;
+    /// At thread exit: drops the calls that never ran (saying so) and frees
+    /// the vectors; calls made from now on run at once.
+    fn tear_down(&self) {
+        self.cleanup.set(TORN_DOWN);
+        let pending = {
+            let mut pending = self.pending.borrow_mut();
+            mem::replace(&mut **pending, Pending::new())
+        };
+        let n = pending.calls.len();
         if n > 0 {
             eprintln!(
                 "rcu-defer: a thread is exiting with {n} deferred call(s) that never ran: the \
                  read section or defer scope that recorded them never ended (a leaked guard?)"
             );
         }
+        drop(pending);
+    }
+}
+
+/// Reports a deferred call's panic that cannot be resumed: the thread was
+/// already unwinding.
+#[cold]
+fn report_dropped_panic(payload: &(dyn std::any::Any + Send)) {
+    eprintln!(
+        "rcu-defer: a deferred call panicked while the thread was already unwinding: {}; the \
+         panic is dropped",
+        panic_message(payload)
+    );
+}
+
+/// Frees the thread's pending-call vectors when it exits.
+struct Cleanup;
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = with_local(|local| local.defer.tear_down());
     }
 }
 
 thread_local_lazy! {
-    static DEFERRED: Deferred = Deferred {
-        scopes: Cell::new(0),
-        pending: RefCell::new(Pending::default()),
-    };
+    /// Armed by a thread's first recording; see `Cleanup`.
+    static CLEANUP: Cleanup = Cleanup;
 }
 
-/// Whether calls made now are deferred: inside a read section or a scope.
-fn batching(deferred: &Deferred) -> bool {
-    deferred.scopes.get() > 0 || read_depth() > 0
+/// Records `call` if the thread is batching; `None` if it must be made now.
+/// `key` deduplicates `call_local` calls.
+#[inline]
+fn record(local: &Local, key: Key, call: impl FnOnce() -> Erased) -> Option<bool> {
+    let defer = &local.defer;
+    let in_section = local.in_section();
+    if !(in_section || defer.scopes.get() > 0) || !defer.can_record() {
+        return None;
+    }
+    if key != NO_KEY && !defer.pending.borrow_mut().is_new(key) {
+        return Some(false);
+    }
+    push(local, Slot { key, call: call() }, in_section);
+    Some(true)
 }
 
-/// Tells the read side that this thread has calls to run at its outermost
-/// exit.
-fn mark_pending() {
-    if let Some(record) = current_record_if_registered() {
-        record.set_deferred(true);
+/// The out-of-line half of `record`: keeps the duplicate check small
+/// enough to inline into the caller.
+#[inline(never)]
+fn push(local: &Local, slot: Slot, in_section: bool) {
+    local.defer.pending.borrow_mut().calls.push(slot);
+    if in_section {
+        local.mark_deferred();
     }
 }
 
@@ -318,29 +380,20 @@ fn mark_pending() {
 /// assert!(call_local(notify, &irqs)); // outside any section: runs at once
 /// assert_eq!(irqs.load(Ordering::Relaxed), 2);
 /// ```
+#[inline]
 pub fn call_local<T: ?Sized + 'static>(f: fn(&T), arg: &Arc<T>) -> bool {
-    let recorded = DEFERRED.try_with(|deferred| {
-        if !batching(deferred) {
-            return None;
-        }
-        let key = (f as usize, Arc::as_ptr(arg) as *const () as usize);
-        let mut pending = deferred.pending.borrow_mut();
-        if !pending.insert_key(key) {
-            return Some(false);
-        }
-        pending.push(LocalCall {
-            f,
-            arg: Arc::clone(arg),
-        });
-        drop(pending);
-        mark_pending();
-        Some(true)
+    let key = (f as usize, Arc::as_ptr(arg) as *const () as usize);
+    let recorded = with_local(|local| {
+        record(local, key, || {
+            let arg = Arc::clone(arg);
+            Erased::new(move || f(&arg))
+        })
     });
     match recorded {
-        Ok(Some(recorded)) => recorded,
+        Some(Some(recorded)) => recorded,
         // Not batching, or the thread is tearing down its thread-locals
         // (nothing could run the call later): call now.
-        Ok(None) | Err(_) => {
+        _ => {
             f(arg);
             true
         }
@@ -365,16 +418,12 @@ pub fn call_local<T: ?Sized + 'static>(f: fn(&T), arg: &Arc<T>) -> bool {
 /// ```
 pub fn call_local_fn<F: FnOnce() + 'static>(f: F) {
     let mut f = Some(f);
-    let recorded = DEFERRED.try_with(|deferred| {
-        if !batching(deferred) {
-            return false;
-        }
-        let call = f.take().expect("taken once");
-        deferred.pending.borrow_mut().push(FnCall(call));
-        mark_pending();
-        true
+    let recorded = with_local(|local| {
+        record(local, NO_KEY, || {
+            Erased::new(f.take().expect("the call is taken once"))
+        })
     });
-    if !matches!(recorded, Ok(true)) {
+    if !matches!(recorded, Some(Some(true))) {
         if let Some(f) = f {
             f();
         }
@@ -404,7 +453,10 @@ pub fn call_local_fn<F: FnOnce() + 'static>(f: F) {
 /// needs_send(rcu_defer::defer_scope());
 /// ```
 pub fn defer_scope() -> DeferScope {
-    DEFERRED.with(|deferred| deferred.scopes.set(deferred.scopes.get() + 1));
+    let _ = with_local(|local| {
+        let scopes = &local.defer.scopes;
+        scopes.set(scopes.get() + 1);
+    });
     DeferScope {
         _not_send: PhantomData,
     }
@@ -427,11 +479,18 @@ pub struct DeferScope {
 
 impl Drop for DeferScope {
     fn drop(&mut self) {
-        let _ = DEFERRED.try_with(|deferred| {
-            let scopes = deferred.scopes.get() - 1;
-            deferred.scopes.set(scopes);
-            if scopes == 0 && read_depth() == 0 && deferred.pending.borrow().has_pending() {
-                deferred.run();
+        let _ = with_local(|local| {
+            let defer = &local.defer;
+            let scopes = defer.scopes.get() - 1;
+            defer.scopes.set(scopes);
+            if scopes == 0 && defer.has_pending() {
+                if local.in_section() {
+                    // Calls recorded before the read section began: its
+                    // outermost end runs them now.
+                    local.mark_deferred();
+                } else {
+                    defer.run(local);
+                }
             }
         });
     }
@@ -439,55 +498,10 @@ impl Drop for DeferScope {
 
 /// Called by the read side when the outermost section ends and the thread
 /// has marked pending calls.
-#[cold]
-#[inline(never)]
-pub(crate) fn run_if_due() {
-    let _ = DEFERRED.try_with(|deferred| {
-        if deferred.scopes.get() == 0 {
-            deferred.run();
-        }
-    });
-}
-
-impl Deferred {
-    /// Runs every pending call in first-recorded order; see [`DeferScope`]'s
-    /// `# Panics`. The thread is outside any read section and scope.
-    fn run(&self) {
-        let batch = self.pending.borrow_mut().start_run();
-        if let Some(record) = current_record_if_registered() {
-            record.set_deferred(false);
-        }
-        let unwinding = std::thread::panicking();
-        let mut first_panic = None;
-        for i in batch.0..batch.1 {
-            // Clone the queue out of the borrow: the call may record more.
-            let (queue, slot) = {
-                let pending = self.pending.borrow();
-                let (queue, slot) = pending.order[i];
-                (Rc::clone(&pending.queues[queue]), slot)
-            };
-            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| queue.run(slot))) {
-                if unwinding {
-                    eprintln!(
-                        "rcu-defer: a deferred call panicked while the thread was already \
-                         unwinding: {}; the panic is dropped",
-                        panic_message(&*payload)
-                    );
-                } else if first_panic.is_none() {
-                    first_panic = Some(payload);
-                }
-            }
-        }
-        let mut pending = self.pending.borrow_mut();
-        pending.end_run(batch);
-        if pending.has_pending() {
-            // Recorded by the batch inside a scope or section it never
-            // closed: keep them for that section's end.
-            drop(pending);
-            mark_pending();
-        }
-        if let Some(payload) = first_panic {
-            resume_unwind(payload);
-        }
+#[inline]
+pub(crate) fn run_if_due(local: &Local) {
+    let defer = &local.defer;
+    if defer.scopes.get() == 0 && defer.has_pending() {
+        defer.run(local);
     }
 }

@@ -1,17 +1,29 @@
 //! Read sections: per-thread reader records, lazy registration, and the
 //! guard whose creation and drop are the read-side fast path.
 //!
-//! Each thread that ever enters a read section owns a [`Record`]. Records are
-//! allocated once, leaked, and kept in the registry for the life of the
-//! process; a record whose thread has exited is reused by the next thread
-//! that registers. A writer scanning the registry therefore never touches
-//! freed memory, however threads come and go during its grace period.
+//! Each thread's reader state ([`Local`], holding its [`Record`]) is a
+//! thread-local with a constant initializer and no destructor, so the fast
+//! path addresses it directly (`%fs`-relative on x86-64): no pointer to load,
+//! no "initialized?" test. The first `read_lock` of a thread finds its
+//! record unregistered (a `signal` bit that the outermost entry tests anyway
+//! for the fence flavor) and adds it to the registry; a second thread-local,
+//! with a destructor, removes it when the thread exits, under the registry
+//! lock, before the thread's thread-local memory is freed. A writer scans the
+//! registry only under that lock, so it never touches a record after its
+//! thread has gone.
+//!
+//! Read sections entered after that destructor has run (from another
+//! thread-local's destructor), and a section still open when it runs (a
+//! leaked guard), are published through a *stand-in*: a leaked heap record
+//! that takes the thread's place in the registry. The thread's own record
+//! then sends every outermost entry and exit to the slow path, which keeps
+//! the stand-in up to date.
 
-use crate::flavor::{flavor, reader_fence, Flavor};
+use crate::flavor::{flavor, reader_fence, real_reader_fence, Flavor};
 use crate::grace;
-use crate::local;
+use crate::local::{self, DeferState};
 use crate::sync::{
-    global, lock, thread, thread_local_const, thread_local_lazy, AtomicBool, AtomicPtr, AtomicU64,
+    global, lock, thread, thread_local_lazy, thread_local_pinned, AtomicPtr, AtomicU64, AtomicU8,
     Mutex, MutexGuard, Ordering,
 };
 use std::cell::Cell;
@@ -20,13 +32,20 @@ use std::marker::PhantomData;
 use std::panic::Location;
 use std::time::Instant;
 
-/// A reader's `ctr` word holds its nesting depth in the low `DEPTH_BITS`
-/// bits and, above them, the grace-period counter value read when the
-/// outermost section began (liburcu's layout). One word means the outermost
-/// entry is one load of `GP_CTR` and one store, and the exit one store of 0.
-const DEPTH_BITS: u32 = 24;
+/// A reader's `ctr` word: the nesting depth in its low `NEST_BITS` bits,
+/// then the `DEFERRED` flag, and above them the grace-period counter value
+/// read when the outermost section began (liburcu's layout). One word means
+/// the outermost entry is one load of `GP_CTR` and one store, and the exit
+/// one store of 0.
+const NEST_BITS: u32 = 23;
 /// The depth part of a `ctr` word.
-const DEPTH_MASK: u64 = (1 << DEPTH_BITS) - 1;
+const NEST_MASK: u64 = (1 << NEST_BITS) - 1;
+/// Set in `ctr` by `call_local` inside a section: the outermost exit must
+/// run deferred calls. Storing 0 at that exit clears it; nested entries and
+/// exits carry it along.
+const DEFERRED: u64 = 1 << NEST_BITS;
+/// Everything in `ctr` below the grace-period value.
+const LOW_MASK: u64 = (1 << (NEST_BITS + 1)) - 1;
 /// How far one grace period advances the counter: the low bits stay 0.
 ///
 /// The counter can wrap only after 2^40 grace periods, and a reader is
@@ -34,9 +53,23 @@ const DEPTH_MASK: u64 = (1 << DEPTH_BITS) - 1;
 /// while it stayed in one section, which a section that blocks every grace
 /// period cannot allow (only abandoned, timed-out grace periods advance it
 /// without completing).
-pub(crate) const GP_STEP: u64 = 1 << DEPTH_BITS;
+pub(crate) const GP_STEP: u64 = LOW_MASK + 1;
 /// The first value of the grace-period counter (never 0).
 const GP_FIRST: u64 = GP_STEP;
+
+/// `signal` bit: a writer sleeps until this reader leaves its section.
+/// The only bit that writers change.
+const WAITING: u8 = 1;
+/// `signal` bit: the fence flavor; readers issue real fences.
+const REAL_FENCE: u8 = 2;
+/// `signal` bit, thread-local records only: the registry holds a stand-in
+/// for this thread; every outermost entry and exit takes the slow path.
+const STAND_IN: u8 = 4;
+/// `signal` bit, thread-local records only: the thread has not registered
+/// yet; its first outermost entry takes the slow path.
+const UNREGISTERED: u8 = 8;
+/// The `signal` bits that send an outermost entry to the slow path.
+const ENTER_SLOW: u8 = REAL_FENCE | STAND_IN | UNREGISTERED;
 
 global! {
     /// The grace-period counter: readers copy it into their record on
@@ -46,44 +79,66 @@ global! {
 }
 
 global! {
-    /// Every record ever allocated, with the thread that owns it now.
+    /// Every registered record, with the thread that owns it.
     static REGISTRY: Mutex<Registry> = Mutex::new(Registry { entries: Vec::new() });
 }
 
-thread_local_const! {
-    /// This thread's record once it has registered: the read-side fast path
-    /// reads only this.
-    static LOCAL: Cell<Option<&'static Record>> = Cell::new(None);
+thread_local_pinned! {
+    /// This thread's reader state: the read-side fast path touches only
+    /// this.
+    static LOCAL: Local = Local {
+        record: Record {
+            ctr: AtomicU64::new(0),
+            entered_at: AtomicPtr::new(std::ptr::null_mut()),
+            signal: AtomicU8::new(UNREGISTERED),
+        },
+        stand_in: Cell::new(None),
+        thread_id: Cell::new(None),
+        defer: DeferState::new(),
+    };
 }
 
 thread_local_lazy! {
-    /// Holds the registration whose destructor releases the record when the
-    /// thread exits.
+    /// Its destructor takes this thread's record out of the registry when
+    /// the thread exits.
     static REGISTRATION: Registration = Registration(Cell::new(None));
 }
 
-/// One thread's published reader state.
+/// One reader's published state.
 ///
-/// All fields but `waiting` are written only by the owning thread; writers
-/// read them. Aligned to its own cache lines so that two readers never write
-/// the same line.
+/// `ctr` and `entered_at` are written only by the owning thread, `signal`
+/// by both sides (see its bits); writers read them under the registry lock.
+/// Aligned to its own cache lines so that a writer's scan does not share a
+/// line with the owner's other hot data.
 #[repr(align(128))]
 pub(crate) struct Record {
     /// 0 while the thread is outside any read section; otherwise the value of
     /// `GP_CTR` when it entered its outermost section plus its nesting depth
-    /// (see `DEPTH_BITS`). Written only by the owner, with plain loads and
-    /// stores (no read-modify-write).
+    /// and the `DEFERRED` flag. Written only by the owner, with plain loads
+    /// and stores (no read-modify-write).
     ctr: AtomicU64,
     /// Where the outermost section was entered (a `&'static Location`), for
     /// deadlock and stall reports.
     entered_at: AtomicPtr<Location<'static>>,
-    /// Set by a writer that sleeps until this thread leaves its section.
-    waiting: AtomicBool,
-    /// Owner-only: the thread has `call_local` calls to run when its
-    /// outermost section ends.
-    deferred: AtomicBool,
-    /// `flavor() == Flavor::Fence`, cached: readers issue real fences.
-    real_fence: bool,
+    /// `WAITING | REAL_FENCE | STAND_IN | UNREGISTERED`: everything the
+    /// outermost entry and exit must look at besides `ctr`, in one byte, so
+    /// that each tests one byte with one branch.
+    signal: AtomicU8,
+}
+
+/// A thread's reader state: its record and what the slow paths need, and
+/// its deferred calls.
+pub(crate) struct Local {
+    record: Record,
+    /// The heap record that stands in for `record` in the registry while
+    /// `record.signal` has `STAND_IN` and a section is open.
+    stand_in: Cell<Option<&'static Record>>,
+    /// The thread's id, kept at registration to name a stand-in created
+    /// while the thread is exiting.
+    thread_id: Cell<Option<thread::ThreadId>>,
+    /// `call_local`'s state (in the same thread-local, so that recording a
+    /// call finds the read depth and the pending calls together).
+    pub(crate) defer: DeferState,
 }
 
 /// Who owns a record, for reports.
@@ -93,8 +148,7 @@ pub(crate) struct Owner {
     pub(crate) name: Option<String>,
     /// The thread's id, formatted.
     pub(crate) id: String,
-    /// The thread exited while inside a read section (its record then stays
-    /// owned and blocking).
+    /// The thread is exiting or has exited while inside a read section.
     pub(crate) exited: bool,
 }
 
@@ -110,11 +164,15 @@ impl fmt::Display for Owner {
 
 struct Entry {
     record: &'static Record,
-    /// `None` while the record is free for reuse.
+    /// Whether `record` is a thread's thread-local one (removed from the
+    /// registry when the thread exits) rather than a leaked stand-in (kept,
+    /// and reused once free).
+    thread_local: bool,
+    /// `None` while a stand-in is free for reuse.
     owner: Option<Owner>,
-    /// The section (its `ctr` without the depth) a sleeping writer first
-    /// found blocking, and
-    /// when: how long a stalled reader has been inside, for reports.
+    /// The section (its `ctr` without the low bits) a sleeping writer first
+    /// found blocking, and when: how long a stalled reader has been inside,
+    /// for reports.
     blocked_since: Option<(u64, Instant)>,
 }
 
@@ -149,11 +207,12 @@ impl Registry {
     /// out not to block.
     pub(crate) fn mark_waiting(&mut self, gp: u64) {
         let now = Instant::now();
+        let base = flavor_signal();
         for entry in &mut self.entries {
-            entry.record.set_waiting(true);
+            entry.record.set_signal(base | WAITING);
             let ctr = entry.record.ctr();
             if blocks(ctr, gp) {
-                let section = ctr & !DEPTH_MASK;
+                let section = ctr & !LOW_MASK;
                 if entry.blocked_since.map(|(seen, _)| seen) != Some(section) {
                     entry.blocked_since = Some((section, now));
                 }
@@ -164,12 +223,13 @@ impl Registry {
     /// After the writer's fence: withdraws the wake-up request from readers
     /// that have left, and says whether any still blocks `gp`.
     pub(crate) fn unmark_quiescent(&mut self, gp: u64) -> bool {
+        let base = flavor_signal();
         let mut any = false;
         for record in self.records() {
             if record.blocks(gp) {
                 any = true;
             } else {
-                record.set_waiting(false);
+                record.set_signal(base);
             }
         }
         any
@@ -183,57 +243,62 @@ impl Registry {
                 let ctr = entry.record.ctr();
                 blocks(ctr, gp).then(|| Blocker {
                     owner: entry.owner.clone(),
-                    depth: entry.record.depth(),
+                    depth: depth_of(ctr),
                     entered_at: entry.record.entered_at(),
                     blocked_since: entry
                         .blocked_since
-                        .and_then(|(seen, at)| (seen == ctr & !DEPTH_MASK).then_some(at)),
+                        .and_then(|(seen, at)| (seen == ctr & !LOW_MASK).then_some(at)),
                 })
             })
             .collect()
     }
 
-    fn acquire(&mut self, owner: Owner) -> &'static Record {
+    /// Adds a thread's own record.
+    fn add_thread_local(&mut self, record: &'static Record, owner: Owner) {
+        self.entries.push(Entry {
+            record,
+            thread_local: true,
+            owner: Some(owner),
+            blocked_since: None,
+        });
+    }
+
+    /// A stand-in record for `owner`: a free one, or a new leaked one.
+    fn acquire_stand_in(&mut self, owner: Owner) -> &'static Record {
         if let Some(entry) = self.entries.iter_mut().find(|e| e.owner.is_none()) {
             entry.owner = Some(owner);
+            entry.blocked_since = None;
             return entry.record;
         }
         let record: &'static Record = Box::leak(Box::new(Record {
             ctr: AtomicU64::new(0),
             entered_at: AtomicPtr::new(std::ptr::null_mut()),
-            waiting: AtomicBool::new(false),
-            deferred: AtomicBool::new(false),
-            real_fence: flavor() == Flavor::Fence,
+            signal: AtomicU8::new(0),
         }));
         self.entries.push(Entry {
             record,
+            thread_local: false,
             owner: Some(owner),
             blocked_since: None,
         });
         record
     }
 
-    fn entry(&mut self, record: &'static Record) -> Option<&mut Entry> {
+    fn position(&self, record: &Record) -> Option<usize> {
         self.entries
-            .iter_mut()
-            .find(|e| std::ptr::eq(e.record, record))
+            .iter()
+            .position(|e| std::ptr::eq(e.record, record))
     }
 
-    fn release(&mut self, record: &'static Record) {
-        if let Some(entry) = self.entry(record) {
-            entry.owner = None;
-        }
-    }
-
-    /// Marks the record's owner as exited; returns how to name it.
-    fn mark_exited(&mut self, record: &'static Record) -> String {
-        match self.entry(record).and_then(|e| e.owner.as_mut()) {
-            Some(owner) => {
-                let name = owner.to_string();
-                owner.exited = true;
-                name
+    /// Takes a record out of use: a thread's own record leaves the
+    /// registry, a stand-in becomes free for reuse.
+    fn release(&mut self, record: &Record) {
+        if let Some(i) = self.position(record) {
+            if self.entries[i].thread_local {
+                self.entries.swap_remove(i);
+            } else {
+                self.entries[i].owner = None;
             }
-            None => "a thread".to_owned(),
         }
     }
 }
@@ -241,13 +306,23 @@ impl Registry {
 /// A section that published `ctr` blocks the grace period that set the
 /// counter to `gp` unless it is quiescent (0) or began after (`gp`).
 fn blocks(ctr: u64, gp: u64) -> bool {
-    ctr != 0 && ctr & !DEPTH_MASK != gp
+    ctr != 0 && ctr & !LOW_MASK != gp
 }
 
-#[cold]
-#[inline(never)]
-fn depth_overflow() -> ! {
-    panic!("rcu-defer: read sections nested more than {DEPTH_MASK} deep on one thread");
+/// The nesting depth in a `ctr` word.
+fn depth_of(ctr: u64) -> usize {
+    // The mask keeps the value below 2^23, so it fits any usize.
+    (ctr & NEST_MASK) as usize
+}
+
+/// The `signal` bits that a registered thread-local record keeps whatever
+/// writers do: `REAL_FENCE` in the fence flavor.
+fn flavor_signal() -> u8 {
+    if flavor() == Flavor::Fence {
+        REAL_FENCE
+    } else {
+        0
+    }
 }
 
 /// Locks the registry (writers scan it; registration and exit change it).
@@ -271,64 +346,6 @@ pub(crate) fn set_gp_counter(value: u64) {
 }
 
 impl Record {
-    #[inline(always)]
-    fn enter(&self, at: &'static Location<'static>) {
-        // Relaxed: only this thread writes `ctr`.
-        let ctr = self.ctr.load(Ordering::Relaxed);
-        if ctr == 0 {
-            // Relaxed: read by writers only in reports; the ctr store below
-            // is what the protocol orders.
-            self.entered_at
-                .store(at as *const Location<'static> as *mut _, Ordering::Relaxed);
-            // Relaxed: the fence below orders this store before the
-            // section's loads (pairs with the writer's fence that precedes
-            // its scan of `ctr`). The stored value does not depend on the
-            // loaded one, so no store-to-load chain links one section to the
-            // next.
-            self.ctr.store(gp_counter() | 1, Ordering::Relaxed);
-            reader_fence(self.real_fence);
-        } else {
-            if ctr & DEPTH_MASK == DEPTH_MASK {
-                depth_overflow();
-            }
-            // Relaxed: nested entry publishes nothing new.
-            self.ctr.store(ctr + 1, Ordering::Relaxed);
-        }
-    }
-
-    #[inline(always)]
-    fn exit(&self) {
-        let ctr = self.ctr.load(Ordering::Relaxed);
-        if ctr & DEPTH_MASK == 1 {
-            // Release pairs with the writer's Acquire fence after it reads
-            // 0: every load of the section happens before whatever the writer
-            // does once the grace period is over.
-            self.ctr.store(0, Ordering::Release);
-            // Pairs with the writer's fence after it sets `waiting`: either
-            // the writer sees ctr == 0 or this thread sees `waiting`.
-            reader_fence(self.real_fence);
-            // Relaxed: ordered by the fence above.
-            if self.waiting.load(Ordering::Relaxed) {
-                self.wake_writer();
-            }
-            // Relaxed: owner-only. The section has ended, so the calls run
-            // outside it.
-            if self.deferred.load(Ordering::Relaxed) {
-                local::run_if_due();
-            }
-        } else {
-            // Relaxed: nested exit publishes nothing.
-            self.ctr.store(ctr - 1, Ordering::Relaxed);
-        }
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn wake_writer(&self) {
-        self.waiting.store(false, Ordering::Relaxed);
-        grace::wake_writer();
-    }
-
     fn ctr(&self) -> u64 {
         // Relaxed: the writer's fences around its scans order it.
         self.ctr.load(Ordering::Relaxed)
@@ -340,41 +357,257 @@ impl Record {
         blocks(self.ctr(), gp)
     }
 
-    /// Asks the owner to wake the writer when it leaves its section.
-    pub(crate) fn set_waiting(&self, on: bool) {
+    /// A writer sets or withdraws its wake-up request (`WAITING`), keeping
+    /// the flavor bit.
+    fn set_signal(&self, value: u8) {
         // Relaxed: ordered by the writer's fence that follows, which pairs
-        // with the reader's fence in `exit`.
-        self.waiting.store(on, Ordering::Relaxed);
+        // with the reader's fence between its `ctr = 0` store and its
+        // `signal` load in `exit`.
+        self.signal.store(value, Ordering::Relaxed);
     }
 
-    /// Owner only: whether the outermost exit must run deferred calls.
-    pub(crate) fn set_deferred(&self, on: bool) {
-        // Relaxed: owner-only flag.
-        self.deferred.store(on, Ordering::Relaxed);
+    /// Publishes an outermost section that began at `at` (entry of a stand-in
+    /// or, inlined, of the thread's own record).
+    #[inline(always)]
+    fn publish(&self, at: &'static Location<'static>) {
+        // Relaxed: read by writers only in reports; the ctr store below
+        // is what the protocol orders.
+        self.entered_at
+            .store(at as *const Location<'static> as *mut _, Ordering::Relaxed);
+        // Relaxed: the fence that follows (the caller's) orders this store
+        // before the section's loads; it pairs with the writer's fence that
+        // precedes its scan of `ctr`. The stored value does not depend on a
+        // load of `ctr`, so no store-to-load chain links one section to the
+        // next.
+        self.ctr.store(gp_counter() | 1, Ordering::Relaxed);
     }
 
-    /// The owner's read-section depth (racy when read from another thread:
-    /// for reports only).
-    pub(crate) fn depth(&self) -> usize {
-        // The mask keeps the value below 2^24, so it fits any usize.
-        (self.ctr() & DEPTH_MASK) as usize
+    /// Ends the section published in this (stand-in) record: the slow-path
+    /// twin of `Local::exit`'s outermost branch, with a real fence.
+    fn unpublish(&self) {
+        // Release pairs with the writer's Acquire fence after it reads 0.
+        self.ctr.store(0, Ordering::Release);
+        // Pairs with the writer's fence after it sets `WAITING`: either the
+        // writer sees ctr == 0 or this thread sees `WAITING`.
+        real_reader_fence();
+        // Relaxed: ordered by the fence above.
+        if self.signal.load(Ordering::Relaxed) & WAITING != 0 {
+            self.signal.store(0, Ordering::Relaxed);
+            grace::wake_writer();
+        }
     }
 
     /// Where the owner's current (or last) outermost section was entered.
     pub(crate) fn entered_at(&self) -> Option<&'static Location<'static>> {
         let at = self.entered_at.load(Ordering::Relaxed);
         // SAFETY: `entered_at` only ever holds null or a pointer made from a
-        // `&'static Location<'static>` in `enter`, so it is valid forever.
+        // `&'static Location<'static>` in `publish`, so it is valid forever.
         unsafe { at.as_ref() }
     }
 }
 
-/// Releases the thread's record when the thread exits.
-struct Registration(Cell<Option<&'static Record>>);
+impl Local {
+    #[inline(always)]
+    fn enter(&self, at: &'static Location<'static>) {
+        let record = &self.record;
+        // Relaxed: only this thread writes `ctr`.
+        let ctr = record.ctr.load(Ordering::Relaxed);
+        if ctr == 0 {
+            record.publish(at);
+            // Relaxed: the bits tested here are the owner's; writers change
+            // only `WAITING`.
+            if record.signal.load(Ordering::Relaxed) & ENTER_SLOW != 0 {
+                self.enter_slow(at);
+            } else {
+                // Pairs with the writer's fence before its scan (see
+                // `publish`); the writer's membarrier makes it a full fence.
+                reader_fence(false);
+            }
+        } else {
+            // Relaxed: nested entry publishes nothing new.
+            let next = ctr + 1;
+            if next & NEST_MASK == 0 {
+                depth_overflow();
+            }
+            record.ctr.store(next, Ordering::Relaxed);
+        }
+    }
+
+    #[inline(always)]
+    fn exit(&self) {
+        let record = &self.record;
+        let ctr = record.ctr.load(Ordering::Relaxed);
+        let next = ctr - 1;
+        if next & NEST_MASK != 0 {
+            // Relaxed: nested exit publishes nothing.
+            record.ctr.store(next, Ordering::Relaxed);
+            return;
+        }
+        // Release pairs with the writer's Acquire fence after it reads 0:
+        // every load of the section happens before whatever the writer does
+        // once the grace period is over.
+        record.ctr.store(0, Ordering::Release);
+        // Keeps the `signal` load below after the store. In the membarrier
+        // flavor this is the reader's whole side of the fence that pairs
+        // with the writer's membarrier after it sets `WAITING`; the fence
+        // flavor's real fence is in `exit_slow`, which `REAL_FENCE` sends
+        // it to.
+        reader_fence(false);
+        let signal = record.signal.load(Ordering::Relaxed);
+        if (u64::from(signal) | (ctr & DEFERRED)) != 0 {
+            self.exit_slow(ctr, signal);
+        }
+    }
+
+    /// The rest of an outermost entry that has published its section in the
+    /// thread's own record: the fence flavor's fence, the thread's first
+    /// section (registration), or a section that needs a stand-in.
+    #[cold]
+    #[inline(never)]
+    fn enter_slow(&self, at: &'static Location<'static>) {
+        let record = &self.record;
+        // Relaxed: owner-written bits.
+        let mut signal = record.signal.load(Ordering::Relaxed);
+        if signal & UNREGISTERED != 0 {
+            // The section's `ctr` is already in the record: from the moment
+            // a writer can see the record (under the registry lock), it sees
+            // the section, and the fence below orders the section's loads
+            // after it.
+            self.register();
+            signal = record.signal.load(Ordering::Relaxed);
+        }
+        if signal & STAND_IN != 0 {
+            // The thread's registration is gone (or could not be armed): the
+            // section stays open in the thread's own record, which is off the
+            // registry, and a stand-in publishes it to writers.
+            let owner = Owner {
+                name: None,
+                id: self
+                    .thread_id
+                    .get()
+                    .map_or_else(|| "a thread".to_owned(), |id| format!("{id:?}")),
+                exited: true,
+            };
+            let stand_in = registry().acquire_stand_in(owner);
+            stand_in.publish(at);
+            self.stand_in.set(Some(stand_in));
+        }
+        // Pairs with the writer's fence before its scan, as in `enter`.
+        real_reader_fence();
+    }
+
+    /// The outermost exit when a writer waits, in the fence flavor, with a
+    /// stand-in, or with deferred calls to run.
+    #[cold]
+    #[inline(never)]
+    fn exit_slow(&self, ctr: u64, signal: u8) {
+        if signal != 0 {
+            self.exit_signalled(signal);
+        }
+        if ctr & DEFERRED != 0 {
+            // The section has ended, so the calls run outside it.
+            local::run_if_due(self);
+        }
+    }
+
+    /// `exit_slow` for a `signal` bit: the fence flavor's fence, a waiting
+    /// writer to wake, or a stand-in to update.
+    #[inline(never)]
+    fn exit_signalled(&self, mut signal: u8) {
+        let record = &self.record;
+        if signal & STAND_IN != 0 {
+            if let Some(stand_in) = self.stand_in.take() {
+                stand_in.unpublish();
+                registry().release(stand_in);
+            }
+            return;
+        }
+        if signal & REAL_FENCE != 0 {
+            // The fence flavor's side of the exit fence (see `exit`).
+            real_reader_fence();
+            // Relaxed: ordered by the fence above.
+            signal = record.signal.load(Ordering::Relaxed);
+        }
+        if signal & WAITING != 0 {
+            // Relaxed: the writer re-arms it under the registry lock before
+            // each sleep; a stale clear only costs it a wake-up that it
+            // would not need.
+            record.signal.store(signal & !WAITING, Ordering::Relaxed);
+            grace::wake_writer();
+        }
+    }
+
+    /// Adds this thread's record to the registry and arms its removal at
+    /// thread exit. If the removal cannot be armed (the thread is already
+    /// destroying its thread-locals), the record stays off the registry and
+    /// is marked `STAND_IN` instead.
+    fn register(&self) {
+        // SAFETY: with `std`, `LOCAL` has a constant initializer and no
+        // destructor, so its memory stays valid until the thread's
+        // thread-local storage is freed, which happens after every
+        // thread-local destructor of the thread has run, `REGISTRATION`'s
+        // included. That destructor takes this reference out of the registry
+        // (under the registry lock, which writers hold while they use it)
+        // and nothing else keeps it. If the destructor cannot be armed, the
+        // reference is dropped below without being shared. Under loom,
+        // `LOCAL` holds a leaked allocation that is valid forever.
+        let this: &'static Local = unsafe { &*(self as *const Local) };
+        let armed = REGISTRATION
+            .try_with(|registration| registration.0.set(Some(this)))
+            .is_ok();
+        if !armed {
+            self.record.signal.store(STAND_IN, Ordering::Relaxed);
+            return;
+        }
+        let current = thread::current();
+        self.thread_id.set(Some(current.id()));
+        let owner = Owner {
+            name: current.name().map(str::to_owned),
+            id: format!("{:?}", current.id()),
+            exited: false,
+        };
+        let signal = flavor_signal();
+        let mut registry = registry();
+        // Relaxed: published to writers by the registry lock.
+        self.record.signal.store(signal, Ordering::Relaxed);
+        registry.add_thread_local(&this.record, owner);
+    }
+
+    /// The thread's read-section depth.
+    fn depth(&self) -> usize {
+        depth_of(self.record.ctr())
+    }
+
+    /// Whether the thread is inside a read section.
+    #[inline(always)]
+    pub(crate) fn in_section(&self) -> bool {
+        // Relaxed: owner-only read of its own word.
+        self.record.ctr.load(Ordering::Relaxed) != 0
+    }
+
+    /// Inside a read section: the outermost exit must run deferred calls.
+    #[inline(always)]
+    pub(crate) fn mark_deferred(&self) {
+        let ctr = self.record.ctr();
+        if depth_of(ctr) > 0 {
+            // Relaxed: owner-only bit, read back by this thread's exit.
+            self.record.ctr.store(ctr | DEFERRED, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn depth_overflow() -> ! {
+    panic!("rcu-defer: read sections nested more than {NEST_MASK} deep on one thread");
+}
+
+/// Takes the thread's record out of the registry when the thread exits.
+struct Registration(Cell<Option<&'static Local>>);
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let Some(record) = self.0.get() else { return };
+        let Some(local) = self.0.take() else { return };
         // When a loom model fails, loom destroys the remaining thread-locals
         // after it has dropped the model's statics (the registry among
         // them); touching the registry then would turn the model's failure
@@ -383,67 +616,77 @@ impl Drop for Registration {
         if std::thread::panicking() {
             return;
         }
-        let depth = record.depth();
-        if depth == 0 {
-            // The fast-path thread-local has no destructor, so it is still
-            // accessible (under loom it may already be gone: ignore that).
-            // Forget the record before it can be reused by another thread.
-            let _ = LOCAL.try_with(|local| local.set(None));
-            registry().release(record);
-        } else {
-            // The record is never released, so the thread keeps it: its
-            // later thread-local destructors still see their section (and
-            // get `InReadSection` instead of a hang), and the guard's drop
-            // still ends it.
-            // The thread is exiting inside a read section: a guard was
-            // leaked (`mem::forget`) or lives in another thread-local that is
-            // destroyed later. Closing the section here would be unsound in
-            // the second case (that destructor may still read through the
-            // guard), so the section stays open: the record stays owned,
-            // marked exited, and keeps blocking grace periods, which stall
-            // reports will name. Say so now, with the location.
-            let who = registry().mark_exited(record);
-            let at = record
-                .entered_at()
-                .map_or_else(|| "an unknown location".to_owned(), |l| l.to_string());
-            eprintln!(
-                "rcu-defer: {who} is exiting inside a read section (depth {depth}, entered at \
-                 {at}); grace periods will wait until its guard is dropped, which for a \
-                 leaked guard is never"
-            );
+        let record = &local.record;
+        let mut registry = registry();
+        let Some(i) = registry.position(record) else {
+            return;
+        };
+        let ctr = record.ctr();
+        if ctr == 0 {
+            registry.entries.swap_remove(i);
+            // Relaxed: owner-only from now on (off the registry).
+            record.signal.store(STAND_IN, Ordering::Relaxed);
+            return;
         }
+        // The thread is exiting inside a read section: a guard was leaked
+        // (`mem::forget`) or lives in another thread-local that is destroyed
+        // later. Closing the section here would be unsound in the second
+        // case (that destructor may still read through the guard), so the
+        // section stays open, published by a stand-in that takes the
+        // record's place (the record's memory goes with the thread). Writers
+        // see one or the other, never neither: the swap happens under the
+        // registry lock. If the guard's drop does come, it ends the section
+        // through the stand-in; a leaked guard blocks grace periods for
+        // good, and stall reports name it.
+        let stand_in: &'static Record = Box::leak(Box::new(Record {
+            // Relaxed: published to writers by the registry lock.
+            ctr: AtomicU64::new(ctr & !DEFERRED),
+            entered_at: AtomicPtr::new(record.entered_at.load(Ordering::Relaxed)),
+            // A writer's pending wake-up request moves with the section.
+            signal: AtomicU8::new(record.signal.load(Ordering::Relaxed) & WAITING),
+        }));
+        let entry = &mut registry.entries[i];
+        entry.record = stand_in;
+        entry.thread_local = false;
+        let who = match entry.owner.as_mut() {
+            Some(owner) => {
+                owner.exited = true;
+                owner.to_string()
+            }
+            None => "a thread".to_owned(),
+        };
+        drop(registry);
+        local.stand_in.set(Some(stand_in));
+        record.signal.store(STAND_IN, Ordering::Relaxed);
+        let at = record
+            .entered_at()
+            .map_or_else(|| "an unknown location".to_owned(), |l| l.to_string());
+        eprintln!(
+            "rcu-defer: {who} is exiting inside a read section (depth {}, entered at {at}); \
+             grace periods will wait until its guard is dropped, which for a leaked guard is \
+             never",
+            depth_of(ctr)
+        );
     }
 }
 
-#[cold]
-#[inline(never)]
-fn register_current_thread() -> &'static Record {
-    let current = thread::current();
-    let owner = Owner {
-        name: current.name().map(str::to_owned),
-        id: format!("{:?}", current.id()),
-        exited: false,
-    };
-    let record = registry().acquire(owner);
-    // A thread that registers while its thread-locals are being destroyed
-    // cannot arm the release; its record then stays owned (and quiescent
-    // between sections) for the life of the process.
-    let _ = REGISTRATION.try_with(|registration| registration.0.set(Some(record)));
-    LOCAL.with(|local| local.set(Some(record)));
-    record
+/// The current thread's read depth and the location of its outermost
+/// section, if it is inside one.
+pub(crate) fn current_section() -> Option<(usize, Option<&'static Location<'static>>)> {
+    LOCAL
+        .try_with(|local| {
+            let depth = local.depth();
+            (depth > 0).then(|| (depth, local.record.entered_at()))
+        })
+        .ok()
+        .flatten()
 }
 
+/// Calls `f` with the current thread's state; `None` only under loom once
+/// the thread's locals are gone (with `std` the state is always there).
 #[inline(always)]
-fn current_record() -> &'static Record {
-    match LOCAL.with(Cell::get) {
-        Some(record) => record,
-        None => register_current_thread(),
-    }
-}
-
-/// The current thread's record if it has registered.
-pub(crate) fn current_record_if_registered() -> Option<&'static Record> {
-    LOCAL.try_with(Cell::get).ok().flatten()
+pub(crate) fn with_local<R>(f: impl FnOnce(&Local) -> R) -> Option<R> {
+    LOCAL.try_with(|local| f(local)).ok()
 }
 
 /// Enters a read section on the current thread and returns its guard.
@@ -473,10 +716,8 @@ pub(crate) fn current_record_if_registered() -> Option<&'static Record> {
 #[track_caller]
 pub fn read_lock() -> ReadGuard {
     let at = Location::caller();
-    let record = current_record();
-    record.enter(at);
+    LOCAL.with(|local| local.enter(at));
     ReadGuard {
-        record,
         _not_send: PhantomData,
     }
 }
@@ -494,7 +735,7 @@ pub fn in_read_section() -> bool {
 
 /// How many read guards the current thread holds (0 outside any section).
 pub fn read_depth() -> usize {
-    current_record_if_registered().map_or(0, Record::depth)
+    LOCAL.try_with(|local| local.depth()).unwrap_or(0)
 }
 
 /// A read section of the current thread; the section ends when the last
@@ -513,7 +754,6 @@ pub fn read_depth() -> usize {
 /// ```
 #[must_use = "the read section ends as soon as the guard is dropped"]
 pub struct ReadGuard {
-    record: &'static Record,
     /// A raw pointer makes the guard `!Send` and `!Sync`: the section
     /// belongs to the thread that entered it.
     _not_send: PhantomData<*const ()>,
@@ -531,15 +771,16 @@ pub struct ReadGuard {
 impl Drop for ReadGuard {
     #[inline]
     fn drop(&mut self) {
-        self.record.exit();
+        LOCAL.with(|local| local.exit());
     }
 }
 
 impl fmt::Debug for ReadGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (depth, entered_at) = current_section().unwrap_or((0, None));
         f.debug_struct("ReadGuard")
-            .field("depth", &self.record.depth())
-            .field("entered_at", &self.record.entered_at())
+            .field("depth", &depth)
+            .field("entered_at", &entered_at)
             .finish()
     }
 }

@@ -86,6 +86,26 @@ macro_rules! thread_local_const {
     };
 }
 
+/// A thread-local with a constant initializer and no destructor whose
+/// address is handed out beyond `with` (the reader record). With `std` it is
+/// the plain variable; under loom the value is leaked once per thread, so
+/// that it stays valid however loom orders the destruction of a thread's
+/// locals. Either way `NAME.with(|v| f(v))` gives a `&T`.
+macro_rules! thread_local_pinned {
+    ($(#[$m:meta])* static $name:ident: $t:ty = $init:expr;) => {
+        #[cfg(not(loom))]
+        std::thread_local! {
+            $(#[$m])*
+            static $name: $t = const { $init };
+        }
+        #[cfg(loom)]
+        loom::thread_local! {
+            $(#[$m])*
+            static $name: &'static $t = Box::leak(Box::new($init));
+        }
+    };
+}
+
 /// A thread-local that is initialized lazily and may have a destructor.
 macro_rules! thread_local_lazy {
     ($(#[$m:meta])* static $name:ident: $t:ty = $init:expr;) => {
@@ -102,4 +122,4 @@ macro_rules! thread_local_lazy {
     };
 }
 
-pub(crate) use {global, thread_local_const, thread_local_lazy};
+pub(crate) use {global, thread_local_const, thread_local_lazy, thread_local_pinned};

@@ -251,6 +251,61 @@ fn read_lock_from_a_thread_local_destructor_works_and_does_not_block_grace_perio
     });
 }
 
+/// From its destructor: enters a read section, says so, and holds it until
+/// told to leave.
+struct SectionOnDrop {
+    entered: mpsc::Sender<()>,
+    leave: mpsc::Receiver<()>,
+}
+
+impl Drop for SectionOnDrop {
+    fn drop(&mut self) {
+        let guard = read_lock();
+        let _ = self.entered.send(());
+        // A limit, so that a broken test cannot hang the thread forever.
+        let _ = self.leave.recv_timeout(Duration::from_secs(30));
+        drop(guard);
+    }
+}
+
+thread_local! {
+    static SECTION_AT_LATE_EXIT: RefCell<Option<SectionOnDrop>> = const { RefCell::new(None) };
+}
+
+#[test]
+fn a_section_entered_after_the_librarys_thread_local_is_gone_still_holds_up_grace_periods() {
+    // Thread-local destructors run in the reverse order of registration (on
+    // Linux): ours is registered before the library's, so the library's
+    // runs first and takes the thread's record out of the registry. The
+    // section our destructor then enters must still be seen by writers.
+    within("a section entered at late thread exit", || {
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (leave_tx, leave_rx) = mpsc::channel();
+        let reader = thread::spawn(move || {
+            SECTION_AT_LATE_EXIT.with(|s| {
+                *s.borrow_mut() = Some(SectionOnDrop {
+                    entered: entered_tx,
+                    leave: leave_rx,
+                })
+            });
+            drop(read_lock());
+        });
+        recv(&entered_rx, "the destructor to enter its section");
+        let writer = thread::spawn(synchronize_rcu);
+        thread::sleep(Duration::from_millis(100));
+        assert!(
+            !writer.is_finished(),
+            "synchronize_rcu returned while a section entered in a late thread-local \
+             destructor was open"
+        );
+        leave_tx.send(()).unwrap();
+        reader.join().unwrap();
+        writer.join().unwrap();
+        // Sections at exit do not accumulate: later grace periods are free.
+        synchronize_rcu_timeout(HANG_LIMIT).expect("the late section has ended");
+    });
+}
+
 thread_local! {
     /// Holds a guard until this thread-local is destroyed.
     static GUARD_UNTIL_LATE_EXIT: RefCell<Option<ReadGuard>> = const { RefCell::new(None) };
