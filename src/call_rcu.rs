@@ -1,5 +1,11 @@
 //! `call_rcu`: callbacks that run after a grace period, on one background
 //! thread named `rcu-call`, in batches that share one grace period.
+//!
+//! The queue is a list of fixed-size chunks. Producers append to the last
+//! chunk; the worker takes the whole list as its batch and frees (or keeps
+//! for reuse) each chunk as soon as its callbacks have run. So queue memory
+//! follows the backlog, a producer never copies the queue while it holds the
+//! lock, and after a flood the memory goes back as the flood drains.
 
 use crate::detect::{self, Error};
 use crate::grace;
@@ -10,6 +16,19 @@ use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 type Callback = Box<dyn FnOnce() + Send + 'static>;
+
+/// Callbacks per chunk of the queue (16 KiB of boxed-closure pointers).
+const CHUNK: usize = 1024;
+
+/// Emptied chunks kept for reuse, so that a steady trickle of callbacks does
+/// not allocate; the rest are freed.
+const SPARE_CHUNKS: usize = 2;
+
+/// A backlog (callbacks queued and not yet taken by the worker) above which
+/// `call_rcu` yields its time slice after queueing, so that on a machine
+/// with fewer cores than busy threads the worker gets to run. It never
+/// waits: this slows a flood, it does not stop it.
+const YIELD_ABOVE: usize = 1 << 16;
 
 /// What the callback thread is doing, as producers need to know it.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -23,7 +42,12 @@ enum Worker {
 }
 
 struct Queue {
-    items: Vec<Callback>,
+    /// Queued callbacks, oldest first; only the last chunk has room.
+    chunks: Vec<Vec<Callback>>,
+    /// How many callbacks `chunks` holds.
+    backlog: usize,
+    /// Empty chunks (with capacity `CHUNK`) for producers to reuse.
+    spare: Vec<Vec<Callback>>,
     worker: Worker,
     /// Under loom the model must be able to end the worker.
     #[cfg(loom)]
@@ -34,7 +58,9 @@ struct Queue {
 
 global! {
     static QUEUE: Mutex<Queue> = Mutex::new(Queue {
-        items: Vec::new(),
+        chunks: Vec::new(),
+        backlog: 0,
+        spare: Vec::new(),
         worker: Worker::NotStarted,
         #[cfg(loom)]
         shutdown: false,
@@ -82,26 +108,60 @@ pub fn call_rcu<F: FnOnce() + Send + 'static>(f: F) {
 
 fn enqueue(callback: Callback) {
     let mut queue = lock(&QUEUE);
-    queue.items.push(callback);
-    match queue.worker {
-        Worker::Busy => {}
-        Worker::Sleeping => {
-            queue.worker = Worker::Busy;
-            WORK.notify_one();
+    queue.push(callback);
+    let backlog = queue.backlog;
+    queue.wake_worker();
+    drop(queue);
+    if backlog > YIELD_ABOVE {
+        thread::yield_now();
+    }
+}
+
+impl Queue {
+    fn push(&mut self, callback: Callback) {
+        match self.chunks.last_mut() {
+            Some(chunk) if chunk.len() < CHUNK => chunk.push(callback),
+            _ => {
+                let mut chunk = self
+                    .spare
+                    .pop()
+                    .unwrap_or_else(|| Vec::with_capacity(CHUNK));
+                chunk.push(callback);
+                self.chunks.push(chunk);
+            }
         }
-        Worker::NotStarted => {
-            let spawned = thread::Builder::new()
-                .name("rcu-call".to_owned())
-                .spawn(worker_loop);
-            match spawned {
-                Ok(_handle) => {
-                    #[cfg(loom)]
-                    {
-                        queue.handle = Some(_handle);
+        self.backlog += 1;
+    }
+
+    /// Takes back an emptied chunk, for reuse or to free.
+    fn recycle(&mut self, chunk: Vec<Callback>) {
+        if self.spare.len() < SPARE_CHUNKS {
+            self.spare.push(chunk);
+        }
+    }
+
+    /// Makes sure the worker runs (or will look at the queue again).
+    fn wake_worker(&mut self) {
+        match self.worker {
+            Worker::Busy => {}
+            Worker::Sleeping => {
+                self.worker = Worker::Busy;
+                WORK.notify_one();
+            }
+            Worker::NotStarted => {
+                let spawned = thread::Builder::new()
+                    .name("rcu-call".to_owned())
+                    .spawn(worker_loop);
+                match spawned {
+                    Ok(_handle) => {
+                        #[cfg(loom)]
+                        {
+                            self.handle = Some(_handle);
+                        }
+                        self.worker = Worker::Busy;
                     }
-                    queue.worker = Worker::Busy;
+                    Err(e) => panic!("rcu-defer: cannot start the rcu-call thread: {e}"),
                 }
-                Err(e) => panic!("rcu-defer: cannot start the rcu-call thread: {e}"),
             }
         }
     }
@@ -109,11 +169,11 @@ fn enqueue(callback: Callback) {
 
 fn worker_loop() {
     ON_CALLBACK_THREAD.with(|on| on.set(true));
-    let mut batch: Vec<Callback> = Vec::new();
+    let mut batch: Vec<Vec<Callback>> = Vec::new();
     loop {
         {
             let mut queue = lock(&QUEUE);
-            while queue.items.is_empty() {
+            while queue.chunks.is_empty() {
                 #[cfg(loom)]
                 if queue.shutdown {
                     return;
@@ -121,9 +181,10 @@ fn worker_loop() {
                 queue.worker = Worker::Sleeping;
                 queue = WORK.wait(queue).unwrap_or_else(|p| p.into_inner());
             }
-            // Take the whole queue; the emptied batch vector goes back to
+            // Take the whole queue; the emptied list of chunks goes back to
             // producers so that its allocation is reused.
-            std::mem::swap(&mut queue.items, &mut batch);
+            std::mem::swap(&mut queue.chunks, &mut batch);
+            queue.backlog = 0;
         }
         // One grace period for the whole batch. The callback thread holds
         // no read section unless a callback leaked a guard, which the check
@@ -131,8 +192,11 @@ fn worker_loop() {
         if let Err(report) = grace::grace_period(None) {
             unreachable!("a grace period without a time limit returned {report}");
         }
-        for callback in batch.drain(..) {
-            run_callback(callback);
+        for mut chunk in batch.drain(..) {
+            for callback in chunk.drain(..) {
+                run_callback(callback);
+            }
+            lock(&QUEUE).recycle(chunk);
         }
     }
 }
