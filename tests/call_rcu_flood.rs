@@ -27,7 +27,7 @@
 //! (`Box<dyn FnOnce>`) plus an 8-byte box, 24 heap bytes while queued.
 //!
 //! The two producers outrun the one `rcu-call` thread here: the sampled
-//! backlog peaked at 0.15-0.8M callbacks in the 1M flood and at 0.6-4.7M in
+//! backlog peaked at 0.15-0.8M callbacks in the 1M flood and at 0.6-5.4M in
 //! the 10M flood. So even a queue whose memory exactly follows its backlog
 //! peaks 4 to 22 times higher for 10M than for 1M (measured), and a
 //! 10M-versus-1M comparison of peaks cannot tell it from a queue that never
@@ -47,7 +47,7 @@
 //! - Resident set at the peak: at most [`RSS_PEAK_PER_CALLBACK`] (64) bytes
 //!   per callback queued, plus [`RSS_SLACK_KIB`] (16 MiB): a sanity bound
 //!   (holding every callback at once takes 48 resident bytes each with
-//!   glibc's 32-byte minimum chunk); measured: 7-24. The resident set
+//!   glibc's 32-byte minimum chunk); measured: 7-28. The resident set
 //!   after the drain is only reported: glibc keeps freed memory in its
 //!   per-thread arenas (no `malloc_trim` here), and with the chunked
 //!   prototype, whose heap did come back to the baseline, `VmRSS` stayed
