@@ -3,25 +3,53 @@
 //! can, and an object that RCU would free is *marked dead* instead, so that
 //! a reader that ever sees a dead object fails the test by an assertion.
 //!
-//! Two structures are tortured at once:
+//! Everything below runs at once, for the run's duration:
 //!
 //! - an `RcuCell<Slot>` updated by one updater that cycles through
-//!   `replace`, `replace_sync` and `update`. Dropping a `Slot` (which the
-//!   cell does after a grace period) marks its `Item` dead; the `Item`
-//!   itself is reference-counted and outlives the mark, so the check is a
-//!   plain load. (The cell's own box around the `Slot` is freed as usual:
-//!   a grace-period bug would make that one load from the box a
-//!   use-after-free, but the dead mark is what the test detects.)
+//!   `replace`, `replace_sync`, `update`, and `replace` followed by
+//!   `synchronize_rcu`. Dropping a `Slot` (which the cell does after a grace
+//!   period) marks its `Item` dead; the `Item` itself is reference-counted
+//!   and outlives the mark, so the check is a plain load. (The cell's own
+//!   box around the `Slot` is freed as usual: a grace-period bug would make
+//!   that one load from the box a use-after-free, but the dead mark is what
+//!   the test detects.)
+//! - rcutorture's "pipe": each `Item` carries a grace-period age, 0 while
+//!   published. The updater adds 1 when it unpublishes the item, and 1 each
+//!   time a grace period has passed since (after its own `replace_sync` or
+//!   `synchronize_rcu`, and when the cell's `call_rcu` drops the `Slot`).
+//!   So age 1 is "retired, but a reader that found it may still hold it",
+//!   and age 2 or more is "a grace period has passed since it was retired":
+//!   no reader may ever see that. Readers record the age they see at the
+//!   end of each section in a histogram [0, 1, 2+]; the run fails if the
+//!   last bucket is not empty, and prints the histogram (`--nocapture`).
 //! - a ring of slots that are never freed, published by an index, and
 //!   retired with `synchronize_rcu` or `call_rcu` by a second writer: this
 //!   part has no unsafe memory at all. A slot is reused only after it was
 //!   marked dead, with a new generation number, so a reader can tell a slot
 //!   that was retired or reused under it.
+//! - `call_rcu` floods from several threads, in bursts of callbacks that
+//!   each have an id: every id must run exactly once (a run count per id);
+//!   a burst queued inside a read section must not run before the section
+//!   ends; a flooder's `drain_call_rcu` must find its earlier bursts run.
+//!   Flooders keep their backlog bounded by draining, so that a long run
+//!   does not exhaust memory.
+//! - threads created and destroyed constantly: short-lived readers that
+//!   enter a few sections and exit, a few at a time, in a loop.
+//! - `call_local` inside the readers: each section records a deduplicated
+//!   `call_local` (recorded twice: the second must be refused) and some
+//!   `call_local_fn` closures; none may run before the outermost guard is
+//!   dropped, each must have run exactly once, on its own thread and
+//!   outside any section, when the drop returns.
+//! - every `Item` and every flood callback holds a token counted in a
+//!   "live objects" counter: once all threads have stopped and
+//!   `drain_call_rcu` has returned, only the cell's current item may be
+//!   live, and nothing once the cell is dropped.
 //!
-//! The default run takes about 2 s per flavor (the default flavor in this
-//! process, the fence flavor in a child process, at the same time);
-//! `torture_long` (ignored by default) runs for `RCU_DEFER_TORTURE_SECS`
-//! seconds (60 if unset):
+//! Thread counts scale with `std::thread::available_parallelism` (at least
+//! two of each kind). The default run takes about 2 s per flavor (the
+//! default flavor in this process, the fence flavor in a child process, at
+//! the same time); `torture_long` (ignored by default) runs for
+//! `RCU_DEFER_TORTURE_SECS` seconds (60 if unset):
 //!
 //! ```text
 //! RCU_DEFER_TORTURE_SECS=600 cargo test --release --test torture -- --ignored --nocapture
@@ -31,14 +59,15 @@ mod common;
 
 use common::{child_command, is_child, output_within, within_limit, MARKER};
 use rcu_defer::{
-    call_rcu, drain_call_rcu, flavor, read_lock, set_stall_handler, set_stall_timeout,
-    synchronize_rcu, Flavor, RcuCell, StallReport,
+    call_local, call_local_fn, call_rcu, drain_call_rcu, flavor, in_read_section, read_depth,
+    read_lock, set_stall_handler, set_stall_timeout, synchronize_rcu, Flavor, RcuCell, StallReport,
 };
+use std::collections::VecDeque;
 use std::env;
 use std::panic::resume_unwind;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread;
+use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
 /// The default run's duration.
@@ -50,6 +79,11 @@ const HANG_MARGIN: Duration = Duration::from_secs(60);
 /// readers never stay in a section for more than a fraction of a
 /// millisecond on purpose.
 const STALL_LIMIT: Duration = Duration::from_secs(10);
+
+/// The number of CPUs, which the thread counts follow.
+fn cpus() -> usize {
+    thread::available_parallelism().map_or(2, |n| n.get())
+}
 
 /// A small, fast, per-thread pseudo-random generator (xorshift64*).
 struct Rng(u64);
@@ -71,6 +105,22 @@ impl Rng {
     }
 }
 
+/// Counts itself in a run's live-object counter while it exists.
+struct Live(Arc<AtomicUsize>);
+
+impl Live {
+    fn new(live: &Arc<AtomicUsize>) -> Self {
+        live.fetch_add(1, Ordering::SeqCst);
+        Live(Arc::clone(live))
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The RcuCell part.
 
@@ -83,10 +133,14 @@ struct Item {
     check: u64,
     /// Set when RCU would have freed the object.
     dead: AtomicBool,
+    /// The grace-period age (rcutorture's pipe count): 0 while published,
+    /// +1 when unpublished, +1 per grace period known to have passed since.
+    pipe: AtomicU64,
+    _live: Live,
 }
 
 /// What the cell holds. Dropping it (which the cell does once no reader can
-/// see it) marks the item dead and counts the retirement.
+/// see it) marks the item dead, ages it and counts the retirement.
 struct Slot {
     item: Arc<Item>,
     retired: Arc<AtomicUsize>,
@@ -96,16 +150,19 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let was_dead = self.item.dead.swap(true, Ordering::SeqCst);
         assert!(!was_dead, "item {} retired twice", self.item.seq);
+        self.item.pipe.fetch_add(1, Ordering::SeqCst);
         self.retired.fetch_add(1, Ordering::SeqCst);
     }
 }
 
-fn new_slot(seq: u64, retired: &Arc<AtomicUsize>) -> Slot {
+fn new_slot(seq: u64, retired: &Arc<AtomicUsize>, live: &Arc<AtomicUsize>) -> Slot {
     Slot {
         item: Arc::new(Item {
             seq,
             check: seq ^ MAGIC,
             dead: AtomicBool::new(false),
+            pipe: AtomicU64::new(0),
+            _live: Live::new(live),
         }),
         retired: Arc::clone(retired),
     }
@@ -138,114 +195,281 @@ struct Stats {
     replaces: AtomicU64,
     replace_syncs: AtomicU64,
     updates: AtomicU64,
+    synchronizes: AtomicU64,
     ring_syncs: AtomicU64,
     ring_call_rcus: AtomicU64,
     /// How many updates behind the newest the item a reader saw was when its
-    /// section ended (rcutorture's "pipeline"); the last bucket is "or more".
-    age: [AtomicU64; 8],
+    /// section ended; the last bucket is "or more".
+    behind: [AtomicU64; 8],
+    /// The grace-period age of the item a reader saw when its section ended
+    /// (rcutorture's pipe): [0, 1, 2+]. 2+ is a failure.
+    pipe: [AtomicU64; 3],
+    /// `call_local` and `call_local_fn` calls recorded inside sections...
+    local_recorded: AtomicU64,
+    /// ...and how many of them ran.
+    local_ran: AtomicU64,
+    short_threads: AtomicU64,
+    short_sections: AtomicU64,
+    flood_callbacks: AtomicU64,
+    flood_bursts: AtomicU64,
+    flood_bursts_in_section: AtomicU64,
+    flood_drains: AtomicU64,
+}
+
+/// What all threads of a run share.
+struct Shared {
+    cell: RcuCell<Slot>,
+    /// The sequence number the updater last published.
+    latest: AtomicU64,
+    ring: Arc<Ring>,
+    stop: AtomicBool,
+    stats: Stats,
+    /// Slots the cell has dropped.
+    retired: Arc<AtomicUsize>,
+    /// Items and flood callbacks in existence.
+    live: Arc<AtomicUsize>,
 }
 
 static STALLS: AtomicUsize = AtomicUsize::new(0);
+/// Readers that saw a grace-period age of 2 or more and said so.
+static PIPE_REPORTS: AtomicUsize = AtomicUsize::new(0);
 
 fn count_stall(report: &StallReport) {
     eprintln!("torture: stall: {report}");
     STALLS.fetch_add(1, Ordering::SeqCst);
 }
 
-fn reader(
-    id: u64,
-    cell: &RcuCell<Slot>,
-    latest: &AtomicU64,
-    ring: &Ring,
-    stop: &AtomicBool,
-    stats: &Stats,
-) {
-    let mut rng = Rng::new(id + 1);
-    let mut last_seq = 0;
-    let mut reads = 0u64;
-    let mut nested = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        let outer = read_lock();
-        let extra: Vec<_> = (0..rng.below(3)).map(|_| read_lock()).collect();
-        if !extra.is_empty() {
-            nested += 1;
+// ---------------------------------------------------------------------------
+// Readers.
+
+/// One reader thread's deferred local calls: each thread records its own
+/// calls with its own tally, so that `call_local`'s deduplication is
+/// predictable.
+struct LocalTally {
+    owner: ThreadId,
+    ran: AtomicU64,
+    /// Calls that ran on another thread or inside a read section.
+    misplaced: AtomicU64,
+}
+
+impl LocalTally {
+    fn new() -> Arc<Self> {
+        Arc::new(LocalTally {
+            owner: thread::current().id(),
+            ran: AtomicU64::new(0),
+            misplaced: AtomicU64::new(0),
+        })
+    }
+
+    fn ran(&self) {
+        if thread::current().id() != self.owner || in_read_section() {
+            self.misplaced.fetch_add(1, Ordering::SeqCst);
         }
+        self.ran.fetch_add(1, Ordering::SeqCst);
+    }
+}
 
-        let item = Arc::clone(&cell.read(&outer).item);
-        let index = ring.current.load(Ordering::Acquire);
-        let ring_slot = &ring.slots[index];
-        let generation = ring_slot.generation.load(Ordering::Acquire);
+fn local_call(tally: &LocalTally) {
+    tally.ran();
+}
 
-        let check = |when: &str| {
-            assert_eq!(
-                item.check,
-                item.seq ^ MAGIC,
-                "reader {id} saw a corrupt item"
-            );
-            assert!(
-                !item.dead.load(Ordering::SeqCst),
-                "reader {id} saw item {} retired {when} its section",
-                item.seq
-            );
-            assert!(
-                !ring_slot.dead.load(Ordering::SeqCst),
-                "reader {id} saw ring slot {index} retired {when} its section"
-            );
-            assert_eq!(
-                ring_slot.generation.load(Ordering::SeqCst),
-                generation,
-                "reader {id} saw ring slot {index} reused {when} its section"
-            );
-        };
-        check("at the start of");
+/// One read section: reads the cell and the ring, checks what it saw at the
+/// start and before the end, stays a while, records deferred local calls,
+/// and checks that they ran exactly once when the section ended.
+fn section(shared: &Shared, who: &str, rng: &mut Rng, tally: &Arc<LocalTally>, last_seq: &mut u64) {
+    let stats = &shared.stats;
+    let ring = &shared.ring;
+    let outer = read_lock();
+    let extra: Vec<_> = (0..rng.below(3)).map(|_| read_lock()).collect();
+    if !extra.is_empty() {
+        stats.nested_reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    let item = Arc::clone(&shared.cell.read(&outer).item);
+    let index = ring.current.load(Ordering::Acquire);
+    let ring_slot = &ring.slots[index];
+    let generation = ring_slot.generation.load(Ordering::Acquire);
+
+    let check = |when: &str| {
+        assert_eq!(item.check, item.seq ^ MAGIC, "{who} saw a corrupt item");
         assert!(
-            item.seq >= last_seq,
-            "reader {id} saw item {} after item {last_seq}",
+            !item.dead.load(Ordering::SeqCst),
+            "{who} saw item {} retired {when} its section",
             item.seq
         );
-        last_seq = item.seq;
+        assert!(
+            !ring_slot.dead.load(Ordering::SeqCst),
+            "{who} saw ring slot {index} retired {when} its section"
+        );
+        assert_eq!(
+            ring_slot.generation.load(Ordering::SeqCst),
+            generation,
+            "{who} saw ring slot {index} reused {when} its section"
+        );
+    };
+    check("at the start of");
+    assert!(
+        item.seq >= *last_seq,
+        "{who} saw item {} after item {last_seq}",
+        item.seq
+    );
+    *last_seq = item.seq;
 
-        // Stay a while, in a way that varies: the writers must get the
-        // chance to retire what this section holds.
-        match rng.below(100) {
-            0..=84 => {
-                for _ in 0..rng.below(200) {
-                    std::hint::spin_loop();
-                }
+    // Deferred local calls: one deduplicated call (its duplicate refused)
+    // and a few closures, none of which may run before the section ends.
+    let ran_before = tally.ran.load(Ordering::SeqCst);
+    let mut recorded = 0;
+    if rng.below(2) == 0 {
+        assert!(
+            call_local(local_call, tally),
+            "{who}: call_local refused the section's first call"
+        );
+        assert!(
+            !call_local(local_call, tally),
+            "{who}: call_local recorded a duplicate"
+        );
+        recorded += 1;
+    }
+    for _ in 0..rng.below(3) {
+        let tally = Arc::clone(tally);
+        call_local_fn(move || tally.ran());
+        recorded += 1;
+    }
+
+    // Stay a while, in a way that varies: the writers must get the chance
+    // to retire what this section holds.
+    match rng.below(100) {
+        0..=84 => {
+            for _ in 0..rng.below(200) {
+                std::hint::spin_loop();
             }
-            85..=97 => thread::yield_now(),
-            _ => thread::sleep(Duration::from_micros(rng.below(200))),
         }
-        check("before the end of");
+        85..=97 => thread::yield_now(),
+        _ => thread::sleep(Duration::from_micros(rng.below(200))),
+    }
+    check("before the end of");
 
-        let age = latest.load(Ordering::Relaxed).saturating_sub(item.seq);
-        stats.age[usize::try_from(age).unwrap_or(usize::MAX).min(7)]
-            .fetch_add(1, Ordering::Relaxed);
-        drop(extra);
-        drop(outer);
-        reads += 1;
+    let behind = shared
+        .latest
+        .load(Ordering::Relaxed)
+        .saturating_sub(item.seq);
+    stats.behind[usize::try_from(behind).unwrap_or(usize::MAX).min(7)]
+        .fetch_add(1, Ordering::Relaxed);
+    let pipe = item.pipe.load(Ordering::SeqCst);
+    stats.pipe[usize::try_from(pipe).unwrap_or(usize::MAX).min(2)].fetch_add(1, Ordering::Relaxed);
+    // Name the first few offenders; the histogram counts them all.
+    if pipe >= 2 && PIPE_REPORTS.fetch_add(1, Ordering::Relaxed) < 5 {
+        eprintln!(
+            "torture: {who} saw item {} at grace-period age {pipe} at the end of its section",
+            item.seq
+        );
+    }
 
+    drop(extra);
+    assert_eq!(
+        tally.ran.load(Ordering::SeqCst),
+        ran_before,
+        "{who}: a deferred local call ran before the outermost section ended"
+    );
+    drop(outer);
+    let ran = tally.ran.load(Ordering::SeqCst) - ran_before;
+    assert_eq!(
+        ran, recorded,
+        "{who}: the section's {recorded} deferred local calls did not each run once at its end"
+    );
+    assert_eq!(read_depth(), 0);
+    stats.local_recorded.fetch_add(recorded, Ordering::Relaxed);
+    stats.local_ran.fetch_add(ran, Ordering::Relaxed);
+    stats.reads.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Checks a reader thread's tally once it is done.
+fn check_tally(who: &str, tally: &LocalTally) {
+    assert_eq!(
+        tally.misplaced.load(Ordering::SeqCst),
+        0,
+        "{who}: deferred local calls ran on another thread or inside a read section"
+    );
+}
+
+fn reader(id: u64, shared: &Shared) {
+    let who = format!("reader {id}");
+    let mut rng = Rng::new(id + 1);
+    let tally = LocalTally::new();
+    let mut last_seq = 0;
+    while !shared.stop.load(Ordering::Relaxed) {
+        section(shared, &who, &mut rng, &tally, &mut last_seq);
         // Sometimes give the writers the CPU between sections too.
         if rng.below(16) == 0 {
             thread::yield_now();
         }
     }
-    stats.reads.fetch_add(reads, Ordering::Relaxed);
-    stats.nested_reads.fetch_add(nested, Ordering::Relaxed);
+    check_tally(&who, &tally);
 }
 
-fn updater(
-    cell: &RcuCell<Slot>,
-    latest: &AtomicU64,
-    retired: &Arc<AtomicUsize>,
-    stop: &AtomicBool,
-    stats: &Stats,
-) -> u64 {
+/// Starts short-lived readers, `at_once` at a time, each entering a few
+/// sections and exiting, until the run stops.
+fn thread_churn(shared: &Arc<Shared>, at_once: usize) {
+    let mut rng = Rng::new(0xC0FFEE);
+    let mut next_id = 0u64;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let threads: Vec<_> = (0..at_once)
+            .map(|_| {
+                next_id += 1;
+                let (id, sections) = (next_id, 1 + rng.below(4));
+                let shared = Arc::clone(shared);
+                thread::Builder::new()
+                    .name(format!("torture-short-{id}"))
+                    .spawn(move || {
+                        let who = format!("short-lived reader {id}");
+                        let mut rng = Rng::new(id.wrapping_mul(7919));
+                        let tally = LocalTally::new();
+                        let mut last_seq = 0;
+                        for _ in 0..sections {
+                            section(&shared, &who, &mut rng, &tally, &mut last_seq);
+                        }
+                        check_tally(&who, &tally);
+                        sections
+                    })
+                    .unwrap()
+            })
+            .collect();
+        for handle in threads {
+            match handle.join() {
+                Ok(sections) => {
+                    shared.stats.short_threads.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .stats
+                        .short_sections
+                        .fetch_add(sections, Ordering::Relaxed);
+                }
+                Err(payload) => resume_unwind(payload),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Writers.
+
+fn updater(shared: &Shared) -> u64 {
+    let stats = &shared.stats;
+    let cell = &shared.cell;
     let mut seq = 0;
-    while !stop.load(Ordering::Relaxed) {
+    // The item published now, and those unpublished since the updater last
+    // waited for a grace period: the next grace period ages them.
+    let mut current = Arc::clone(&cell.read(&read_lock()).item);
+    let mut pending: Vec<Arc<Item>> = Vec::new();
+    let age = |items: &mut Vec<Arc<Item>>| {
+        for item in items.drain(..) {
+            item.pipe.fetch_add(1, Ordering::SeqCst);
+        }
+    };
+    while !shared.stop.load(Ordering::Relaxed) {
         seq += 1;
-        let slot = new_slot(seq, retired);
-        match seq % 3 {
+        let slot = new_slot(seq, &shared.retired, &shared.live);
+        let next = Arc::clone(&slot.item);
+        match seq % 4 {
             0 => {
                 cell.replace(slot);
                 stats.replaces.fetch_add(1, Ordering::Relaxed);
@@ -258,28 +482,49 @@ fn updater(
                     "replace_sync returned the wrong value"
                 );
                 assert!(!old.item.dead.load(Ordering::SeqCst));
-                // Dropping it marks it dead: no reader can see it any more.
+                // A grace period has passed since everything pending was
+                // unpublished.
+                age(&mut pending);
+                old.item.pipe.fetch_add(1, Ordering::SeqCst);
+                // Dropping it marks it dead and ages it again: no reader can
+                // see it any more.
                 drop(old);
                 stats.replace_syncs.fetch_add(1, Ordering::Relaxed);
             }
-            _ => {
+            2 => {
                 cell.update(|old| {
                     assert_eq!(old.item.seq, seq - 1, "update saw the wrong current value");
                     slot
                 });
                 stats.updates.fetch_add(1, Ordering::Relaxed);
             }
+            _ => {
+                cell.replace(slot);
+                current.pipe.fetch_add(1, Ordering::SeqCst);
+                pending.push(Arc::clone(&current));
+                synchronize_rcu();
+                age(&mut pending);
+                stats.synchronizes.fetch_add(1, Ordering::Relaxed);
+            }
         }
-        latest.store(seq, Ordering::Relaxed);
+        if seq % 4 == 0 || seq % 4 == 2 {
+            // Unpublished; its grace period is still to come.
+            current.pipe.fetch_add(1, Ordering::SeqCst);
+            pending.push(Arc::clone(&current));
+        }
+        current = next;
+        shared.latest.store(seq, Ordering::Relaxed);
     }
     seq
 }
 
-fn ring_writer(ring: &Arc<Ring>, stop: &AtomicBool, stats: &Stats) {
+fn ring_writer(shared: &Shared) {
+    let ring = &shared.ring;
+    let stats = &shared.stats;
     let mut generation = 0u64;
     let mut index = 0usize;
     let mut round = 0u64;
-    while !stop.load(Ordering::Relaxed) {
+    while !shared.stop.load(Ordering::Relaxed) {
         round += 1;
         let old = index;
         index = (index + 1) % RING;
@@ -309,71 +554,205 @@ fn ring_writer(ring: &Arc<Ring>, stop: &AtomicBool, stats: &Stats) {
     }
 }
 
+// ---------------------------------------------------------------------------
+// call_rcu floods.
+
+/// The most callbacks in one burst.
+const BURST: u64 = 512;
+/// A flooder drains once it has this many bursts not known to have run.
+const BURSTS_OUTSTANDING: usize = 32;
+
+/// A flooder's errors, counted by its callbacks.
+#[derive(Default)]
+struct FloodErrors {
+    /// A callback that ran a second time.
+    twice: AtomicU64,
+    /// A callback that ran while the read section it was queued in was
+    /// still open.
+    early: AtomicU64,
+}
+
+/// Callbacks queued together, each with an id (its index).
+struct Burst {
+    runs: Box<[AtomicU8]>,
+    ran: AtomicUsize,
+    /// Set while the read section the burst was queued in is open.
+    section_open: AtomicBool,
+    errors: Arc<FloodErrors>,
+}
+
+impl Burst {
+    fn complete(&self) -> bool {
+        self.ran.load(Ordering::SeqCst) == self.runs.len()
+    }
+
+    /// Checks that each callback ran exactly once.
+    fn check(&self, who: &str) {
+        if let Some(id) = self.runs.iter().position(|r| r.load(Ordering::SeqCst) != 1) {
+            panic!(
+                "{who}: call_rcu callback {id} of a burst of {} ran {} times",
+                self.runs.len(),
+                self.runs[id].load(Ordering::SeqCst)
+            );
+        }
+    }
+}
+
+fn flooder(id: u64, shared: &Shared) {
+    let who = format!("flooder {id}");
+    let stats = &shared.stats;
+    let mut rng = Rng::new(0xF100D + id);
+    let errors = Arc::new(FloodErrors::default());
+    let mut bursts: VecDeque<Arc<Burst>> = VecDeque::new();
+    let drain = |bursts: &mut VecDeque<Arc<Burst>>| {
+        drain_call_rcu();
+        stats.flood_drains.fetch_add(1, Ordering::Relaxed);
+        for burst in bursts.drain(..) {
+            assert!(
+                burst.complete(),
+                "{who}: drain_call_rcu returned before callbacks queued before it had run"
+            );
+            burst.check(&who);
+        }
+    };
+    while !shared.stop.load(Ordering::Relaxed) {
+        let size = 1 + rng.below(BURST) as usize;
+        let in_section = rng.below(4) == 0;
+        let burst = Arc::new(Burst {
+            runs: (0..size).map(|_| AtomicU8::new(0)).collect(),
+            ran: AtomicUsize::new(0),
+            section_open: AtomicBool::new(in_section),
+            errors: Arc::clone(&errors),
+        });
+        let guard = in_section.then(read_lock);
+        for i in 0..size {
+            let burst = Arc::clone(&burst);
+            let live = Live::new(&shared.live);
+            call_rcu(move || {
+                let _live = live;
+                if burst.section_open.load(Ordering::SeqCst) {
+                    burst.errors.early.fetch_add(1, Ordering::SeqCst);
+                }
+                if burst.runs[i].fetch_add(1, Ordering::SeqCst) != 0 {
+                    burst.errors.twice.fetch_add(1, Ordering::SeqCst);
+                }
+                burst.ran.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        if let Some(guard) = guard {
+            for _ in 0..rng.below(500) {
+                std::hint::spin_loop();
+            }
+            // Cleared inside the section: a callback that still sees it set
+            // ran before the section ended.
+            burst.section_open.store(false, Ordering::SeqCst);
+            drop(guard);
+            stats
+                .flood_bursts_in_section
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        stats.flood_bursts.fetch_add(1, Ordering::Relaxed);
+        stats
+            .flood_callbacks
+            .fetch_add(size as u64, Ordering::Relaxed);
+        bursts.push_back(burst);
+        while bursts.front().is_some_and(|b| b.complete()) {
+            bursts.pop_front().unwrap().check(&who);
+        }
+        if bursts.len() > BURSTS_OUTSTANDING || rng.below(64) == 0 {
+            drain(&mut bursts);
+        }
+        // Leave the other threads some CPU: the flood is one load among
+        // several, not the whole run.
+        thread::yield_now();
+    }
+    drain(&mut bursts);
+    assert_eq!(
+        errors.early.load(Ordering::SeqCst),
+        0,
+        "{who}: call_rcu callbacks ran before a read section open when they were queued ended"
+    );
+    assert_eq!(
+        errors.twice.load(Ordering::SeqCst),
+        0,
+        "{who}: call_rcu callbacks ran twice"
+    );
+}
+
+// ---------------------------------------------------------------------------
+
+/// Starts a named thread running `f` on the run's shared state.
+fn spawn<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    name: String,
+    f: impl FnOnce(&Arc<Shared>) -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
+    let shared = Arc::clone(shared);
+    thread::Builder::new()
+        .name(name)
+        .spawn(move || f(&shared))
+        .unwrap()
+}
+
 /// Runs the torture for `duration` and prints what happened.
 fn torture(duration: Duration) {
     set_stall_timeout(Some(STALL_LIMIT));
     set_stall_handler(count_stall);
-    let readers = thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .max(2);
+    let cpus = cpus();
+    let readers = cpus.max(2);
+    let flooders = (cpus / 2).max(2);
+    let short_at_once = (cpus / 2).max(2);
 
     let retired = Arc::new(AtomicUsize::new(0));
-    let cell = Arc::new(RcuCell::new(new_slot(0, &retired)));
-    let latest = Arc::new(AtomicU64::new(0));
-    let ring = Arc::new(Ring {
-        current: AtomicUsize::new(0),
-        slots: (0..RING)
-            .map(|i| RingSlot {
-                generation: AtomicU64::new(0),
-                // Every slot but the published one starts retired.
-                dead: AtomicBool::new(i != 0),
-            })
-            .collect(),
+    let live = Arc::new(AtomicUsize::new(0));
+    let baseline = live.load(Ordering::SeqCst);
+    let shared = Arc::new(Shared {
+        cell: RcuCell::new(new_slot(0, &retired, &live)),
+        latest: AtomicU64::new(0),
+        ring: Arc::new(Ring {
+            current: AtomicUsize::new(0),
+            slots: (0..RING)
+                .map(|i| RingSlot {
+                    generation: AtomicU64::new(0),
+                    // Every slot but the published one starts retired.
+                    dead: AtomicBool::new(i != 0),
+                })
+                .collect(),
+        }),
+        stop: AtomicBool::new(false),
+        stats: Stats::default(),
+        retired: Arc::clone(&retired),
+        live: Arc::clone(&live),
     });
-    let stop = Arc::new(AtomicBool::new(false));
-    let stats = Arc::new(Stats::default());
 
-    let reader_threads: Vec<_> = (0..readers as u64)
-        .map(|id| {
-            let (cell, latest, ring, stop, stats) = (
-                Arc::clone(&cell),
-                Arc::clone(&latest),
-                Arc::clone(&ring),
-                Arc::clone(&stop),
-                Arc::clone(&stats),
-            );
-            thread::Builder::new()
-                .name(format!("torture-reader-{id}"))
-                .spawn(move || reader(id, &cell, &latest, &ring, &stop, &stats))
-                .unwrap()
-        })
-        .collect();
-    let updater_thread = {
-        let (cell, latest, retired, stop, stats) = (
-            Arc::clone(&cell),
-            Arc::clone(&latest),
-            Arc::clone(&retired),
-            Arc::clone(&stop),
-            Arc::clone(&stats),
-        );
-        thread::Builder::new()
-            .name("torture-updater".to_owned())
-            .spawn(move || updater(&cell, &latest, &retired, &stop, &stats))
-            .unwrap()
-    };
-    let ring_thread = {
-        let (ring, stop, stats) = (Arc::clone(&ring), Arc::clone(&stop), Arc::clone(&stats));
-        thread::Builder::new()
-            .name("torture-ring-writer".to_owned())
-            .spawn(move || ring_writer(&ring, &stop, &stats))
-            .unwrap()
-    };
+    let mut workers = Vec::new();
+    for id in 0..readers as u64 {
+        workers.push(spawn(&shared, format!("torture-reader-{id}"), move |s| {
+            reader(id, s);
+        }));
+    }
+    for id in 0..flooders as u64 {
+        workers.push(spawn(&shared, format!("torture-flooder-{id}"), move |s| {
+            flooder(id, s);
+        }));
+    }
+    workers.push(spawn(&shared, "torture-ring-writer".to_owned(), |s| {
+        ring_writer(s);
+    }));
+    workers.push(spawn(
+        &shared,
+        "torture-thread-churn".to_owned(),
+        move |s| {
+            thread_churn(s, short_at_once);
+        },
+    ));
+    let updater_thread = spawn(&shared, "torture-updater".to_owned(), |s| updater(s));
 
     let started = Instant::now();
     thread::sleep(duration);
-    stop.store(true, Ordering::Relaxed);
+    shared.stop.store(true, Ordering::Relaxed);
     let mut failure = None;
-    for handle in reader_threads {
+    for handle in workers {
         if let Err(payload) = handle.join() {
             failure.get_or_insert(payload);
         }
@@ -382,41 +761,77 @@ fn torture(duration: Duration) {
         Ok(seq) => seq,
         Err(payload) => resume_unwind(payload),
     };
-    if let Err(payload) = ring_thread.join() {
-        failure.get_or_insert(payload);
-    }
     if let Some(payload) = failure {
         resume_unwind(payload);
     }
     let ran = started.elapsed();
 
     // Every value the updater unpublished is retired exactly once, and only
-    // those: the current one is retired when the cell goes.
+    // those: the current one is retired when the cell goes. Every callback
+    // has run and dropped what it held: only the current item is live.
     drain_call_rcu();
     let published = usize::try_from(published).unwrap();
     assert_eq!(retired.load(Ordering::SeqCst), published);
-    assert!(!cell.read(&read_lock()).item.dead.load(Ordering::SeqCst));
-    let cell = Arc::try_unwrap(cell).unwrap_or_else(|_| panic!("a thread still holds the cell"));
-    drop(cell);
+    assert!(!shared
+        .cell
+        .read(&read_lock())
+        .item
+        .dead
+        .load(Ordering::SeqCst));
+    assert_eq!(
+        live.load(Ordering::SeqCst),
+        baseline + 1,
+        "objects still live after every thread stopped and drain_call_rcu returned \
+         (the cell's current item is the one expected)"
+    );
+    let shared =
+        Arc::try_unwrap(shared).unwrap_or_else(|_| panic!("a thread still holds the run's state"));
+    let stats = shared.stats;
+    drop(shared.cell);
     assert_eq!(retired.load(Ordering::SeqCst), published + 1);
+    assert_eq!(
+        live.load(Ordering::SeqCst),
+        baseline,
+        "objects still live after the cell was dropped"
+    );
 
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    let ages: Vec<u64> = stats.age.iter().map(get).collect();
-    println!(
-        "torture ({} flavor, {readers} readers, {ran:.1?}): {} reads ({} nested), \
-         {} cell updates ({} replace, {} replace_sync, {} update), \
-         ring: {} synchronize_rcu + {} call_rcu retirements; \
-         reader age in updates [0, 1, .., 7+]: {ages:?}",
+    let behind: Vec<u64> = stats.behind.iter().map(get).collect();
+    let pipe: Vec<u64> = stats.pipe.iter().map(get).collect();
+    eprintln!(
+        "torture ({} flavor, {ran:.1?}; {readers} readers, {flooders} flooders, \
+         short-lived readers {short_at_once} at a time): \
+         {} reads ({} nested, {} in {} short-lived threads), \
+         {} cell updates ({} replace, {} replace_sync, {} update, {} replace+synchronize_rcu), \
+         ring: {} synchronize_rcu + {} call_rcu retirements, \
+         flood: {} call_rcu callbacks in {} bursts ({} queued inside a section), {} drains, \
+         call_local: {} recorded, {} ran; \
+         reader grace-period age (pipe) [0, 1, 2+]: {pipe:?}; \
+         reader age in updates [0, 1, .., 7+]: {behind:?}",
         flavor(),
         get(&stats.reads),
         get(&stats.nested_reads),
+        get(&stats.short_sections),
+        get(&stats.short_threads),
         published,
         get(&stats.replaces),
         get(&stats.replace_syncs),
         get(&stats.updates),
+        get(&stats.synchronizes),
         get(&stats.ring_syncs),
         get(&stats.ring_call_rcus),
+        get(&stats.flood_callbacks),
+        get(&stats.flood_bursts),
+        get(&stats.flood_bursts_in_section),
+        get(&stats.flood_drains),
+        get(&stats.local_recorded),
+        get(&stats.local_ran),
     );
+    assert_eq!(
+        pipe[2], 0,
+        "readers saw objects a grace period after they were retired: pipe {pipe:?}"
+    );
+    assert_eq!(get(&stats.local_recorded), get(&stats.local_ran));
     assert_eq!(
         STALLS.load(Ordering::SeqCst),
         0,
@@ -426,6 +841,7 @@ fn torture(duration: Duration) {
     // checks `stop` only after an iteration's work, and the first check
     // comes after they were started).
     assert!(get(&stats.reads) > 0 && published > 0);
+    assert!(get(&stats.flood_callbacks) > 0 && get(&stats.short_threads) > 0);
 }
 
 #[test]
@@ -453,6 +869,7 @@ fn torture_readers_never_see_a_retired_object_in_the_fence_flavor() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     print!("{stdout}");
+    eprint!("{stderr}");
     assert!(
         output.status.success() && stdout.contains(&format!("{MARKER}done")),
         "the fence-flavor torture failed:\n{stdout}\n{stderr}"
