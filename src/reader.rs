@@ -469,10 +469,10 @@ impl Local {
         // Relaxed: owner-written bits.
         let mut signal = record.signal.load(Ordering::Relaxed);
         if signal & UNREGISTERED != 0 {
-            // The section's `ctr` is already in the record: from the moment
-            // a writer can see the record (under the registry lock), it sees
-            // the section, and the fence below orders the section's loads
-            // after it.
+            // The section's `ctr` is already in the record (`register`
+            // refreshes its counter value): from the moment a writer can see
+            // the record (under the registry lock), it sees the section, and
+            // the fence below orders the section's loads after it.
             self.register();
             signal = record.signal.load(Ordering::Relaxed);
         }
@@ -570,6 +570,19 @@ impl Local {
         let mut registry = registry();
         // Relaxed: published to writers by the registry lock.
         self.record.signal.store(signal, Ordering::Relaxed);
+        // The section being entered read the grace-period counter before
+        // the lock, so it may hold a value older than a grace period that
+        // has already asked every registered reader to wake it: this record
+        // would then block that grace period without having been asked.
+        // Read the counter again under the lock (which orders it after any
+        // such grace period's advance): the section then blocks only grace
+        // periods that will see the record when they ask.
+        let ctr = self.record.ctr();
+        if ctr != 0 {
+            self.record
+                .ctr
+                .store(gp_counter() | (ctr & LOW_MASK), Ordering::Relaxed);
+        }
         registry.add_thread_local(&this.record, owner);
     }
 
