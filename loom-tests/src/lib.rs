@@ -123,6 +123,46 @@ impl Retirable {
     }
 }
 
+/// Keeps a panic that rcu-defer would otherwise swallow, so that the model
+/// can fail with it.
+///
+/// The `rcu-call` worker runs each `call_rcu` callback under
+/// `catch_unwind`, reports a panic on stderr and goes on: an assertion that
+/// fails inside a callback, or a causality violation that loom detects
+/// there (say, in the destructor of a value that `RcuCell::replace`
+/// retires), would not fail the model. Run the checks of a callback inside
+/// [`Caught::run`] and call [`Caught::rethrow`] once the worker has stopped.
+///
+/// The slot is a `std` mutex, not a loom one: it is touched only when a
+/// check fails and read after the worker has been joined, so modelling it
+/// would only add interleavings.
+#[derive(Default)]
+pub struct Caught(std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>);
+
+impl Caught {
+    /// An empty slot.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `check`; if it panics, keeps the panic (the first one only) and
+    /// returns normally.
+    pub fn run(&self, check: impl FnOnce()) {
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check)) {
+            let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert(payload);
+        }
+    }
+
+    /// Resumes the kept panic, if any, on the calling thread.
+    pub fn rethrow(&self) {
+        let payload = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(payload) = payload {
+            std::panic::resume_unwind(payload);
+        }
+    }
+}
+
 /// How many times [`settle`] yields per thread: more than the loom
 /// operations an exiting thread performs after its closure has returned
 /// (rcu-defer's registration destructor does an atomic load and takes the

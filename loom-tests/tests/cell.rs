@@ -23,6 +23,10 @@ struct DropLog {
     /// causality violation if a reader's check is not ordered before the
     /// drop (and detects a double drop).
     drop_cell: [UnsafeCell<bool>; VALUES],
+    /// A failed check in `Tracked::drop`: when the value is retired with
+    /// `call_rcu`, the drop runs in a callback, whose panics the `rcu-call`
+    /// worker would swallow. Models rethrow it at the end.
+    caught: loom_tests::Caught,
 }
 
 // SAFETY: the `UnsafeCell`s are loom's: loom checks every access to them
@@ -33,8 +37,9 @@ unsafe impl Sync for DropLog {}
 impl DropLog {
     fn new() -> Arc<Self> {
         Arc::new(DropLog {
-            dropped: [AtomicBool::new(false), AtomicBool::new(false)],
-            drop_cell: [UnsafeCell::new(false), UnsafeCell::new(false)],
+            dropped: std::array::from_fn(|_| AtomicBool::new(false)),
+            drop_cell: std::array::from_fn(|_| UnsafeCell::new(false)),
+            caught: loom_tests::Caught::new(),
         })
     }
 
@@ -83,11 +88,14 @@ impl Tracked {
 impl Drop for Tracked {
     fn drop(&mut self) {
         let id = self.id;
-        self.log.dropped[id].store(true, Ordering::Relaxed);
-        // SAFETY: loom checks this access against every reader's.
-        self.log.drop_cell[id].with_mut(|p| {
-            assert!(!unsafe { *p }, "value {id} dropped twice");
-            unsafe { *p = true };
+        let log = &self.log;
+        log.dropped[id].store(true, Ordering::Relaxed);
+        log.caught.run(|| {
+            // SAFETY: loom checks this access against every reader's.
+            log.drop_cell[id].with_mut(|p| {
+                assert!(!unsafe { *p }, "value {id} dropped twice");
+                unsafe { *p = true };
+            });
         });
     }
 }
@@ -123,6 +131,7 @@ fn replace_sync_never_drops_value_under_reader() {
         drop(old);
         assert!(log.is_dropped(0));
         loom_tests::join([reader]);
+        log.caught.rethrow();
         assert!(!log.is_dropped(1), "the cell's current value was dropped");
     });
 }
@@ -147,6 +156,7 @@ fn replace_retires_old_value_after_reader() {
         // Runs the queued callback (after its grace period), then stops
         // and joins the worker.
         rcu_defer::loom_stop_call_rcu_thread();
+        log.caught.rethrow();
         assert!(
             log.is_dropped(0),
             "the rcu-call thread stopped without dropping the replaced value"
