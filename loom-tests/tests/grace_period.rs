@@ -25,23 +25,28 @@ use rcu_defer::{read_lock, synchronize_rcu};
 ///
 /// Exhaustive (no preemption bound). The flavor is not decided beforehand,
 /// so the first reader and the first grace period also race to decide it.
+/// The body is shared with tests/broken.rs, which shows that it fails when
+/// the grace period skips waiting for readers or the reader skips its
+/// fences.
 #[test]
 fn synchronize_waits_for_reader() {
-    loom::model(|| {
-        let obj = Arc::new(Retirable::new());
-        let reader = {
-            let obj = Arc::clone(&obj);
-            thread::spawn(move || {
-                let guard = read_lock();
-                obj.read();
-                drop(guard);
-            })
-        };
-        obj.unpublish();
-        synchronize_rcu();
-        obj.free();
-        loom_tests::join([reader]);
-    });
+    loom::model(loom_tests::reader_and_retiring_writer);
+}
+
+/// Property: when `synchronize_rcu_timeout` returns `Ok`, every read
+/// section that began before it has ended: the writer, which frees the
+/// object only then, never frees it under a reader that reached it. The
+/// time limit is zero, so the call makes one attempt and never sleeps; that
+/// isolates the store→load pairing of the reader's entry (publish the
+/// section, fence, load the pointer) with the writer's scan (unpublish,
+/// fence, scan the sections) from the wake-up protocol.
+///
+/// Exhaustive (no preemption bound). The body is shared with
+/// tests/broken.rs, which shows that it fails when the reader skips its
+/// fence. The flavor is decided beforehand.
+#[test]
+fn synchronize_timeout_ok_means_earlier_readers_are_done() {
+    loom::model(loom_tests::reader_and_writer_that_frees_only_if_no_reader_blocks);
 }
 
 /// Property: as above, while a second writer calls `synchronize_rcu`
