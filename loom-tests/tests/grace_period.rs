@@ -1,6 +1,7 @@
 //! loom models of `synchronize_rcu`: a grace period waits for every read
 //! section that was running when it was called, also when several writers
-//! share grace periods, and only the outermost guard ends a section.
+//! share grace periods, and only the outermost guard ends a section; it
+//! does not wait for a section that began after it started.
 //!
 //! Every model has the same shape: a reader thread enters a read section
 //! and, if it can still reach the object through the published pointer,
@@ -13,10 +14,12 @@
 //! interleaving leaves the writer asleep with nobody left to wake it.
 #![cfg(loom)]
 
+use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::sync::Arc;
 use loom::thread;
 use loom_tests::Retirable;
-use rcu_defer::{read_lock, synchronize_rcu};
+use rcu_defer::{read_lock, synchronize_rcu, StallReport};
+use std::time::Duration;
 
 /// Property: a reader that reached the object (so its section began before
 /// the writer unpublished it, hence before the writer's `synchronize_rcu`)
@@ -156,5 +159,81 @@ fn sleeping_writer_is_woken_with_two_readers() {
         synchronize_rcu();
         obj.free();
         loom_tests::join(readers);
+    });
+}
+
+loom::lazy_static! {
+    /// Set by [`note_stall`]: the writer's grace period is under way (its
+    /// counter has advanced) and is waiting for a reader.
+    static ref STALLED: AtomicBool = AtomicBool::new(false);
+}
+
+/// Stall handler for `new_section_does_not_hold_up_grace_period`: it runs on
+/// the writer's thread, inside the grace period, after the counter advanced.
+fn note_stall(_: &StallReport) {
+    STALLED.store(true, Ordering::Release);
+}
+
+/// Property: a read section that begins after the grace period started does
+/// not hold it up: the writer's `synchronize_rcu` returns while that section
+/// is still open, and the section cannot reach the object the writer
+/// unpublished before it called.
+///
+/// The reader's first section begins before the writer calls (the writer
+/// waits for it), so the grace period must wait for it. The stall timeout is
+/// zero, so the grace period calls the stall handler as soon as it finds
+/// that section blocking, i.e. after it has advanced its counter; the
+/// handler tells the reader, which then leaves its first section and opens
+/// a second one that it keeps open until the writer has returned. If the
+/// grace period waited for that second section (a writer that waits for
+/// every open section, or a reader that re-enters with a stale counter),
+/// neither thread could go on, which loom reports.
+///
+/// Exhaustive (no preemption bound); two threads. The flavor is decided
+/// before the threads start.
+#[test]
+fn new_section_does_not_hold_up_grace_period() {
+    loom::model(|| {
+        rcu_defer::flavor();
+        rcu_defer::set_stall_timeout(Some(Duration::ZERO));
+        rcu_defer::set_stall_handler(note_stall);
+        let obj = Arc::new(Retirable::new());
+        let entered = Arc::new(AtomicBool::new(false));
+        let writer_done = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let obj = Arc::clone(&obj);
+            let entered = Arc::clone(&entered);
+            let writer_done = Arc::clone(&writer_done);
+            thread::spawn(move || {
+                let first = read_lock();
+                assert!(
+                    obj.read(),
+                    "the writer unpublished before the reader entered"
+                );
+                entered.store(true, Ordering::Release);
+                while !STALLED.load(Ordering::Acquire) {
+                    thread::yield_now();
+                }
+                drop(first);
+                let second = read_lock();
+                assert!(
+                    !obj.read(),
+                    "a section that began after the grace period started reached the \
+                     object unpublished before it"
+                );
+                while !writer_done.load(Ordering::Acquire) {
+                    thread::yield_now();
+                }
+                drop(second);
+            })
+        };
+        while !entered.load(Ordering::Acquire) {
+            thread::yield_now();
+        }
+        obj.unpublish();
+        synchronize_rcu();
+        obj.free();
+        writer_done.store(true, Ordering::Release);
+        loom_tests::join([reader]);
     });
 }
