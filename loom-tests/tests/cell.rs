@@ -1,7 +1,8 @@
 //! loom models of `RcuCell`: a value that a reader obtained inside its read
 //! section is not dropped before the section ends, whether the writer waits
 //! for the grace period itself (`replace_sync`) or retires the old value
-//! through `call_rcu` (`replace`).
+//! through `call_rcu` (`replace`, `update`), and concurrent `update`s do not
+//! lose each other's changes.
 #![cfg(loom)]
 
 use loom::cell::UnsafeCell;
@@ -11,7 +12,7 @@ use loom::thread;
 use rcu_defer::{read_lock, RcuCell};
 
 /// How many distinct values a model creates (ids `0..VALUES`).
-const VALUES: usize = 2;
+const VALUES: usize = 3;
 
 /// Which values have been dropped, kept outside the values themselves so
 /// that a reader can check a value without touching more of its memory than
@@ -61,6 +62,11 @@ impl DropLog {
 
     fn is_dropped(&self, id: usize) -> bool {
         self.dropped[id].load(Ordering::Relaxed)
+    }
+
+    /// Which values have been dropped.
+    fn dropped(&self) -> [bool; VALUES] {
+        std::array::from_fn(|id| self.is_dropped(id))
     }
 }
 
@@ -163,5 +169,64 @@ fn replace_retires_old_value_after_reader() {
         );
         loom_tests::join([reader]);
         assert!(!log.is_dropped(1), "the cell's current value was dropped");
+    });
+}
+
+/// Property: two concurrent `RcuCell::update`s, each adding one to the
+/// value's id, with one concurrent reader: no update is lost (the cell ends
+/// up holding the value with id 2, built from 1, built from 0: a lost update
+/// builds id 1 twice, which the drop log reports as a double drop, and
+/// never builds 2), each updater's closure gets a live value, and no value
+/// is dropped while a reader that read it is inside its read section, nor
+/// while it is the cell's current value. Both old values are dropped once
+/// the `rcu-call` thread has run its callbacks.
+///
+/// Four threads (two updaters, the reader, the `rcu-call` worker, which the
+/// model stops with `loom_stop_call_rcu_thread`): bounded to 3 preemptions
+/// (see the comment at the bound). The flavor is decided before the
+/// threads start.
+#[test]
+fn concurrent_updates_are_not_lost_and_not_dropped_under_reader() {
+    // Four threads, two writer-lock handoffs, two call_rcu callbacks and
+    // their grace periods: 3 takes ~20 s on 2 cores and 2 (~2 s) already
+    // catches a grace period that does not wait for the reader
+    // (`SkipReaderWait`); exhaustive does not finish in minutes.
+    loom_tests::bounded(3).check(|| {
+        rcu_defer::flavor();
+        let log = DropLog::new();
+        let cell = Arc::new(RcuCell::new(Tracked::new(&log, 0)));
+        let increment = {
+            let log = Arc::clone(&log);
+            move |value: &Tracked| {
+                log.assert_alive(value.id);
+                Tracked::new(&log, value.id + 1)
+            }
+        };
+        let reader = spawn_reader(&cell, &log);
+        let updater = {
+            let cell = Arc::clone(&cell);
+            let increment = increment.clone();
+            thread::spawn(move || cell.update(increment))
+        };
+        cell.update(increment);
+        loom_tests::join([reader, updater]);
+        // Runs the queued callbacks (each after its grace period), then
+        // stops and joins the worker.
+        rcu_defer::loom_stop_call_rcu_thread();
+        log.caught.rethrow();
+        assert_eq!(
+            log.dropped(),
+            [true, true, false],
+            "after both updates only the value with id 2 is left (dropped: [id 0, id 1, id 2])"
+        );
+        let cell = Arc::try_unwrap(cell)
+            .ok()
+            .expect("the model's threads have dropped their references");
+        drop(cell);
+        log.caught.rethrow();
+        assert!(
+            log.is_dropped(2),
+            "the cell's last value was not the one with id 2: an update was lost"
+        );
     });
 }
