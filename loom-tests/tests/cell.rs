@@ -173,13 +173,13 @@ fn replace_retires_old_value_after_reader() {
 }
 
 /// Property: two concurrent `RcuCell::update`s, each adding one to the
-/// value's id, with one concurrent reader: no update is lost (the cell ends
-/// up holding the value with id 2, built from 1, built from 0: a lost update
-/// builds id 1 twice, which the drop log reports as a double drop, and
-/// never builds 2), each updater's closure gets a live value, and no value
-/// is dropped while a reader that read it is inside its read section, nor
-/// while it is the cell's current value. Both old values are dropped once
-/// the `rcu-call` thread has run its callbacks.
+/// value's id, with one concurrent reader: no update is lost (no two
+/// updates compute their values from the same value, and the cell ends up
+/// holding the value with id 2, built from 1, built from 0), each
+/// updater's closure gets a live value, and no value is dropped while a
+/// reader that read it is inside its read section, nor while it is the
+/// cell's current value. Both old values are dropped once the `rcu-call`
+/// thread has run its callbacks.
 ///
 /// Four threads (two updaters, the reader, the `rcu-call` worker, which the
 /// model stops with `loom_stop_call_rcu_thread`): bounded to 3 preemptions
@@ -195,10 +195,21 @@ fn concurrent_updates_are_not_lost_and_not_dropped_under_reader() {
         rcu_defer::flavor();
         let log = DropLog::new();
         let cell = Arc::new(RcuCell::new(Tracked::new(&log, 0)));
+        // Which values an update has computed its value from. Checked in
+        // the closure, so that a lost update fails the model there: left to
+        // go on, both updates would retire the same value, a double free.
+        let updated_from: Arc<[AtomicBool; VALUES]> =
+            Arc::new(std::array::from_fn(|_| AtomicBool::new(false)));
         let increment = {
             let log = Arc::clone(&log);
             move |value: &Tracked| {
                 log.assert_alive(value.id);
+                assert!(
+                    !updated_from[value.id].swap(true, Ordering::Relaxed),
+                    "two updates computed their values from the same value (id {}): one of \
+                     them is lost",
+                    value.id
+                );
                 Tracked::new(&log, value.id + 1)
             }
         };

@@ -187,7 +187,9 @@ fn note_stall(_: &StallReport) {
 /// a second one that it keeps open until the writer has returned. If the
 /// grace period waited for that second section (a writer that waits for
 /// every open section, or a reader that re-enters with a stale counter),
-/// neither thread could go on, which loom reports.
+/// neither thread could go on: the writer sleeps and the reader spins,
+/// which loom reports as exceeding its branch limit (checked by mutation:
+/// with `blocks` true for every open section, this model fails so).
 ///
 /// Exhaustive (no preemption bound); two threads. The flavor is decided
 /// before the threads start.
