@@ -123,6 +123,104 @@ impl Retirable {
     }
 }
 
+/// Keeps a panic that rcu-defer would otherwise swallow, so that the model
+/// can fail with it.
+///
+/// The `rcu-call` worker runs each `call_rcu` callback under
+/// `catch_unwind`, reports a panic on stderr and goes on: an assertion that
+/// fails inside a callback, or a causality violation that loom detects
+/// there (say, in the destructor of a value that `RcuCell::replace`
+/// retires), would not fail the model. Run the checks of a callback inside
+/// [`Caught::run`] and call [`Caught::rethrow`] once the worker has stopped.
+///
+/// The slot is a `std` mutex, not a loom one: it is touched only when a
+/// check fails and read after the worker has been joined, so modelling it
+/// would only add interleavings.
+#[derive(Default)]
+pub struct Caught(std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>);
+
+impl Caught {
+    /// An empty slot.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `check`; if it panics, keeps the panic (the first one only) and
+    /// returns normally.
+    pub fn run(&self, check: impl FnOnce()) {
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check)) {
+            let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert(payload);
+        }
+    }
+
+    /// Resumes the kept panic, if any, on the calling thread.
+    pub fn rethrow(&self) {
+        let payload = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(payload) = payload {
+            std::panic::resume_unwind(payload);
+        }
+    }
+}
+
+/// The basic grace-period model, shared by `synchronize_waits_for_reader`
+/// (tests/grace_period.rs) and the broken-protocol models
+/// (tests/broken.rs), which run this same body with a fault injected.
+///
+/// A reader thread enters a read section and, if it can still reach the
+/// object through the published pointer, uses it; the model's thread
+/// unpublishes the object, calls `synchronize_rcu` and frees it (see
+/// [`Retirable`]). Fails if `synchronize_rcu` returns while a reader that
+/// reached the object is still inside its section. The flavor is not decided
+/// beforehand, so the reader and the grace period also race to decide it.
+pub fn reader_and_retiring_writer() {
+    let obj = loom::sync::Arc::new(Retirable::new());
+    let reader = {
+        let obj = loom::sync::Arc::clone(&obj);
+        loom::thread::spawn(move || {
+            let guard = rcu_defer::read_lock();
+            obj.read();
+            drop(guard);
+        })
+    };
+    obj.unpublish();
+    rcu_defer::synchronize_rcu();
+    obj.free();
+    join([reader]);
+}
+
+/// Like [`reader_and_retiring_writer`], but the writer waits with
+/// `synchronize_rcu_timeout(Duration::ZERO)`: one grace-period attempt that
+/// scans the readers once (after its fence) and, if one blocks, gives up at
+/// once instead of sleeping. The writer frees the object only if the
+/// attempt succeeded. Fails if the attempt succeeds while a reader that
+/// reached the object is still inside its section.
+///
+/// The writer never sleeps, so no wake-up is involved: what this checks is
+/// the store→load pairing alone (the reader publishes its section, fences,
+/// loads the pointer; the writer unpublishes, fences, scans the sections).
+/// The flavor is decided beforehand.
+pub fn reader_and_writer_that_frees_only_if_no_reader_blocks() {
+    rcu_defer::flavor();
+    let obj = loom::sync::Arc::new(Retirable::new());
+    let reader = {
+        let obj = loom::sync::Arc::clone(&obj);
+        loom::thread::spawn(move || {
+            let guard = rcu_defer::read_lock();
+            obj.read();
+            drop(guard);
+        })
+    };
+    obj.unpublish();
+    match rcu_defer::synchronize_rcu_timeout(std::time::Duration::ZERO) {
+        Ok(()) => obj.free(),
+        // The reader blocked the attempt: it may still use the object.
+        Err(rcu_defer::Error::Timeout(_)) => {}
+        Err(e) => panic!("synchronize_rcu_timeout failed: {e}"),
+    }
+    join([reader]);
+}
+
 /// How many times [`settle`] yields per thread: more than the loom
 /// operations an exiting thread performs after its closure has returned
 /// (rcu-defer's registration destructor does an atomic load and takes the

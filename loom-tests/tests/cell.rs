@@ -1,7 +1,8 @@
 //! loom models of `RcuCell`: a value that a reader obtained inside its read
 //! section is not dropped before the section ends, whether the writer waits
 //! for the grace period itself (`replace_sync`) or retires the old value
-//! through `call_rcu` (`replace`).
+//! through `call_rcu` (`replace`, `update`), and concurrent `update`s do not
+//! lose each other's changes.
 #![cfg(loom)]
 
 use loom::cell::UnsafeCell;
@@ -11,7 +12,7 @@ use loom::thread;
 use rcu_defer::{read_lock, RcuCell};
 
 /// How many distinct values a model creates (ids `0..VALUES`).
-const VALUES: usize = 2;
+const VALUES: usize = 3;
 
 /// Which values have been dropped, kept outside the values themselves so
 /// that a reader can check a value without touching more of its memory than
@@ -23,6 +24,10 @@ struct DropLog {
     /// causality violation if a reader's check is not ordered before the
     /// drop (and detects a double drop).
     drop_cell: [UnsafeCell<bool>; VALUES],
+    /// A failed check in `Tracked::drop`: when the value is retired with
+    /// `call_rcu`, the drop runs in a callback, whose panics the `rcu-call`
+    /// worker would swallow. Models rethrow it at the end.
+    caught: loom_tests::Caught,
 }
 
 // SAFETY: the `UnsafeCell`s are loom's: loom checks every access to them
@@ -33,8 +38,9 @@ unsafe impl Sync for DropLog {}
 impl DropLog {
     fn new() -> Arc<Self> {
         Arc::new(DropLog {
-            dropped: [AtomicBool::new(false), AtomicBool::new(false)],
-            drop_cell: [UnsafeCell::new(false), UnsafeCell::new(false)],
+            dropped: std::array::from_fn(|_| AtomicBool::new(false)),
+            drop_cell: std::array::from_fn(|_| UnsafeCell::new(false)),
+            caught: loom_tests::Caught::new(),
         })
     }
 
@@ -56,6 +62,11 @@ impl DropLog {
 
     fn is_dropped(&self, id: usize) -> bool {
         self.dropped[id].load(Ordering::Relaxed)
+    }
+
+    /// Which values have been dropped.
+    fn dropped(&self) -> [bool; VALUES] {
+        std::array::from_fn(|id| self.is_dropped(id))
     }
 }
 
@@ -83,11 +94,14 @@ impl Tracked {
 impl Drop for Tracked {
     fn drop(&mut self) {
         let id = self.id;
-        self.log.dropped[id].store(true, Ordering::Relaxed);
-        // SAFETY: loom checks this access against every reader's.
-        self.log.drop_cell[id].with_mut(|p| {
-            assert!(!unsafe { *p }, "value {id} dropped twice");
-            unsafe { *p = true };
+        let log = &self.log;
+        log.dropped[id].store(true, Ordering::Relaxed);
+        log.caught.run(|| {
+            // SAFETY: loom checks this access against every reader's.
+            log.drop_cell[id].with_mut(|p| {
+                assert!(!unsafe { *p }, "value {id} dropped twice");
+                unsafe { *p = true };
+            });
         });
     }
 }
@@ -123,6 +137,7 @@ fn replace_sync_never_drops_value_under_reader() {
         drop(old);
         assert!(log.is_dropped(0));
         loom_tests::join([reader]);
+        log.caught.rethrow();
         assert!(!log.is_dropped(1), "the cell's current value was dropped");
     });
 }
@@ -147,11 +162,82 @@ fn replace_retires_old_value_after_reader() {
         // Runs the queued callback (after its grace period), then stops
         // and joins the worker.
         rcu_defer::loom_stop_call_rcu_thread();
+        log.caught.rethrow();
         assert!(
             log.is_dropped(0),
             "the rcu-call thread stopped without dropping the replaced value"
         );
         loom_tests::join([reader]);
         assert!(!log.is_dropped(1), "the cell's current value was dropped");
+    });
+}
+
+/// Property: two concurrent `RcuCell::update`s, each adding one to the
+/// value's id, with one concurrent reader: no update is lost (no two
+/// updates compute their values from the same value, and the cell ends up
+/// holding the value with id 2, built from 1, built from 0), each
+/// updater's closure gets a live value, and no value is dropped while a
+/// reader that read it is inside its read section, nor while it is the
+/// cell's current value. Both old values are dropped once the `rcu-call`
+/// thread has run its callbacks.
+///
+/// Four threads (two updaters, the reader, the `rcu-call` worker, which the
+/// model stops with `loom_stop_call_rcu_thread`): bounded to 3 preemptions
+/// (see the comment at the bound). The flavor is decided before the
+/// threads start.
+#[test]
+fn concurrent_updates_are_not_lost_and_not_dropped_under_reader() {
+    // Four threads, two writer-lock handoffs, two call_rcu callbacks and
+    // their grace periods: 3 takes ~20 s on 2 cores and 2 (~2 s) already
+    // catches a grace period that does not wait for the reader
+    // (`SkipReaderWait`); exhaustive does not finish in minutes.
+    loom_tests::bounded(3).check(|| {
+        rcu_defer::flavor();
+        let log = DropLog::new();
+        let cell = Arc::new(RcuCell::new(Tracked::new(&log, 0)));
+        // Which values an update has computed its value from. Checked in
+        // the closure, so that a lost update fails the model there: left to
+        // go on, both updates would retire the same value, a double free.
+        let updated_from: Arc<[AtomicBool; VALUES]> =
+            Arc::new(std::array::from_fn(|_| AtomicBool::new(false)));
+        let increment = {
+            let log = Arc::clone(&log);
+            move |value: &Tracked| {
+                log.assert_alive(value.id);
+                assert!(
+                    !updated_from[value.id].swap(true, Ordering::Relaxed),
+                    "two updates computed their values from the same value (id {}): one of \
+                     them is lost",
+                    value.id
+                );
+                Tracked::new(&log, value.id + 1)
+            }
+        };
+        let reader = spawn_reader(&cell, &log);
+        let updater = {
+            let cell = Arc::clone(&cell);
+            let increment = increment.clone();
+            thread::spawn(move || cell.update(increment))
+        };
+        cell.update(increment);
+        loom_tests::join([reader, updater]);
+        // Runs the queued callbacks (each after its grace period), then
+        // stops and joins the worker.
+        rcu_defer::loom_stop_call_rcu_thread();
+        log.caught.rethrow();
+        assert_eq!(
+            log.dropped(),
+            [true, true, false],
+            "after both updates only the value with id 2 is left (dropped: [id 0, id 1, id 2])"
+        );
+        let cell = Arc::try_unwrap(cell)
+            .ok()
+            .expect("the model's threads have dropped their references");
+        drop(cell);
+        log.caught.rethrow();
+        assert!(
+            log.is_dropped(2),
+            "the cell's last value was not the one with id 2: an update was lost"
+        );
     });
 }

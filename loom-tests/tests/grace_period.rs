@@ -1,6 +1,7 @@
 //! loom models of `synchronize_rcu`: a grace period waits for every read
 //! section that was running when it was called, also when several writers
-//! share grace periods, and only the outermost guard ends a section.
+//! share grace periods, and only the outermost guard ends a section; it
+//! does not wait for a section that began after it started.
 //!
 //! Every model has the same shape: a reader thread enters a read section
 //! and, if it can still reach the object through the published pointer,
@@ -13,10 +14,12 @@
 //! interleaving leaves the writer asleep with nobody left to wake it.
 #![cfg(loom)]
 
+use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::sync::Arc;
 use loom::thread;
 use loom_tests::Retirable;
-use rcu_defer::{read_lock, synchronize_rcu};
+use rcu_defer::{read_lock, synchronize_rcu, StallReport};
+use std::time::Duration;
 
 /// Property: a reader that reached the object (so its section began before
 /// the writer unpublished it, hence before the writer's `synchronize_rcu`)
@@ -25,23 +28,28 @@ use rcu_defer::{read_lock, synchronize_rcu};
 ///
 /// Exhaustive (no preemption bound). The flavor is not decided beforehand,
 /// so the first reader and the first grace period also race to decide it.
+/// The body is shared with tests/broken.rs, which shows that it fails when
+/// the grace period skips waiting for readers or the reader skips its
+/// fences.
 #[test]
 fn synchronize_waits_for_reader() {
-    loom::model(|| {
-        let obj = Arc::new(Retirable::new());
-        let reader = {
-            let obj = Arc::clone(&obj);
-            thread::spawn(move || {
-                let guard = read_lock();
-                obj.read();
-                drop(guard);
-            })
-        };
-        obj.unpublish();
-        synchronize_rcu();
-        obj.free();
-        loom_tests::join([reader]);
-    });
+    loom::model(loom_tests::reader_and_retiring_writer);
+}
+
+/// Property: when `synchronize_rcu_timeout` returns `Ok`, every read
+/// section that began before it has ended: the writer, which frees the
+/// object only then, never frees it under a reader that reached it. The
+/// time limit is zero, so the call makes one attempt and never sleeps; that
+/// isolates the store→load pairing of the reader's entry (publish the
+/// section, fence, load the pointer) with the writer's scan (unpublish,
+/// fence, scan the sections) from the wake-up protocol.
+///
+/// Exhaustive (no preemption bound). The body is shared with
+/// tests/broken.rs, which shows that it fails when the reader skips its
+/// fence. The flavor is decided beforehand.
+#[test]
+fn synchronize_timeout_ok_means_earlier_readers_are_done() {
+    loom::model(loom_tests::reader_and_writer_that_frees_only_if_no_reader_blocks);
 }
 
 /// Property: as above, while a second writer calls `synchronize_rcu`
@@ -151,5 +159,83 @@ fn sleeping_writer_is_woken_with_two_readers() {
         synchronize_rcu();
         obj.free();
         loom_tests::join(readers);
+    });
+}
+
+loom::lazy_static! {
+    /// Set by [`note_stall`]: the writer's grace period is under way (its
+    /// counter has advanced) and is waiting for a reader.
+    static ref STALLED: AtomicBool = AtomicBool::new(false);
+}
+
+/// Stall handler for `new_section_does_not_hold_up_grace_period`: it runs on
+/// the writer's thread, inside the grace period, after the counter advanced.
+fn note_stall(_: &StallReport) {
+    STALLED.store(true, Ordering::Release);
+}
+
+/// Property: a read section that begins after the grace period started does
+/// not hold it up: the writer's `synchronize_rcu` returns while that section
+/// is still open, and the section cannot reach the object the writer
+/// unpublished before it called.
+///
+/// The reader's first section begins before the writer calls (the writer
+/// waits for it), so the grace period must wait for it. The stall timeout is
+/// zero, so the grace period calls the stall handler as soon as it finds
+/// that section blocking, i.e. after it has advanced its counter; the
+/// handler tells the reader, which then leaves its first section and opens
+/// a second one that it keeps open until the writer has returned. If the
+/// grace period waited for that second section (a writer that waits for
+/// every open section, or a reader that re-enters with a stale counter),
+/// neither thread could go on: the writer sleeps and the reader spins,
+/// which loom reports as exceeding its branch limit (checked by mutation:
+/// with `blocks` true for every open section, this model fails so).
+///
+/// Exhaustive (no preemption bound); two threads. The flavor is decided
+/// before the threads start.
+#[test]
+fn new_section_does_not_hold_up_grace_period() {
+    loom::model(|| {
+        rcu_defer::flavor();
+        rcu_defer::set_stall_timeout(Some(Duration::ZERO));
+        rcu_defer::set_stall_handler(note_stall);
+        let obj = Arc::new(Retirable::new());
+        let entered = Arc::new(AtomicBool::new(false));
+        let writer_done = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let obj = Arc::clone(&obj);
+            let entered = Arc::clone(&entered);
+            let writer_done = Arc::clone(&writer_done);
+            thread::spawn(move || {
+                let first = read_lock();
+                assert!(
+                    obj.read(),
+                    "the writer unpublished before the reader entered"
+                );
+                entered.store(true, Ordering::Release);
+                while !STALLED.load(Ordering::Acquire) {
+                    thread::yield_now();
+                }
+                drop(first);
+                let second = read_lock();
+                assert!(
+                    !obj.read(),
+                    "a section that began after the grace period started reached the \
+                     object unpublished before it"
+                );
+                while !writer_done.load(Ordering::Acquire) {
+                    thread::yield_now();
+                }
+                drop(second);
+            })
+        };
+        while !entered.load(Ordering::Acquire) {
+            thread::yield_now();
+        }
+        obj.unpublish();
+        synchronize_rcu();
+        obj.free();
+        writer_done.store(true, Ordering::Release);
+        loom_tests::join([reader]);
     });
 }
