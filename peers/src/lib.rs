@@ -12,7 +12,7 @@
 //!
 //! liburcu is optional. Without it (no `liburcu-dev` installed, or
 //! `RCU_DEFER_PEERS_LIBURCU=0`), `build.rs` does not set `cfg(peers_liburcu)`,
-//! [`LIBURCU`] is `false`, the [`liburcu`] module does not exist, and the
+//! [`LIBURCU`] is `false`, the `liburcu` module does not exist, and the
 //! bench measures the Rust peers only and says so.
 
 /// Whether this build has the liburcu shim (liburcu-dev was found when the
