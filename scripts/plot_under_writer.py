@@ -18,7 +18,7 @@ Also prints the figures as a Markdown table on stdout, for BENCHMARKS.md.
 Python 3 standard library only.
 
     python3 scripts/plot_under_writer.py [--criterion-dir target/criterion]
-        [--baseline NAME ...] [--out docs/under_writer.svg]
+        [--baseline NAME ...] [--out docs/under_writer.svg] [--note TEXT]
 """
 
 import argparse
@@ -133,7 +133,7 @@ def nice_axis(x):
     return math.ceil(x / step) * step, step
 
 
-def draw(results, baselines, title):
+def draw(results, baselines, title, note):
     cases = case_order(results)
     variants = variant_order(results)
     extras = [v for v in variants if v not in {k for k, _, _ in VARIANTS}]
@@ -245,6 +245,11 @@ def draw(results, baselines, title):
         yy = ly + row * 20
         out.append(f'<rect x="{x}" y="{yy - 10}" width="12" height="12" fill="{colour}"/>')
         out.append(f'<text x="{x + 18}" y="{yy}">{escape(label)}</text>')
+    if note:
+        out.append(
+            f'<text x="{width / 2}" y="{height - 8}" text-anchor="middle" font-size="10" '
+            f'fill="#666">{escape(note)}</text>'
+        )
     out.append("</svg>")
     return "\n".join(out) + "\n", summary, cases, variants
 
@@ -280,7 +285,11 @@ def main():
     )
     parser.add_argument("--out", default="docs/under_writer.svg")
     parser.add_argument(
-        "--title", default="Read throughput with a writer replacing the value 1,000 times/s"
+        "--title",
+        default="Read throughput per reader, with a writer replacing the value 1,000 times/s",
+    )
+    parser.add_argument(
+        "--note", default="", help="a line at the bottom (machine, commit, load)"
     )
     args = parser.parse_args()
     baselines = args.baseline or ["new"]
@@ -300,7 +309,7 @@ def main():
     if incomplete:
         sys.exit("results missing from some baselines: " + "; ".join(incomplete))
 
-    svg, summary, cases, variants = draw(results, baselines, args.title)
+    svg, summary, cases, variants = draw(results, baselines, args.title, args.note)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         f.write(svg)
