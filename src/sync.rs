@@ -27,12 +27,12 @@ pub(crate) use std::sync::atomic::Ordering;
 #[cfg(loom)]
 pub(crate) use std::sync::atomic::AtomicU8 as UnmodeledAtomicU8;
 
-/// loom has no compiler fence; the crate never issues one under loom (the
-/// fence flavor is forced there), but keep the name valid.
+/// loom has no compiler fence. Between threads a compiler fence orders
+/// nothing (C11's `atomic_signal_fence`), so under loom it is a no-op: the
+/// protocol's real fences (the fence flavor is forced under loom) must do all
+/// the ordering, as they do on hardware.
 #[cfg(loom)]
-pub(crate) fn compiler_fence(order: Ordering) {
-    fence(order);
-}
+pub(crate) fn compiler_fence(_order: Ordering) {}
 
 /// A spin-wait hint; under loom it yields so that the model makes progress.
 #[inline]
