@@ -170,9 +170,13 @@ impl Queue {
 fn worker_loop() {
     ON_CALLBACK_THREAD.with(|on| on.set(true));
     let mut batch: Vec<Vec<Callback>> = Vec::new();
+    let mut spare: Vec<Vec<Callback>> = Vec::new();
     loop {
         {
             let mut queue = lock(&QUEUE);
+            for chunk in spare.drain(..) {
+                queue.recycle(chunk);
+            }
             while queue.chunks.is_empty() {
                 #[cfg(loom)]
                 if queue.shutdown {
@@ -196,7 +200,12 @@ fn worker_loop() {
             for callback in chunk.drain(..) {
                 run_callback(callback);
             }
-            lock(&QUEUE).recycle(chunk);
+            // Keep a few emptied chunks for producers (handed over when the
+            // worker next takes the lock, so none is taken here); free the
+            // rest now.
+            if spare.len() < SPARE_CHUNKS {
+                spare.push(chunk);
+            }
         }
     }
 }

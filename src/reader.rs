@@ -416,8 +416,16 @@ impl Local {
             record.publish(at);
             // Relaxed: the bits tested here are the owner's; writers change
             // only `WAITING`.
-            if record.signal.load(Ordering::Relaxed) & ENTER_SLOW != 0 {
-                self.enter_slow(at);
+            let signal = record.signal.load(Ordering::Relaxed);
+            if signal & ENTER_SLOW != 0 {
+                if signal & ENTER_SLOW == REAL_FENCE {
+                    // The fence flavor: the real fence, and nothing else.
+                    // Not in `enter_slow`, whose prologue would fill the
+                    // store buffer that the fence must drain.
+                    real_reader_fence();
+                } else {
+                    self.enter_slow(at);
+                }
             } else {
                 // Pairs with the writer's fence before its scan (see
                 // `publish`); the writer's membarrier makes it a full fence.
@@ -450,12 +458,20 @@ impl Local {
         // Keeps the `signal` load below after the store. In the membarrier
         // flavor this is the reader's whole side of the fence that pairs
         // with the writer's membarrier after it sets `WAITING`; the fence
-        // flavor's real fence is in `exit_slow`, which `REAL_FENCE` sends
-        // it to.
+        // flavor adds a real fence below, which `REAL_FENCE` sends it to.
         reader_fence(false);
-        let signal = record.signal.load(Ordering::Relaxed);
+        let mut signal = record.signal.load(Ordering::Relaxed);
         if (u64::from(signal) | (ctr & DEFERRED)) != 0 {
-            self.exit_slow(ctr, signal);
+            if signal & REAL_FENCE != 0 {
+                // The fence flavor's side of the exit fence, here rather
+                // than in `exit_slow` for the reason given in `enter`.
+                real_reader_fence();
+                // Relaxed: ordered by the fence above.
+                signal = record.signal.load(Ordering::Relaxed);
+            }
+            if (u64::from(signal & !REAL_FENCE) | (ctr & DEFERRED)) != 0 {
+                self.exit_slow(ctr, signal);
+            }
         }
     }
 
@@ -496,12 +512,12 @@ impl Local {
         real_reader_fence();
     }
 
-    /// The outermost exit when a writer waits, in the fence flavor, with a
-    /// stand-in, or with deferred calls to run.
+    /// The outermost exit when a writer waits, with a stand-in, or with
+    /// deferred calls to run. `signal` was loaded after the exit's fence.
     #[cold]
     #[inline(never)]
     fn exit_slow(&self, ctr: u64, signal: u8) {
-        if signal != 0 {
+        if signal & !REAL_FENCE != 0 {
             self.exit_signalled(signal);
         }
         if ctr & DEFERRED != 0 {
@@ -510,10 +526,10 @@ impl Local {
         }
     }
 
-    /// `exit_slow` for a `signal` bit: the fence flavor's fence, a waiting
-    /// writer to wake, or a stand-in to update.
+    /// `exit_slow` for a `signal` bit: a waiting writer to wake, or a
+    /// stand-in to update.
     #[inline(never)]
-    fn exit_signalled(&self, mut signal: u8) {
+    fn exit_signalled(&self, signal: u8) {
         let record = &self.record;
         if signal & STAND_IN != 0 {
             if let Some(stand_in) = self.stand_in.take() {
@@ -521,12 +537,6 @@ impl Local {
                 registry().release(stand_in);
             }
             return;
-        }
-        if signal & REAL_FENCE != 0 {
-            // The fence flavor's side of the exit fence (see `exit`).
-            real_reader_fence();
-            // Relaxed: ordered by the fence above.
-            signal = record.signal.load(Ordering::Relaxed);
         }
         if signal & WAITING != 0 {
             // Relaxed: the writer re-arms it under the registry lock before
