@@ -173,8 +173,28 @@ pub struct NotifyStats {
 /// The ISR status bit a virtio device sets for a used-buffer notification.
 pub const ISR_QUEUE: u8 = 0x1;
 
+/// A value on cache lines of its own, so that writes to it do not slow down
+/// readers of its neighbours (and the reverse).
+#[repr(align(128))]
+struct OwnLine<T>(T);
+
+/// The device's counters.
+struct Counters {
+    requested: AtomicU64,
+    signalled: AtomicU64,
+    failed: AtomicU64,
+}
+
 /// A guest notifier that batches its signals to the end of the outermost
 /// read section; see the [module documentation](self).
+///
+/// Laid out by who writes what: the `Arc`'s reference count (changed by
+/// every batched `notify` that records a call) is on its own line ahead of
+/// the notifier, which the guest side reads; the ISR byte (written by both
+/// sides) and the device's counters have lines of their own. Without this,
+/// the guest's reads and `take_isr` and the device's reference-count and
+/// counter updates bounced one line between their cores.
+#[repr(align(128))]
 pub struct IrqNotifier<N: Notify> {
     notifier: N,
     /// `deliver`, as one function pointer taken once in `new`: the same
@@ -182,11 +202,9 @@ pub struct IrqNotifier<N: Notify> {
     /// it), and `call_local` deduplicates by address, so every `notify` must
     /// pass this same value.
     deliver: fn(&Self),
-    isr: AtomicU8,
-    requested: AtomicU64,
-    signalled: AtomicU64,
-    failed: AtomicU64,
     failure_reported: AtomicBool,
+    isr: OwnLine<AtomicU8>,
+    counters: OwnLine<Counters>,
 }
 
 impl<N: Notify + 'static> IrqNotifier<N> {
@@ -196,11 +214,13 @@ impl<N: Notify + 'static> IrqNotifier<N> {
         Arc::new(IrqNotifier {
             notifier,
             deliver: Self::deliver,
-            isr: AtomicU8::new(0),
-            requested: AtomicU64::new(0),
-            signalled: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
             failure_reported: AtomicBool::new(false),
+            isr: OwnLine(AtomicU8::new(0)),
+            counters: OwnLine(Counters {
+                requested: AtomicU64::new(0),
+                signalled: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+            }),
         })
     }
 
@@ -224,11 +244,11 @@ impl<N: Notify + 'static> IrqNotifier<N> {
         // Like QEMU's virtio_set_isr: skip the read-modify-write when the
         // bit is already set. Relaxed: the guest reads ISR after the
         // interrupt, which the signal's syscall orders.
-        if self.isr.load(Ordering::Relaxed) & ISR_QUEUE == 0 {
-            self.isr.fetch_or(ISR_QUEUE, Ordering::Relaxed);
+        if self.isr.0.load(Ordering::Relaxed) & ISR_QUEUE == 0 {
+            self.isr.0.fetch_or(ISR_QUEUE, Ordering::Relaxed);
         }
         // Relaxed: a statistics counter.
-        self.requested.fetch_add(1, Ordering::Relaxed);
+        self.counters.0.requested.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "tracing")]
         tracing::trace!(
             target: "rcu_defer::virtio",
@@ -243,7 +263,7 @@ impl<N: Notify + 'static> IrqNotifier<N> {
         match self.notifier.signal() {
             Ok(()) => {
                 // Relaxed: a statistics counter.
-                self.signalled.fetch_add(1, Ordering::Relaxed);
+                self.counters.0.signalled.fetch_add(1, Ordering::Relaxed);
                 #[cfg(feature = "tracing")]
                 tracing::trace!(
                     target: "rcu_defer::virtio",
@@ -253,7 +273,7 @@ impl<N: Notify + 'static> IrqNotifier<N> {
             }
             Err(e) => {
                 // Relaxed: a statistics counter and a report-once flag.
-                self.failed.fetch_add(1, Ordering::Relaxed);
+                self.counters.0.failed.fetch_add(1, Ordering::Relaxed);
                 #[cfg(feature = "tracing")]
                 tracing::warn!(
                     target: "rcu_defer::virtio",
@@ -275,9 +295,9 @@ impl<N: Notify + 'static> IrqNotifier<N> {
     pub fn stats(&self) -> NotifyStats {
         // Relaxed: statistics; each counter is individually exact.
         NotifyStats {
-            requested: self.requested.load(Ordering::Relaxed),
-            signalled: self.signalled.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
+            requested: self.counters.0.requested.load(Ordering::Relaxed),
+            signalled: self.counters.0.signalled.load(Ordering::Relaxed),
+            failed: self.counters.0.failed.load(Ordering::Relaxed),
         }
     }
 
@@ -285,7 +305,7 @@ impl<N: Notify + 'static> IrqNotifier<N> {
     /// virtio-pci ISR register does.
     pub fn take_isr(&self) -> u8 {
         // Relaxed: see `request`.
-        self.isr.swap(0, Ordering::Relaxed)
+        self.isr.0.swap(0, Ordering::Relaxed)
     }
 
     /// The wrapped notifier.
@@ -298,10 +318,10 @@ impl<N: Notify + fmt::Debug> fmt::Debug for IrqNotifier<N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IrqNotifier")
             .field("notifier", &self.notifier)
-            .field("isr", &self.isr.load(Ordering::Relaxed))
-            .field("requested", &self.requested.load(Ordering::Relaxed))
-            .field("signalled", &self.signalled.load(Ordering::Relaxed))
-            .field("failed", &self.failed.load(Ordering::Relaxed))
+            .field("isr", &self.isr.0.load(Ordering::Relaxed))
+            .field("requested", &self.counters.0.requested.load(Ordering::Relaxed))
+            .field("signalled", &self.counters.0.signalled.load(Ordering::Relaxed))
+            .field("failed", &self.counters.0.failed.load(Ordering::Relaxed))
             .finish()
     }
 }
