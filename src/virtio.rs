@@ -319,8 +319,14 @@ impl<N: Notify + fmt::Debug> fmt::Debug for IrqNotifier<N> {
         f.debug_struct("IrqNotifier")
             .field("notifier", &self.notifier)
             .field("isr", &self.isr.0.load(Ordering::Relaxed))
-            .field("requested", &self.counters.0.requested.load(Ordering::Relaxed))
-            .field("signalled", &self.counters.0.signalled.load(Ordering::Relaxed))
+            .field(
+                "requested",
+                &self.counters.0.requested.load(Ordering::Relaxed),
+            )
+            .field(
+                "signalled",
+                &self.counters.0.signalled.load(Ordering::Relaxed),
+            )
             .field("failed", &self.counters.0.failed.load(Ordering::Relaxed))
             .finish()
     }
