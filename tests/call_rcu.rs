@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::{child_command, is_child, output_within, panic_text, recv, within, HANG_LIMIT};
+use common::{
+    child_command, hold_a_section, is_child, output_within, panic_text, recv, within, HANG_LIMIT,
+};
 use rcu_defer::{call_rcu, drain_call_rcu, read_lock, synchronize_rcu, try_drain_call_rcu, Error};
 use std::panic::catch_unwind;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -179,19 +181,7 @@ fn drain_call_rcu_waits_for_every_callback_queued_before_it_by_any_thread() {
 #[test]
 fn drain_call_rcu_waits_for_a_callback_held_back_by_a_reader() {
     within("drain waits for grace period", || {
-        let (entered_tx, entered_rx) = mpsc::channel();
-        let left = Arc::new(AtomicBool::new(false));
-        let reader = {
-            let left = Arc::clone(&left);
-            thread::spawn(move || {
-                let guard = read_lock();
-                entered_tx.send(()).unwrap();
-                thread::sleep(Duration::from_millis(200));
-                left.store(true, Ordering::Relaxed);
-                drop(guard);
-            })
-        };
-        recv(&entered_rx, "the reader to enter");
+        let reader = hold_a_section(Duration::from_millis(200));
         let ran = Arc::new(AtomicBool::new(false));
         {
             let ran = Arc::clone(&ran);
@@ -202,8 +192,8 @@ fn drain_call_rcu_waits_for_a_callback_held_back_by_a_reader() {
             ran.load(Ordering::Relaxed),
             "drain returned before the callback ran"
         );
-        assert!(left.load(Ordering::Relaxed));
-        reader.join().unwrap();
+        assert!(reader.has_left());
+        reader.join();
     });
 }
 

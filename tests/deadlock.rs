@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{panic_text, recv, within, HANG_LIMIT};
+use common::{hold_a_section, panic_text, recv, within, HANG_LIMIT};
 use rcu_defer::{
     assert_may_block, drain_call_rcu, read_lock, set_stall_handler, set_stall_timeout,
     synchronize_rcu, synchronize_rcu_timeout, try_drain_call_rcu, try_synchronize_rcu, Error,
@@ -248,23 +248,11 @@ fn outside_a_section_every_waiting_operation_is_ok() {
 #[test]
 fn a_section_on_another_thread_is_no_deadlock_for_this_one() {
     within("other thread's section", || {
-        let (entered_tx, entered_rx) = mpsc::channel();
-        let left = Arc::new(AtomicBool::new(false));
-        let reader = {
-            let left = Arc::clone(&left);
-            thread::spawn(move || {
-                let guard = read_lock();
-                entered_tx.send(()).unwrap();
-                thread::sleep(Duration::from_millis(100));
-                left.store(true, Ordering::Relaxed);
-                drop(guard);
-            })
-        };
-        recv(&entered_rx, "the reader to enter");
+        let reader = hold_a_section(Duration::from_millis(100));
         assert_may_block("not in a section here");
         try_synchronize_rcu().expect("another thread's section only delays this call");
-        assert!(left.load(Ordering::Relaxed));
-        reader.join().unwrap();
+        assert!(reader.has_left());
+        reader.join();
     });
 }
 

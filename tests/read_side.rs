@@ -6,7 +6,8 @@
 mod common;
 
 use common::{
-    child_command, is_child, markers, output_within, panic_text, recv, within, HANG_LIMIT, MARKER,
+    child_command, hold_a_section, is_child, markers, output_within, panic_text, recv, within,
+    HANG_LIMIT, MARKER,
 };
 use rcu_defer::{
     flavor, in_read_section, read_depth, read_lock, synchronize_rcu, synchronize_rcu_timeout,
@@ -147,27 +148,14 @@ fn depth_is_per_thread() {
 #[test]
 fn a_new_thread_registers_on_its_first_read_lock_without_a_registration_call() {
     within("lazy registration", || {
-        let (entered_tx, entered_rx) = mpsc::channel();
-        let left = Arc::new(AtomicBool::new(false));
-        let reader = {
-            let left = Arc::clone(&left);
-            thread::spawn(move || {
-                // The very first RCU call of this thread.
-                let guard = read_lock();
-                entered_tx.send(()).unwrap();
-                thread::sleep(Duration::from_millis(200));
-                left.store(true, Ordering::Relaxed);
-                drop(guard);
-            })
-        };
-        recv(&entered_rx, "the reader to enter");
+        let reader = hold_a_section(Duration::from_millis(200));
         // The grace period must know about the new thread's section.
         synchronize_rcu();
         assert!(
-            left.load(Ordering::Relaxed),
+            reader.has_left(),
             "synchronize_rcu returned while a newly started thread was still in its first section"
         );
-        reader.join().unwrap();
+        reader.join();
     });
 }
 

@@ -124,3 +124,42 @@ pub fn markers(output: &Output) -> Vec<String> {
         })
         .collect()
 }
+
+/// A read section held by a thread of its own; see [`hold_a_section`].
+pub struct HeldSection {
+    left: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: thread::JoinHandle<()>,
+}
+
+impl HeldSection {
+    /// Whether the thread has left its section (set just before it does).
+    pub fn has_left(&self) -> bool {
+        self.left.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits for the thread to end, re-raising its panic.
+    pub fn join(self) {
+        if let Err(payload) = self.handle.join() {
+            resume_unwind(payload);
+        }
+    }
+}
+
+/// Starts a thread that enters a read section, holds it for `hold`, marks
+/// that it is leaving and leaves; returns once the section has begun.
+pub fn hold_a_section(hold: Duration) -> HeldSection {
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let left = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handle = {
+        let left = std::sync::Arc::clone(&left);
+        thread::spawn(move || {
+            let guard = rcu_defer::read_lock();
+            entered_tx.send(()).unwrap();
+            thread::sleep(hold);
+            left.store(true, std::sync::atomic::Ordering::Relaxed);
+            drop(guard);
+        })
+    };
+    recv(&entered_rx, "the reader to enter its section");
+    HeldSection { left, handle }
+}
