@@ -15,12 +15,15 @@ use std::mem::{self, ManuallyDrop, MaybeUninit};
 use std::ptr;
 
 /// The inline storage: room for a `fn(&T)` next to an `Arc<T>` of an unsized
-/// `T` (a fat pointer), aligned like a pointer.
-type Storage = MaybeUninit<[usize; 3]>;
+/// `T` (a fat pointer), aligned like a pointer. Kept as separate words, not
+/// one block of bytes, so that moving a call around (into the thread's
+/// pending slot, out of it, into `op`) is word-sized loads and stores that
+/// the CPU forwards from one to the next, and `op` gets the words in
+/// registers.
+type Storage = [MaybeUninit<usize>; 3];
 
-/// Runs (`true`) or drops (`false`) the call stored in the storage; the
-/// storage is uninitialized afterwards.
-type Op = unsafe fn(*mut Storage, bool);
+/// Runs (`true`) or drops (`false`) the call stored in the three words.
+type Op = unsafe fn(MaybeUninit<usize>, MaybeUninit<usize>, MaybeUninit<usize>, bool);
 
 /// A call to make later, on the thread that recorded it.
 pub(crate) struct Erased {
@@ -38,16 +41,24 @@ const fn fits<C>() -> bool {
         && mem::align_of::<C>() <= mem::align_of::<Storage>()
 }
 
-/// Takes the `C` out of the storage and calls or drops it.
+/// Rebuilds the `C` from the three words and calls or drops it.
 ///
 /// # Safety
 ///
-/// `storage` must hold a `C` written by `Erased::store::<C>` and not taken
-/// since; it holds nothing afterwards.
-unsafe fn op_for<C: FnOnce()>(storage: *mut Storage, run: bool) {
-    // SAFETY: the caller guarantees that a `C` is there, written with the
-    // alignment `fits::<C>()` checked; reading moves it out exactly once.
-    let call = unsafe { ptr::read(storage.cast::<C>()) };
+/// The words must be those of an `Erased` made by `Erased::store::<C>`,
+/// taken out of it exactly once (`run` or `drop`).
+unsafe fn op_for<C: FnOnce()>(
+    w0: MaybeUninit<usize>,
+    w1: MaybeUninit<usize>,
+    w2: MaybeUninit<usize>,
+    run: bool,
+) {
+    let storage: Storage = [w0, w1, w2];
+    // SAFETY: the caller guarantees that these words hold a `C`, written by
+    // `store` with the size and alignment `fits::<C>()` checked (the array
+    // is aligned like its words); the `Erased` they came from gave them up,
+    // so this moves the `C` out exactly once.
+    let call = unsafe { ptr::read(storage.as_ptr().cast::<C>()) };
     if run {
         call();
     } else {
@@ -68,7 +79,7 @@ impl Erased {
     fn store<C: FnOnce() + 'static>(call: C) -> Self {
         // A compile-time constant for each `C`: `new` boxes what does not fit.
         assert!(fits::<C>(), "a call stored inline must fit its storage");
-        let mut storage = Storage::uninit();
+        let mut storage: Storage = [MaybeUninit::uninit(); 3];
         // SAFETY: `fits::<C>()` (asserted above) guarantees that a `C` fits
         // in `storage` with its alignment; `storage` is a fresh local, so
         // nothing is overwritten. `op_for::<C>` is stored with it, and it is
@@ -83,11 +94,12 @@ impl Erased {
 
     /// Makes the call, consuming it.
     pub(crate) fn run(self) {
-        let mut this = ManuallyDrop::new(self);
+        let this = ManuallyDrop::new(self);
+        let [w0, w1, w2] = this.storage;
         // SAFETY: `storage` holds the value `op` was made for (written in
         // `store`, never taken: `run` and `drop` each take `self`, and
         // `ManuallyDrop` keeps `Drop` from taking it a second time).
-        unsafe { (this.op)(&mut this.storage, true) };
+        unsafe { (this.op)(w0, w1, w2, true) };
     }
 }
 
@@ -95,8 +107,10 @@ impl Drop for Erased {
     /// Drops a call that never ran (its thread is exiting with a section
     /// or scope still open), releasing what it captured.
     fn drop(&mut self) {
-        // SAFETY: as in `run`: the value is there and is taken only here.
-        unsafe { (self.op)(&mut self.storage, false) };
+        let [w0, w1, w2] = self.storage;
+        // SAFETY: as in `run`: the value is there and is taken only here
+        // (the words left behind are never read again).
+        unsafe { (self.op)(w0, w1, w2, false) };
     }
 }
 

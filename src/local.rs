@@ -81,49 +81,42 @@ const ARMED: u8 = 1;
 /// calls are made at once.
 const TORN_DOWN: u8 = 2;
 
-/// One recorded call and its dedup key.
+/// One recorded call after the first, and its dedup key.
 struct Slot {
     key: Key,
     call: Erased,
 }
 
-/// The pending calls of one thread.
-struct Pending {
+/// The pending calls of one thread after the first (which `DeferState`
+/// keeps apart, so that the usual single call never touches these).
+struct Rest {
     /// Recorded calls, in first-recorded order.
     calls: Vec<Slot>,
     /// An empty vector with capacity that the next run swaps in for
     /// `calls`.
     spare: Vec<Slot>,
-    /// Every pending key, once more than `LINEAR_KEYS` calls are pending.
+    /// Every key in `calls`, once it holds `LINEAR_KEYS` calls or more.
     index: Option<HashSet<Key, AddrBuild>>,
 }
 
-impl Pending {
+impl Rest {
     const fn new() -> Self {
-        Pending {
+        Rest {
             calls: Vec::new(),
             spare: Vec::new(),
             index: None,
         }
     }
 
-    /// Whether `key` can be recorded: it is not pending already.
-    #[inline]
+    /// Whether `key` (a `call_local` key, not the first call's: `record`
+    /// compares that one) is not pending in `calls` yet.
     fn is_new(&mut self, key: Key) -> bool {
         if self.calls.len() < LINEAR_KEYS {
-            !self.calls.iter().any(|slot| slot.key == key)
-        } else {
-            self.index_insert(key)
+            return !self.calls.iter().any(|slot| slot.key == key);
         }
-    }
-
-    /// The hashed half of `is_new`: inserts `key`, building the index from
-    /// the pending calls first if this is its first use since a run.
-    #[cold]
-    #[inline(never)]
-    fn index_insert(&mut self, key: Key) -> bool {
         let index = self.index.get_or_insert_with(HashSet::default);
         if index.is_empty() {
+            // The first use since a run: index every pending key.
             index.extend(
                 self.calls
                     .iter()
@@ -134,9 +127,9 @@ impl Pending {
         index.insert(key)
     }
 
-    /// Forgets every pending key (their calls are about to run: a call
-    /// recorded from now on is a new one).
-    fn clear_keys(&mut self) {
+    /// Takes every call of `calls` as the batch of a new run, and forgets
+    /// every pending key (a call recorded from now on is a new one).
+    fn start_run(&mut self) -> Vec<Slot> {
         if let Some(index) = &mut self.index {
             if index.capacity() > INDEX_KEEP {
                 self.index = None;
@@ -144,11 +137,6 @@ impl Pending {
                 index.clear();
             }
         }
-    }
-
-    /// Takes every pending call as the batch of a new run.
-    fn start_run(&mut self) -> Vec<Slot> {
-        self.clear_keys();
         let spare = mem::take(&mut self.spare);
         mem::replace(&mut self.calls, spare)
     }
@@ -163,14 +151,28 @@ impl Pending {
 }
 
 /// A thread's defer state, kept beside its reader record.
+///
+/// The pending calls are `first`, then `rest.calls`, in first-recorded
+/// order; `count` says how many. The first call lives in a `Cell` of its
+/// own: a pass that records one call (one notifier) records and runs it
+/// without a borrow flag, a vector or a capacity check.
+///
+/// Fields that own calls are `ManuallyDrop`: the thread-local that holds
+/// this has no destructor; `Cleanup` drops the contents at thread exit.
 pub(crate) struct DeferState {
     /// Open defer scopes.
     scopes: Cell<usize>,
     /// `NOT_ARMED`, `ARMED` or `TORN_DOWN`.
     cleanup: Cell<u8>,
-    /// `ManuallyDrop`: the thread-local that holds this has no destructor;
-    /// `Cleanup` drops the contents at thread exit.
-    pending: RefCell<ManuallyDrop<Pending>>,
+    /// How many calls are pending: 0, or 1 + `rest.calls.len()`.
+    count: Cell<usize>,
+    /// The key of `first`, or `NO_KEY` (which no `call_local` key equals)
+    /// when it is empty or holds a `call_local_fn` call.
+    first_key: Cell<Key>,
+    /// The first pending call: `Some` exactly while `count > 0`.
+    first: Cell<ManuallyDrop<Option<Erased>>>,
+    /// The calls recorded after `first`.
+    rest: RefCell<ManuallyDrop<Rest>>,
 }
 
 impl DeferState {
@@ -179,12 +181,25 @@ impl DeferState {
         DeferState {
             scopes: Cell::new(0),
             cleanup: Cell::new(NOT_ARMED),
-            pending: RefCell::new(ManuallyDrop::new(Pending::new())),
+            count: Cell::new(0),
+            first_key: Cell::new(NO_KEY),
+            first: Cell::new(ManuallyDrop::new(None)),
+            rest: RefCell::new(ManuallyDrop::new(Rest::new())),
         }
     }
 
     fn has_pending(&self) -> bool {
-        !self.pending.borrow().calls.is_empty()
+        self.count.get() != 0
+    }
+
+    /// Takes the first pending call out (and with it the right to run
+    /// every pending call: `count` drops to 0); returns it and how many
+    /// calls were pending.
+    fn take_first(&self) -> (Option<Erased>, usize) {
+        let count = self.count.replace(0);
+        self.first_key.set(NO_KEY);
+        let first = ManuallyDrop::into_inner(self.first.replace(ManuallyDrop::new(None)));
+        (first, count)
     }
 
     /// Whether calls can be recorded: the exit-time cleanup is armed (it is
@@ -214,22 +229,19 @@ impl DeferState {
     /// `# Panics`. The thread is outside any read section and scope.
     #[inline]
     fn run(&self, local: &Local) {
-        let mut pending = self.pending.borrow_mut();
-        if pending.calls.len() != 1 {
-            drop(pending);
-            return self.run_batch(local);
+        let (first, count) = self.take_first();
+        let Some(first) = first else { return };
+        if count != 1 {
+            return self.run_batch(first, local);
         }
         // One call, the common case (one notifier per pass): no batch to
         // swap out, and a panic needs catching only while unwinding.
-        let slot = pending.calls.pop().expect("one call is pending");
-        pending.clear_keys();
-        drop(pending);
         if std::thread::panicking() {
-            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| slot.call.run())) {
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| first.run())) {
                 report_dropped_panic(&*payload);
             }
         } else {
-            slot.call.run();
+            first.run();
         }
         if self.has_pending() {
             // Recorded by the call inside a section it never closed: keep
@@ -238,15 +250,16 @@ impl DeferState {
         }
     }
 
-    /// `run` for any number of calls.
+    /// `run` for more than one call: `first`, then the rest.
     #[inline(never)]
-    fn run_batch(&self, local: &Local) {
-        let mut batch = self.pending.borrow_mut().start_run();
+    fn run_batch(&self, first: Erased, local: &Local) {
+        let mut batch = self.rest.borrow_mut().start_run();
         let unwinding = std::thread::panicking();
         let mut first_panic = None;
         // No borrow is held while a call runs: it may record more calls.
-        for slot in batch.drain(..) {
-            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| slot.call.run())) {
+        let calls = std::iter::once(first).chain(batch.drain(..).map(|slot| slot.call));
+        for call in calls {
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| call.run())) {
                 if unwinding {
                     report_dropped_panic(&*payload);
                 } else if first_panic.is_none() {
@@ -254,7 +267,7 @@ impl DeferState {
                 }
             }
         }
-        self.pending.borrow_mut().end_run(batch);
+        self.rest.borrow_mut().end_run(batch);
         if self.has_pending() {
             // Recorded by a call inside a section it never closed: keep them
             // for that section's end.
@@ -269,18 +282,19 @@ impl DeferState {
     /// the vectors; calls made from now on run at once.
     fn tear_down(&self) {
         self.cleanup.set(TORN_DOWN);
-        let pending = {
-            let mut pending = self.pending.borrow_mut();
-            mem::replace(&mut **pending, Pending::new())
+        let (first, count) = self.take_first();
+        let rest = {
+            let mut rest = self.rest.borrow_mut();
+            mem::replace(&mut **rest, Rest::new())
         };
-        let n = pending.calls.len();
-        if n > 0 {
+        if count > 0 {
             eprintln!(
-                "rcu-defer: a thread is exiting with {n} deferred call(s) that never ran: the \
-                 read section or defer scope that recorded them never ended (a leaked guard?)"
+                "rcu-defer: a thread is exiting with {count} deferred call(s) that never ran: \
+                 the read section or defer scope that recorded them never ended (a leaked guard?)"
             );
         }
-        drop(pending);
+        drop(first);
+        drop(rest);
     }
 }
 
@@ -318,21 +332,33 @@ fn record(local: &Local, key: Key, call: impl FnOnce() -> Erased) -> Option<bool
     if !(in_section || defer.scopes.get() > 0) || !defer.can_record() {
         return None;
     }
-    if key != NO_KEY && !defer.pending.borrow_mut().is_new(key) {
+    // `NO_KEY` never matches: an empty first slot, or `call_local_fn`.
+    if key != NO_KEY && key == defer.first_key.get() {
         return Some(false);
     }
-    push(local, Slot { key, call: call() }, in_section);
-    Some(true)
+    if defer.count.get() == 0 {
+        defer.first.set(ManuallyDrop::new(Some(call())));
+        defer.first_key.set(key);
+        defer.count.set(1);
+        if in_section {
+            local.mark_deferred();
+        }
+        return Some(true);
+    }
+    // The first slot is taken (and `mark_deferred` done, if in a section).
+    Some(record_more(defer, key, call))
 }
 
-/// The out-of-line half of `record`: keeps the duplicate check small
-/// enough to inline into the caller.
+/// `record` past the first call: dedup against the rest and append.
 #[inline(never)]
-fn push(local: &Local, slot: Slot, in_section: bool) {
-    local.defer.pending.borrow_mut().calls.push(slot);
-    if in_section {
-        local.mark_deferred();
+fn record_more(defer: &DeferState, key: Key, call: impl FnOnce() -> Erased) -> bool {
+    let mut rest = defer.rest.borrow_mut();
+    if key != NO_KEY && !rest.is_new(key) {
+        return false;
     }
+    rest.calls.push(Slot { key, call: call() });
+    defer.count.set(defer.count.get() + 1);
+    true
 }
 
 /// Calls `f(arg)` when this thread's outermost read section or defer scope
@@ -498,10 +524,10 @@ impl Drop for DeferScope {
 
 /// Called by the read side when the outermost section ends and the thread
 /// has marked pending calls.
-#[inline]
+#[inline(never)]
 pub(crate) fn run_if_due(local: &Local) {
     let defer = &local.defer;
-    if defer.scopes.get() == 0 && defer.has_pending() {
+    if defer.scopes.get() == 0 {
         defer.run(local);
     }
 }

@@ -464,13 +464,17 @@ impl Local {
         if (u64::from(signal) | (ctr & DEFERRED)) != 0 {
             if signal & REAL_FENCE != 0 {
                 // The fence flavor's side of the exit fence, here rather
-                // than in `exit_slow` for the reason given in `enter`.
+                // than out of line, for the reason given in `enter`.
                 real_reader_fence();
                 // Relaxed: ordered by the fence above.
                 signal = record.signal.load(Ordering::Relaxed);
             }
-            if (u64::from(signal & !REAL_FENCE) | (ctr & DEFERRED)) != 0 {
-                self.exit_slow(ctr, signal);
+            if signal & !REAL_FENCE != 0 {
+                self.exit_signalled(signal);
+            }
+            if ctr & DEFERRED != 0 {
+                // The section has ended, so the calls run outside it.
+                local::run_if_due(self);
             }
         }
     }
@@ -512,22 +516,10 @@ impl Local {
         real_reader_fence();
     }
 
-    /// The outermost exit when a writer waits, with a stand-in, or with
-    /// deferred calls to run. `signal` was loaded after the exit's fence.
+    /// The outermost exit when `signal` (loaded after the exit's fence) has
+    /// a bit besides `REAL_FENCE`: a waiting writer to wake, or a stand-in
+    /// to update.
     #[cold]
-    #[inline(never)]
-    fn exit_slow(&self, ctr: u64, signal: u8) {
-        if signal & !REAL_FENCE != 0 {
-            self.exit_signalled(signal);
-        }
-        if ctr & DEFERRED != 0 {
-            // The section has ended, so the calls run outside it.
-            local::run_if_due(self);
-        }
-    }
-
-    /// `exit_slow` for a `signal` bit: a waiting writer to wake, or a
-    /// stand-in to update.
     #[inline(never)]
     fn exit_signalled(&self, signal: u8) {
         let record = &self.record;

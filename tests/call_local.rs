@@ -344,6 +344,38 @@ fn twenty_thousand_distinct_keys_record_and_run_in_linear_time() {
 }
 
 #[test]
+fn a_duplicate_is_found_wherever_its_call_sits_among_closures_and_past_the_hash_threshold() {
+    // The first pending call, the next few and those past the point where
+    // dedup switches to a hash set are stored differently; a closure
+    // (never deduplicated) first and in between must not disturb any of it.
+    let args: Vec<Arc<str>> = (0..40).map(|i| Arc::from(format!("k{i}"))).collect();
+    take_log();
+    {
+        let _g = read_lock();
+        call_local_fn(|| log("closure"));
+        for (i, arg) in args.iter().enumerate() {
+            assert!(call_local(log_name, arg), "k{i} is new");
+            if i % 10 == 0 {
+                call_local_fn(|| log("closure"));
+            }
+            // Every key recorded so far, whichever part holds it, is a
+            // duplicate now.
+            for (j, earlier) in args[..=i].iter().enumerate() {
+                assert!(!call_local(log_name, earlier), "k{j} after k{i}");
+            }
+        }
+    }
+    let mut expected = vec!["closure".to_owned()];
+    for i in 0..40 {
+        expected.push(format!("k{i}"));
+        if i % 10 == 0 {
+            expected.push("closure".to_owned());
+        }
+    }
+    assert_eq!(take_log(), expected);
+}
+
+#[test]
 fn deferred_calls_are_per_thread() {
     let count = Arc::new(AtomicUsize::new(0));
     let _g = read_lock();
