@@ -9,10 +9,13 @@
 //! Storage: the thread's [`DeferState`] lives in the same thread-local as
 //! its reader record (so `call_local` finds both with `%fs`-relative
 //! accesses, without an initialization check). Pending calls are
-//! type-erased ([`Erased`]) into one vector in first-recorded order; a run
-//! swaps that vector with a spare, so recording allocates nothing in the
-//! steady state. Dedup compares (function address, `Arc` address) keys,
-//! linearly for a handful and through a hash set beyond, so it stays O(1)
+//! type-erased ([`Erased`]). The first one has cells of its own, so the
+//! usual pass (one notifier) records and runs its call with a few
+//! word-sized stores and loads; later ones go to a vector in
+//! first-recorded order, which a run swaps with a spare, so recording
+//! allocates nothing in the steady state. Dedup compares (function
+//! address, `Arc` address) keys: the first call's directly, the next
+//! handful linearly, and beyond that through a hash set, so it stays O(1)
 //! amortized. The vectors have no destructor of their own (the
 //! thread-local must not have one); a second thread-local, armed on the
 //! first recording, frees them when the thread exits.
