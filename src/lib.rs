@@ -23,6 +23,10 @@
 //! [`call_rcu`] queues a callback to run after a grace period on a background
 //! thread named `rcu-call`, without blocking the caller, and
 //! [`drain_call_rcu`] waits until every callback queued before it has run.
+//! Callbacks queued close together share one grace period: a small batch
+//! waits a few milliseconds for more ([`set_call_rcu_batch_window`]), so a
+//! writer that retires values thousands of times a second does not
+//! interrupt every reader thousands of times a second.
 //!
 //! [`RcuCell`] packages the pattern for one value: readers get a `&T` for the
 //! length of their section, writers [`replace`](RcuCell::replace) or
@@ -156,7 +160,7 @@ mod sync;
 mod sys;
 pub mod virtio;
 
-pub use call_rcu::{call_rcu, drain_call_rcu, try_drain_call_rcu};
+pub use call_rcu::{call_rcu, drain_call_rcu, set_call_rcu_batch_window, try_drain_call_rcu};
 pub use cell::RcuCell;
 pub use detect::{
     assert_may_block, set_stall_handler, set_stall_timeout, Error, StallReport, StalledReader,
