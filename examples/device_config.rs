@@ -41,11 +41,15 @@
 //! and one control thread.
 //!
 //! ```text
-//! cargo run --release --example device_config -- [--secs S] [--writer-hz N] [--io-threads N]
+//! cargo run --release --example device_config -- [--secs S] [--writer-hz N] [--io-threads N] [--batch-window-us N]
 //! ```
 //!
 //! `--writer-hz 0` runs without the control thread, to see what the writer
-//! costs the readers.
+//! costs the readers. `--batch-window-us` sets
+//! [`rcu_defer::set_call_rcu_batch_window`] (default 5000): how long the
+//! `rcu-call` thread lets retired values gather before one grace period
+//! frees them all; 0 runs a grace period per batch as soon as it is queued,
+//! which at a high writer rate interrupts the readers once per update.
 
 use arc_swap::ArcSwap;
 use hdrhistogram::Histogram;
@@ -244,15 +248,18 @@ impl SharedConfig for RcuCell<Config> {
 // The harness: I/O threads, the control thread, the phases, the table.
 // ---------------------------------------------------------------------------
 
-const USAGE: &str = "usage: device_config [--secs S] [--writer-hz N] [--io-threads N]\n  \
-    --secs S        seconds per phase per variant, decimals allowed (default 2)\n  \
-    --writer-hz N   reconfigurations per second, 0 for no control thread (default 1000)\n  \
-    --io-threads N  I/O (reader) threads (default max(1, available_parallelism - 1))";
+const USAGE: &str = "usage: device_config [--secs S] [--writer-hz N] [--io-threads N] \
+    [--batch-window-us N]\n  \
+    --secs S              seconds per phase per variant, decimals allowed (default 2)\n  \
+    --writer-hz N         reconfigurations per second, 0 for no control thread (default 1000)\n  \
+    --io-threads N        I/O (reader) threads (default max(1, available_parallelism - 1))\n  \
+    --batch-window-us N   rcu-defer's call_rcu batch window in microseconds (default 5000)";
 
 struct Options {
     phase: Duration,
     writer_hz: u32,
     io_threads: usize,
+    batch_window: Option<Duration>,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -261,6 +268,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         phase: Duration::from_secs(2),
         writer_hz: 1000,
         io_threads: cpus.saturating_sub(1).max(1),
+        batch_window: None,
     };
     while let Some(arg) = args.next() {
         if arg == "-h" || arg == "--help" {
@@ -282,6 +290,10 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
             "--writer-hz" => options.writer_hz = value.parse().map_err(|_| bad())?,
             "--io-threads" => {
                 options.io_threads = value.parse().ok().filter(|&n| n > 0).ok_or_else(bad)?;
+            }
+            "--batch-window-us" => {
+                options.batch_window =
+                    Some(Duration::from_micros(value.parse().map_err(|_| bad())?));
             }
             _ => return Err(format!("unknown argument '{arg}'\n{USAGE}")),
         }
@@ -485,13 +497,19 @@ fn main() {
         }
     };
     let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    if let Some(window) = options.batch_window {
+        rcu_defer::set_call_rcu_batch_window(window);
+    }
+    let window = options
+        .batch_window
+        .map_or_else(|| "default".to_owned(), |w| format!("{} us", w.as_micros()));
     let floor = clock_floor();
     let writer = match options.writer_hz {
         0 => "no control thread".to_string(),
         hz => format!("1 control thread at {hz} updates/s"),
     };
     println!(
-        "device_config: {} I/O thread(s) + {writer}, {:.1} s per phase, {cpus} CPUs, rcu-defer flavor {}",
+        "device_config: {} I/O thread(s) + {writer}, {:.1} s per phase, {cpus} CPUs, rcu-defer flavor {}, call_rcu batch window {window}",
         options.io_threads,
         options.phase.as_secs_f64(),
         rcu_defer::flavor(),
