@@ -18,6 +18,15 @@ fn bump_twice(count: &AtomicUsize) {
     count.fetch_add(2, Ordering::SeqCst);
 }
 
+// `call_local` deduplicates by function address, and a function may have
+// more than one (one per codegen unit; Miri gives each use its own): as its
+// docs say, take each pointer once and pass that value everywhere.
+static BUMP: fn(&AtomicUsize) = bump;
+static BUMP_TWICE: fn(&AtomicUsize) = bump_twice;
+static LOG_NAME: fn(&str) = log_name;
+static RECORD_AGAIN_ONCE: fn(&AtomicUsize) = record_again_once;
+static CHECK_OUTSIDE_SECTION: fn(&Mutex<Vec<bool>>) = check_outside_section;
+
 thread_local! {
     static LOG: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
 }
@@ -38,13 +47,13 @@ fn log_name(name: &str) {
 fn a_hundred_duplicates_record_one_call_that_runs_at_the_outermost_end() {
     let count = Arc::new(AtomicUsize::new(0));
     let guard = read_lock();
-    assert!(call_local(bump, &count), "the first request records");
+    assert!(call_local(BUMP, &count), "the first request records");
     for _ in 0..99 {
-        assert!(!call_local(bump, &count), "a duplicate records nothing");
+        assert!(!call_local(BUMP, &count), "a duplicate records nothing");
     }
     {
         let _inner = read_lock();
-        assert!(!call_local(bump, &count));
+        assert!(!call_local(BUMP, &count));
     }
     assert_eq!(
         count.load(Ordering::SeqCst),
@@ -58,9 +67,9 @@ fn a_hundred_duplicates_record_one_call_that_runs_at_the_outermost_end() {
 #[test]
 fn outside_any_section_call_local_runs_at_once() {
     let count = Arc::new(AtomicUsize::new(0));
-    assert!(call_local(bump, &count));
+    assert!(call_local(BUMP, &count));
     assert!(
-        call_local(bump, &count),
+        call_local(BUMP, &count),
         "no dedup outside a section: both run"
     );
     assert_eq!(count.load(Ordering::SeqCst), 2);
@@ -76,14 +85,14 @@ fn dedup_is_by_function_and_arc_identity() {
     let a_again = Arc::clone(&a);
     {
         let _g = read_lock();
-        assert!(call_local(bump, &a));
+        assert!(call_local(BUMP, &a));
         assert!(
-            !call_local(bump, &a_again),
+            !call_local(BUMP, &a_again),
             "a clone of the same Arc is the same key"
         );
-        assert!(call_local(bump, &b), "another Arc is another key");
+        assert!(call_local(BUMP, &b), "another Arc is another key");
         assert!(
-            call_local(bump_twice, &a),
+            call_local(BUMP_TWICE, &a),
             "another function is another key"
         );
     }
@@ -96,8 +105,8 @@ fn after_a_run_the_same_call_can_be_recorded_again() {
     let count = Arc::new(AtomicUsize::new(0));
     for round in 1..=3 {
         let _g = read_lock();
-        assert!(call_local(bump, &count), "round {round} records afresh");
-        assert!(!call_local(bump, &count));
+        assert!(call_local(BUMP, &count), "round {round} records afresh");
+        assert!(!call_local(BUMP, &count));
         drop(_g);
         assert_eq!(count.load(Ordering::SeqCst), round);
     }
@@ -111,11 +120,11 @@ fn pending_calls_run_in_first_recorded_order() {
     take_log();
     {
         let _g = read_lock();
-        call_local(log_name, &first);
+        call_local(LOG_NAME, &first);
         call_local_fn(|| log("closure"));
-        call_local(log_name, &second);
-        call_local(log_name, &first); // duplicate: keeps its first position
-        call_local(log_name, &third);
+        call_local(LOG_NAME, &second);
+        call_local(LOG_NAME, &first); // duplicate: keeps its first position
+        call_local(LOG_NAME, &third);
         call_local_fn(|| log("closure"));
     }
     assert_eq!(
@@ -129,7 +138,7 @@ fn a_pending_call_keeps_its_arc_alive_until_it_runs() {
     let count = Arc::new(AtomicUsize::new(0));
     let weak = Arc::downgrade(&count);
     let g = read_lock();
-    call_local(bump, &count);
+    call_local(BUMP, &count);
     drop(count);
     assert!(weak.upgrade().is_some(), "the pending call holds a clone");
     drop(g);
@@ -149,7 +158,7 @@ fn a_callback_runs_after_the_thread_has_left_its_read_section() {
     {
         let _outer = read_lock();
         let _inner = read_lock();
-        call_local(check_outside_section, &seen);
+        call_local(CHECK_OUTSIDE_SECTION, &seen);
     }
     assert_eq!(*seen.lock().unwrap(), [false]);
 }
@@ -206,7 +215,7 @@ fn record_again_once(count: &AtomicUsize) {
         let arg = AGAIN_ARG.with(|a| a.borrow().clone()).unwrap();
         let _g = read_lock();
         assert!(
-            call_local(record_again_once, &arg),
+            call_local(RECORD_AGAIN_ONCE, &arg),
             "the running call's key is no longer pending"
         );
     }
@@ -218,7 +227,7 @@ fn a_callback_may_record_the_call_that_is_running_again() {
     AGAIN_ARG.with(|a| *a.borrow_mut() = Some(count.clone()));
     {
         let _g = read_lock();
-        call_local(record_again_once, &count);
+        call_local(RECORD_AGAIN_ONCE, &count);
     }
     assert_eq!(count.load(Ordering::SeqCst), 2);
 }
@@ -231,7 +240,7 @@ fn scopes_and_guards_interleave_and_only_the_last_end_runs_the_calls() {
     // scope, then guard; the guard ends first.
     let scope = defer_scope();
     let guard = read_lock();
-    call_local(bump, &count);
+    call_local(BUMP, &count);
     drop(guard);
     assert_eq!(now(), 0, "the scope is still open");
     drop(scope);
@@ -240,7 +249,7 @@ fn scopes_and_guards_interleave_and_only_the_last_end_runs_the_calls() {
     // guard, then scope; the guard ends first (out of order).
     let guard = read_lock();
     let scope = defer_scope();
-    call_local(bump, &count);
+    call_local(BUMP, &count);
     drop(guard);
     assert_eq!(now(), 1, "the scope is still open");
     drop(scope);
@@ -249,7 +258,7 @@ fn scopes_and_guards_interleave_and_only_the_last_end_runs_the_calls() {
     // guard, then scope; the scope ends first.
     let guard = read_lock();
     let scope = defer_scope();
-    call_local(bump, &count);
+    call_local(BUMP, &count);
     drop(scope);
     assert_eq!(now(), 2, "the read section is still open");
     drop(guard);
@@ -258,8 +267,8 @@ fn scopes_and_guards_interleave_and_only_the_last_end_runs_the_calls() {
     // nested scopes.
     let outer = defer_scope();
     let inner = defer_scope();
-    call_local(bump, &count);
-    assert!(!call_local(bump, &count));
+    call_local(BUMP, &count);
+    assert!(!call_local(BUMP, &count));
     drop(inner);
     assert_eq!(now(), 3);
     drop(outer);
@@ -294,7 +303,7 @@ fn a_panicking_callback_does_not_stop_the_others_and_the_first_panic_resumes() {
     let count = Arc::new(AtomicUsize::new(0));
     {
         let _g = read_lock();
-        call_local(bump, &count);
+        call_local(BUMP, &count);
     }
     assert_eq!(count.load(Ordering::SeqCst), 1);
 }
@@ -327,10 +336,10 @@ fn twenty_thousand_distinct_keys_record_and_run_in_linear_time() {
     for _round in 0..5 {
         let _g = read_lock();
         for arg in &args {
-            assert!(call_local(bump, arg));
+            assert!(call_local(BUMP, arg));
         }
         for arg in &args {
-            assert!(!call_local(bump, arg));
+            assert!(!call_local(BUMP, arg));
         }
     }
     let elapsed = start.elapsed();
@@ -354,14 +363,14 @@ fn a_duplicate_is_found_wherever_its_call_sits_among_closures_and_past_the_hash_
         let _g = read_lock();
         call_local_fn(|| log("closure"));
         for (i, arg) in args.iter().enumerate() {
-            assert!(call_local(log_name, arg), "k{i} is new");
+            assert!(call_local(LOG_NAME, arg), "k{i} is new");
             if i % 10 == 0 {
                 call_local_fn(|| log("closure"));
             }
             // Every key recorded so far, whichever part holds it, is a
             // duplicate now.
             for (j, earlier) in args[..=i].iter().enumerate() {
-                assert!(!call_local(log_name, earlier), "k{j} after k{i}");
+                assert!(!call_local(LOG_NAME, earlier), "k{j} after k{i}");
             }
         }
     }
@@ -379,12 +388,12 @@ fn a_duplicate_is_found_wherever_its_call_sits_among_closures_and_past_the_hash_
 fn deferred_calls_are_per_thread() {
     let count = Arc::new(AtomicUsize::new(0));
     let _g = read_lock();
-    call_local(bump, &count);
+    call_local(BUMP, &count);
     let other = count.clone();
     std::thread::spawn(move || {
         // Another thread outside any section: its call runs at once, and the
         // first thread's pending call does not dedup it.
-        assert!(call_local(bump, &other));
+        assert!(call_local(BUMP, &other));
         assert_eq!(other.load(Ordering::SeqCst), 1);
     })
     .join()
@@ -392,8 +401,6 @@ fn deferred_calls_are_per_thread() {
     drop(_g);
     assert_eq!(count.load(Ordering::SeqCst), 2);
 }
-
-static BUMP: fn(&AtomicUsize) = bump;
 
 #[inline(never)]
 fn defer_bump_here(count: &Arc<AtomicUsize>) -> bool {
