@@ -4,7 +4,11 @@
 //!
 //! - `call_local`: recording a new call, hitting a duplicate, and a whole
 //!   section that records one call and runs it at its end (flavor-neutral:
-//!   measured once, in the default flavor).
+//!   measured once, in the default flavor); with two baselines for the
+//!   last: the same section around a hand-written deferral (a thread-local
+//!   slot holding the function and a clone of the `Arc`), the floor for
+//!   any deferral that keeps its argument alive, and an `Arc` clone and
+//!   drop alone.
 //! - `batching_<flavor>`: 64 small reads each in its own read section
 //!   against the same 64 inside one outer section, once per flavor (the
 //!   fence flavor in a re-executed child, see `common::run_in_both_flavors`).
@@ -13,6 +17,7 @@ mod common;
 
 use criterion::{Criterion, Throughput};
 use rcu_defer::{call_local, read_lock, RcuCell};
+use std::cell::Cell;
 use std::hint::black_box;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,7 +98,36 @@ fn call_local_costs(c: &mut Criterion) {
     group.bench_function("section_alone", |b| {
         b.iter(|| drop(read_lock()));
     });
+
+    // The floor: the same section and callback, deferred by hand through a
+    // thread-local slot that holds the function and a clone of the `Arc`
+    // (no dedup, no ordering, no panic handling, one call only).
+    group.bench_function("floor_section_and_hand_written_tls_slot", |b| {
+        let arg = Arc::new(AtomicU64::new(0));
+        b.iter(|| {
+            let section = read_lock();
+            let held = Arc::clone(black_box(&arg));
+            FLOOR_SLOT.with(|slot| slot.set(Some((TOUCH, held))));
+            drop(section);
+            if let Some((f, held)) = FLOOR_SLOT.with(Cell::take) {
+                f(&held);
+            }
+        });
+    });
+
+    // What keeping the argument alive costs by itself: two locked RMWs.
+    group.bench_function("arc_clone_and_drop", |b| {
+        let arg = Arc::new(AtomicU64::new(0));
+        b.iter(|| drop(black_box(Arc::clone(black_box(&arg)))));
+    });
     group.finish();
+}
+
+type FloorCall = (fn(&AtomicU64), Arc<AtomicU64>);
+
+thread_local! {
+    /// The hand-written deferral of the floor benchmark.
+    static FLOOR_SLOT: Cell<Option<FloorCall>> = const { Cell::new(None) };
 }
 
 /// A small piece of device state read on every operation.

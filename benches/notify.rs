@@ -4,6 +4,9 @@
 //!
 //! Nothing reads the eventfd during the measurement, so each signal is a
 //! plain write(2) that wakes nobody: this is the device-side cost alone.
+//! The `notify_noop_<flavor>` group repeats depths 1 and 64 with a
+//! `Notify` that makes no system call, which leaves the library's own cost
+//! of each mode.
 //! `examples/irqfd_batching.rs` measures the whole loop with a guest thread.
 
 mod common;
@@ -23,7 +26,8 @@ mod linux {
     use super::common;
     use criterion::{BenchmarkId, Criterion, Throughput};
     use rcu_defer::read_lock;
-    use rcu_defer::virtio::{EventFd, IrqNotifier};
+    use rcu_defer::virtio::{EventFd, IrqNotifier, Notify};
+    use std::hint::black_box;
     use std::process::ExitCode;
 
     pub fn main() -> ExitCode {
@@ -62,5 +66,41 @@ mod linux {
         group.finish();
         let stats = irq.stats();
         assert_eq!(stats.failed, 0, "no signal may fail: {stats:?}");
+
+        let irq = IrqNotifier::new(NoSyscall);
+        let mut group = c.benchmark_group(format!("notify_noop_{}", common::flavor_name()));
+        for depth in [1u64, 64] {
+            group.throughput(Throughput::Elements(depth));
+            group.bench_with_input(BenchmarkId::new("unbatched", depth), &depth, |b, &depth| {
+                b.iter(|| {
+                    for _ in 0..depth {
+                        irq.notify_now();
+                    }
+                });
+            });
+            group.bench_with_input(BenchmarkId::new("batched", depth), &depth, |b, &depth| {
+                b.iter(|| {
+                    let pass = read_lock();
+                    for _ in 0..depth {
+                        irq.notify();
+                    }
+                    drop(pass);
+                });
+            });
+        }
+        group.finish();
+        let stats = irq.stats();
+        assert!(stats.signalled > 0 && stats.failed == 0, "{stats:?}");
+    }
+
+    /// A notifier that signals nobody: no system call, so what is left is
+    /// `IrqNotifier`'s and the batching's own cost.
+    struct NoSyscall;
+
+    impl Notify for NoSyscall {
+        fn signal(&self) -> std::io::Result<()> {
+            black_box(());
+            Ok(())
+        }
     }
 }
