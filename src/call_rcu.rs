@@ -48,6 +48,10 @@ const BATCH_MIN: usize = 64;
 /// The default batch window, in nanoseconds.
 const BATCH_WINDOW_DEFAULT_NS: u64 = 5_000_000;
 
+/// The longest batch window `set_call_rcu_batch_window` accepts (so that
+/// a deadline computed from it never overflows `Instant`).
+const BATCH_WINDOW_MAX: Duration = Duration::from_secs(60);
+
 global! {
     /// The batch window in nanoseconds; see `set_call_rcu_batch_window`.
     static BATCH_WINDOW_NS: AtomicU64 = AtomicU64::new(BATCH_WINDOW_DEFAULT_NS);
@@ -152,13 +156,25 @@ pub fn call_rcu<F: FnOnce() + Send + 'static>(f: F) {
 /// use std::time::Duration;
 /// rcu_defer::set_call_rcu_batch_window(Duration::from_millis(1));
 /// ```
+///
+/// # Panics
+///
+/// If `window` is longer than a minute (`BATCH_WINDOW_MAX`): callbacks
+/// that wait that long for company are memory that is never freed in
+/// practice, which is not what a batch window is for.
 pub fn set_call_rcu_batch_window(window: Duration) {
-    let ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+    assert!(
+        window <= BATCH_WINDOW_MAX,
+        "rcu-defer: a call_rcu batch window of {window:?} is longer than the maximum of \
+         {BATCH_WINDOW_MAX:?}"
+    );
+    // At most a minute of nanoseconds: it fits.
+    let ns = window.as_nanos() as u64;
     // Relaxed: a configuration value with no data attached.
     BATCH_WINDOW_NS.store(ns, Ordering::Relaxed);
 }
 
-/// The batch window in effect. None under loom, which has no clock: a
+/// The batch window in effect. Zero under loom, which has no clock: a
 /// timed wait there would be a wait that only a notification ends.
 fn batch_window() -> Duration {
     if cfg!(loom) {

@@ -100,3 +100,21 @@ fn a_zero_window_starts_every_batch_at_once() {
     rx.recv_timeout(PROMPT)
         .expect("the callback runs without waiting for the earlier, long window");
 }
+
+#[test]
+fn a_window_longer_than_a_minute_is_refused_with_a_message() {
+    let _serial = serial();
+    let refused = std::panic::catch_unwind(|| {
+        set_call_rcu_batch_window(Duration::from_secs(61));
+    })
+    .expect_err("a 61 s window is refused");
+    let message = refused
+        .downcast_ref::<String>()
+        .expect("a formatted message");
+    assert!(
+        message.contains("batch window of 61s is longer than the maximum of 60s"),
+        "{message}"
+    );
+    // The maximum itself is accepted.
+    set_call_rcu_batch_window(LONG_WINDOW);
+}
