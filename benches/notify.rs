@@ -29,6 +29,7 @@ mod linux {
     use rcu_defer::virtio::{EventFd, IrqNotifier, Notify};
     use std::hint::black_box;
     use std::process::ExitCode;
+    use std::sync::Arc;
 
     pub fn main() -> ExitCode {
         let mut c = common::criterion();
@@ -40,36 +41,34 @@ mod linux {
     fn notify(c: &mut Criterion) {
         common::register_reader_thread();
         let irq = IrqNotifier::new(EventFd::new().expect("an eventfd"));
-        let mut group = c.benchmark_group(format!("notify_{}", common::flavor_name()));
-        for depth in [1u64, 8, 64] {
-            group.throughput(Throughput::Elements(depth));
-            group.bench_with_input(BenchmarkId::new("unbatched", depth), &depth, |b, &depth| {
-                b.iter(|| {
-                    for _ in 0..depth {
-                        irq.notify_now();
-                    }
-                });
-            });
-            group.bench_with_input(BenchmarkId::new("batched", depth), &depth, |b, &depth| {
-                b.iter(|| {
-                    let pass = read_lock();
-                    for _ in 0..depth {
-                        irq.notify();
-                    }
-                    drop(pass);
-                });
-            });
+        let group = format!("notify_{}", common::flavor_name());
+        both_modes(c, &group, &irq, &[1, 8, 64], || {
             // Reset the counter now and then (it saturates only after 2^64
             // signals, but keep the fd in its usual state).
             let _ = irq.notifier().consume();
-        }
-        group.finish();
+        });
         let stats = irq.stats();
         assert_eq!(stats.failed, 0, "no signal may fail: {stats:?}");
 
         let irq = IrqNotifier::new(NoSyscall);
-        let mut group = c.benchmark_group(format!("notify_noop_{}", common::flavor_name()));
-        for depth in [1u64, 64] {
+        let group = format!("notify_noop_{}", common::flavor_name());
+        both_modes(c, &group, &irq, &[1, 64], || {});
+        let stats = irq.stats();
+        assert!(stats.signalled > 0 && stats.failed == 0, "{stats:?}");
+    }
+
+    /// Per depth: `depth` completions each signalled at once (`notify_now`),
+    /// and the same inside one read section (`notify`); `after_depth` runs
+    /// between depths, outside the timing.
+    fn both_modes<N: Notify + 'static>(
+        c: &mut Criterion,
+        group: &str,
+        irq: &Arc<IrqNotifier<N>>,
+        depths: &[u64],
+        mut after_depth: impl FnMut(),
+    ) {
+        let mut group = c.benchmark_group(group);
+        for &depth in depths {
             group.throughput(Throughput::Elements(depth));
             group.bench_with_input(BenchmarkId::new("unbatched", depth), &depth, |b, &depth| {
                 b.iter(|| {
@@ -87,10 +86,9 @@ mod linux {
                     drop(pass);
                 });
             });
+            after_depth();
         }
         group.finish();
-        let stats = irq.stats();
-        assert!(stats.signalled > 0 && stats.failed == 0, "{stats:?}");
     }
 
     /// A notifier that signals nobody: no system call, so what is left is
