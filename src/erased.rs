@@ -1,8 +1,8 @@
 //! A deferred call with its type erased, stored inline when it is small.
 //!
-//! `call_local` keeps every pending call of a thread in one vector, whatever
-//! its argument type, so recording is a push and running is a walk in
-//! order. An [`Erased`] holds the call (an `FnOnce()`) in three words of
+//! `call_local` keeps the pending calls of a thread in one slot and one
+//! vector, whatever their argument types, so recording is a store or a push
+//! and running is a walk in order. An [`Erased`] holds the call (an `FnOnce()`) in three words of
 //! inline storage, or a box when it is larger, next to a function pointer
 //! that knows its real type. A `call_local` call (a `fn(&T)` and an
 //! `Arc<T>`, fat or thin) always fits, so recording one never allocates.

@@ -25,6 +25,13 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Queues one callback; the receiver hears from it when it runs.
+fn queue_signalling_callback() -> mpsc::Receiver<()> {
+    let (tx, rx) = mpsc::channel();
+    call_rcu(move || tx.send(()).expect("the test is listening"));
+    rx
+}
+
 #[test]
 fn a_drain_does_not_wait_for_the_batch_window() {
     let _serial = serial();
@@ -44,8 +51,7 @@ fn a_drain_does_not_wait_for_the_batch_window() {
 fn a_drain_wakes_a_worker_that_is_already_waiting_for_company() {
     let _serial = serial();
     set_call_rcu_batch_window(LONG_WINDOW);
-    let (tx, rx) = mpsc::channel();
-    call_rcu(move || tx.send(()).expect("the test is listening"));
+    let rx = queue_signalling_callback();
     // Give the worker time to take up the small batch and start waiting.
     assert!(
         rx.recv_timeout(Duration::from_millis(200)).is_err(),
@@ -84,8 +90,7 @@ fn a_batch_of_sixty_four_callbacks_does_not_wait_for_the_window() {
 fn a_lone_callback_runs_once_the_window_has_passed() {
     let _serial = serial();
     set_call_rcu_batch_window(Duration::from_millis(20));
-    let (tx, rx) = mpsc::channel();
-    call_rcu(move || tx.send(()).expect("the test is listening"));
+    let rx = queue_signalling_callback();
     rx.recv_timeout(PROMPT)
         .expect("the callback runs without a drain or more callbacks");
 }
@@ -95,8 +100,7 @@ fn a_zero_window_starts_every_batch_at_once() {
     let _serial = serial();
     set_call_rcu_batch_window(LONG_WINDOW);
     set_call_rcu_batch_window(Duration::ZERO);
-    let (tx, rx) = mpsc::channel();
-    call_rcu(move || tx.send(()).expect("the test is listening"));
+    let rx = queue_signalling_callback();
     rx.recv_timeout(PROMPT)
         .expect("the callback runs without waiting for the earlier, long window");
 }
