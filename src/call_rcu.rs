@@ -14,15 +14,27 @@
 //! for reuse) each chunk as soon as its callbacks have run. So queue memory
 //! follows the backlog, a producer never copies the queue while it holds the
 //! lock, and after a flood the memory goes back as the flood drains.
+//!
+//! A batch whose grace period fails (a `membarrier` refused by a seccomp
+//! filter) or panics goes back to the head of the queue, uncalled: its
+//! callbacks typically free values that readers may still hold, so they run
+//! after a later grace period that succeeds, or never. The drains waiting
+//! for that batch get the error; the worker retries with a growing delay
+//! (up to a second), at once when a new drain arrives. If the worker itself
+//! unwinds (a bug: user callbacks are caught), its batch goes back the same
+//! way and a new worker is started.
 
-use crate::detect::{self, Error};
+use crate::detect::{self, Error, Waiter};
 use crate::grace;
-use crate::reader::read_depth;
+use crate::reader::{gp_counter, read_depth, registry};
+pub(crate) use crate::report::panic_message;
+use crate::report::report;
 use crate::sync::{
     global, lock, thread, thread_local_const, Arc, AtomicU64, Condvar, Mutex, MutexGuard, Ordering,
 };
-use std::any::Any;
 use std::cell::Cell;
+use std::io;
+use std::mem;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
@@ -60,7 +72,8 @@ global! {
 /// What the callback thread is doing, as producers need to know it.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Worker {
-    /// Not spawned yet: the first `call_rcu` spawns it.
+    /// Not spawned yet, or its thread has died: the next `call_rcu` spawns
+    /// one.
     NotStarted,
     /// Taking or running a batch; it looks at the queue again when done.
     Busy,
@@ -70,10 +83,13 @@ enum Worker {
     /// the end of the batch window; woken early by `BATCH_MIN` callbacks or
     /// a drain.
     Gathering,
+    /// Waiting on `WORK` before it retries a batch whose grace period
+    /// failed; woken early by a drain.
+    Retrying,
 }
 
 struct Queue {
-    /// Queued callbacks, oldest first; only the last chunk has room.
+    /// Queued callbacks, oldest first.
     chunks: Vec<Vec<Callback>>,
     /// How many callbacks `chunks` holds.
     backlog: usize,
@@ -83,6 +99,9 @@ struct Queue {
     /// A `drain_call_rcu` marker is queued: the batch that holds it starts
     /// its grace period without waiting for the window.
     urgent: bool,
+    /// The drains whose markers are in `chunks`: the worker takes them with
+    /// its batch, to tell them if the batch's grace period fails.
+    drains: Vec<Arc<Drain>>,
     /// Under loom the model must be able to end the worker.
     #[cfg(loom)]
     shutdown: bool,
@@ -97,6 +116,7 @@ global! {
         spare: Vec::new(),
         worker: Worker::NotStarted,
         urgent: false,
+        drains: Vec::new(),
         #[cfg(loom)]
         shutdown: false,
         #[cfg(loom)]
@@ -122,6 +142,10 @@ thread_local_const! {
 /// panics is reported on stderr with its message; the thread goes on with
 /// the next one.
 ///
+/// If grace periods cannot end (see
+/// [`Error::MembarrierFailed`](crate::Error::MembarrierFailed)), callbacks
+/// stay queued and are never called early.
+///
 /// ```
 /// use std::sync::atomic::{AtomicBool, Ordering};
 /// use std::sync::Arc;
@@ -138,7 +162,24 @@ thread_local_const! {
 /// If the callback thread cannot be spawned (the callback stays queued and
 /// the next call tries again).
 pub fn call_rcu<F: FnOnce() + Send + 'static>(f: F) {
-    enqueue(Box::new(f), false);
+    if let Err(e) = enqueue(Box::new(f)) {
+        panic!(
+            "rcu-defer: cannot start the rcu-call thread: {e}; the callback stays queued and \
+             the next call_rcu tries again"
+        );
+    }
+}
+
+/// `call_rcu` for a value retired on a path that must not panic (one that
+/// is already unwinding): a callback thread that cannot be spawned is
+/// reported, and the callback stays queued for the next `call_rcu`.
+pub(crate) fn call_rcu_or_report<F: FnOnce() + Send + 'static>(f: F) {
+    if let Err(e) = enqueue(Box::new(f)) {
+        report!(
+            "cannot start the rcu-call thread: {e}; a retired value stays queued until the \
+             next call_rcu starts it"
+        );
+    }
 }
 
 /// Sets how long the `rcu-call` thread waits for more callbacks before it
@@ -184,17 +225,18 @@ fn batch_window() -> Duration {
     Duration::from_nanos(BATCH_WINDOW_NS.load(Ordering::Relaxed))
 }
 
-/// Queues `callback`; `urgent` for a drain's marker.
-fn enqueue(callback: Callback, urgent: bool) {
+/// Queues `callback`. An error means the worker could not be spawned; the
+/// callback stays queued.
+fn enqueue(callback: Callback) -> io::Result<()> {
     let mut queue = lock(&QUEUE);
     queue.push(callback);
-    queue.urgent |= urgent;
     let backlog = queue.backlog;
-    queue.wake_worker();
+    let woken = queue.wake_worker();
     drop(queue);
     if backlog > YIELD_ABOVE {
         thread::yield_now();
     }
+    woken
 }
 
 impl Queue {
@@ -220,8 +262,9 @@ impl Queue {
         }
     }
 
-    /// Makes sure the worker runs (or will look at the queue again).
-    fn wake_worker(&mut self) {
+    /// Makes sure the worker runs (or will look at the queue again). An
+    /// error means no worker runs and none could be spawned.
+    fn wake_worker(&mut self) -> io::Result<()> {
         match self.worker {
             Worker::Busy => {}
             Worker::Sleeping => {
@@ -234,20 +277,103 @@ impl Queue {
                     WORK.notify_one();
                 }
             }
-            Worker::NotStarted => {
-                let spawned = thread::Builder::new()
-                    .name("rcu-call".to_owned())
-                    .spawn(worker_loop);
-                match spawned {
-                    Ok(_handle) => {
-                        #[cfg(loom)]
-                        {
-                            self.handle = Some(_handle);
-                        }
-                        self.worker = Worker::Busy;
-                    }
-                    Err(e) => panic!("rcu-defer: cannot start the rcu-call thread: {e}"),
+            Worker::Retrying => {
+                if self.urgent {
+                    self.worker = Worker::Busy;
+                    WORK.notify_one();
                 }
+            }
+            Worker::NotStarted => {
+                let handle = thread::Builder::new()
+                    .name("rcu-call".to_owned())
+                    .spawn(worker_loop)?;
+                #[cfg(loom)]
+                {
+                    self.handle = Some(handle);
+                }
+                #[cfg(not(loom))]
+                drop(handle);
+                self.worker = Worker::Busy;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The batch the worker has taken from the queue, and the drains waiting
+/// for it.
+///
+/// Until its callbacks have run, it is the only owner of values that
+/// readers may still hold: if the worker unwinds, dropping it gives every
+/// callback that has not run back to the queue (never drops one), fails
+/// the drains and lets a new worker start.
+struct Batch {
+    /// Oldest first. A callback that has run is replaced by a no-op, and a
+    /// chunk that has run is left empty.
+    chunks: Vec<Vec<Callback>>,
+    drains: Vec<Arc<Drain>>,
+}
+
+impl Batch {
+    /// Runs every callback, in order, handing emptied chunks to `spare`
+    /// (up to `SPARE_CHUNKS`; the rest are freed as they empty).
+    fn run(&mut self, spare: &mut Vec<Vec<Callback>>) {
+        // A drain's marker callback tells it; it needs nothing else.
+        self.drains.clear();
+        for i in 0..self.chunks.len() {
+            for j in 0..self.chunks[i].len() {
+                // A zero-sized closure: replacing allocates nothing.
+                let callback = mem::replace(&mut self.chunks[i][j], Box::new(|| {}));
+                run_callback(callback);
+            }
+            let mut chunk = mem::take(&mut self.chunks[i]);
+            if spare.len() < SPARE_CHUNKS {
+                chunk.clear();
+                spare.push(chunk);
+            }
+        }
+        self.chunks.clear();
+    }
+
+    /// Puts the callbacks that have not run back at the head of the queue,
+    /// ahead of those queued since, so that queue order is kept.
+    fn give_back(&mut self, queue: &mut Queue) {
+        let mut chunks: Vec<Vec<Callback>> = mem::take(&mut self.chunks)
+            .into_iter()
+            .filter(|chunk| !chunk.is_empty())
+            .collect();
+        queue.backlog += chunks.iter().map(Vec::len).sum::<usize>();
+        chunks.append(&mut queue.chunks);
+        queue.chunks = chunks;
+    }
+
+    /// Tells the drains waiting for this batch that its grace period failed
+    /// (their markers are back in the queue and run later, unheard).
+    fn fail_drains(&mut self, error: &Error) {
+        for drain in self.drains.drain(..) {
+            drain.finish(Err(error.clone()));
+        }
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if self.chunks.is_empty() && self.drains.is_empty() && !std::thread::panicking() {
+            return;
+        }
+        // The worker is unwinding.
+        let mut queue = lock(&QUEUE);
+        self.give_back(&mut queue);
+        self.fail_drains(&Error::GracePeriodPanicked {
+            message: "the rcu-call thread panicked".to_owned(),
+        });
+        queue.worker = Worker::NotStarted;
+        if !queue.chunks.is_empty() {
+            if let Err(e) = queue.wake_worker() {
+                report!(
+                    "cannot restart the rcu-call thread: {e}; its callbacks stay queued until \
+                     the next call_rcu starts it"
+                );
             }
         }
     }
@@ -255,13 +381,25 @@ impl Queue {
 
 fn worker_loop() {
     ON_CALLBACK_THREAD.with(|on| on.set(true));
-    let mut batch: Vec<Vec<Callback>> = Vec::new();
+    let mut batch = Batch {
+        chunks: Vec::new(),
+        drains: Vec::new(),
+    };
     let mut spare: Vec<Vec<Callback>> = Vec::new();
+    // Grace periods that have failed in a row.
+    let mut failures: u32 = 0;
     loop {
         {
             let mut queue = lock(&QUEUE);
             for chunk in spare.drain(..) {
                 queue.recycle(chunk);
+            }
+            if failures > 0 {
+                queue = back_off(queue, failures);
+                #[cfg(loom)]
+                if queue.shutdown {
+                    return;
+                }
             }
             while queue.chunks.is_empty() {
                 #[cfg(loom)]
@@ -275,27 +413,83 @@ fn worker_loop() {
             queue.urgent = false;
             // Take the whole queue; the emptied list of chunks goes back to
             // producers so that its allocation is reused.
-            std::mem::swap(&mut queue.chunks, &mut batch);
+            mem::swap(&mut queue.chunks, &mut batch.chunks);
             queue.backlog = 0;
+            mem::swap(&mut queue.drains, &mut batch.drains);
         }
         // One grace period for the whole batch. The callback thread holds
         // no read section unless a callback leaked a guard, which the check
         // after each callback reports; the stall detector then names it.
-        if let Err(report) = grace::grace_period(None) {
-            unreachable!("a grace period without a time limit returned {report}");
-        }
-        for mut chunk in batch.drain(..) {
-            for callback in chunk.drain(..) {
-                run_callback(callback);
+        match caught_grace_period() {
+            Ok(()) => {
+                if failures > 0 {
+                    report!(
+                        "grace periods work again after {failures} failed attempt(s); the \
+                         rcu-call thread runs its queued callbacks"
+                    );
+                    failures = 0;
+                }
+                batch.run(&mut spare);
             }
-            // Keep a few emptied chunks for producers (handed over when the
-            // worker next takes the lock, so none is taken here); free the
-            // rest now.
-            if spare.len() < SPARE_CHUNKS {
-                spare.push(chunk);
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                let mut queue = lock(&QUEUE);
+                let pending = batch.chunks.iter().map(Vec::len).sum::<usize>() + queue.backlog;
+                batch.give_back(&mut queue);
+                batch.fail_drains(&error);
+                drop(queue);
+                if failures == 1 {
+                    report!(
+                        "the rcu-call thread's grace period failed: {error}; its {pending} \
+                         callback(s) stay queued, uncalled, and it retries at most a second \
+                         apart"
+                    );
+                }
             }
         }
     }
+}
+
+/// One grace period for the worker, with a panic turned into an error (the
+/// batch must survive it).
+fn caught_grace_period() -> Result<(), Error> {
+    match catch_unwind(|| grace::grace_period(None)) {
+        Ok(result) => result,
+        Err(payload) => Err(Error::GracePeriodPanicked {
+            message: panic_message(&*payload).to_owned(),
+        }),
+    }
+}
+
+/// After `failures` failed grace periods in a row: waits before the next
+/// attempt, 10 ms doubling up to a second, or until a drain arrives.
+fn back_off(mut queue: MutexGuard<'static, Queue>, failures: u32) -> MutexGuard<'static, Queue> {
+    let delay = Duration::from_millis(10)
+        .saturating_mul(1 << (failures - 1).min(7))
+        .min(Duration::from_secs(1));
+    let deadline = Instant::now() + delay;
+    while !queue.urgent {
+        #[cfg(loom)]
+        if queue.shutdown {
+            break;
+        }
+        queue.worker = Worker::Retrying;
+        if cfg!(loom) {
+            // No clock under loom: only a drain (or the shutdown) ends it.
+            queue = WORK.wait(queue).unwrap_or_else(|p| p.into_inner());
+            continue;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        queue = WORK
+            .wait_timeout(queue, deadline - now)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+    queue.worker = Worker::Busy;
+    queue
 }
 
 /// Gives a small batch up to the batch window to grow before its grace
@@ -323,28 +517,59 @@ fn gather(mut queue: MutexGuard<'static, Queue>) -> MutexGuard<'static, Queue> {
 
 fn run_callback(callback: Callback) {
     if let Err(payload) = catch_unwind(AssertUnwindSafe(callback)) {
-        eprintln!(
-            "rcu-defer: a call_rcu callback panicked: {}; the rcu-call thread goes on",
+        report!(
+            "a call_rcu callback panicked: {}; the rcu-call thread goes on",
             panic_message(&*payload)
         );
     }
     let depth = read_depth();
     if depth > 0 {
-        eprintln!(
-            "rcu-defer: a call_rcu callback returned inside a read section (depth {depth}); \
-             the rcu-call thread cannot run grace periods until it ends"
+        report!(
+            "a call_rcu callback returned inside a read section (depth {depth}); the rcu-call \
+             thread cannot run grace periods until it ends"
         );
     }
 }
 
-/// The message of a panic payload, for reports.
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    if let Some(s) = payload.downcast_ref::<&'static str>() {
-        s
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s
-    } else {
-        "(a panic payload that is not a string)"
+/// A `drain_call_rcu` waiting for its marker callback.
+struct Drain {
+    /// `None` until the marker has run (`Ok`) or its batch's grace period
+    /// has failed (`Err`).
+    outcome: Mutex<Option<Result<(), Error>>>,
+    done: Condvar,
+}
+
+impl Drain {
+    /// Records the outcome (the first one counts) and wakes the waiter.
+    fn finish(&self, outcome: Result<(), Error>) {
+        let mut slot = lock(&self.outcome);
+        if slot.is_none() {
+            *slot = Some(outcome);
+        }
+        self.done.notify_all();
+    }
+
+    /// Waits for the outcome until `until`; `None` if it passed first.
+    fn wait(&self, until: Option<Instant>) -> Option<Result<(), Error>> {
+        let mut slot = lock(&self.outcome);
+        loop {
+            if let Some(outcome) = slot.take() {
+                return Some(outcome);
+            }
+            slot = match until {
+                None => self.done.wait(slot).unwrap_or_else(|p| p.into_inner()),
+                Some(until) => {
+                    let now = Instant::now();
+                    if now >= until {
+                        return None;
+                    }
+                    self.done
+                        .wait_timeout(slot, until - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
     }
 }
 
@@ -353,45 +578,95 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
 ///
 /// # Panics
 ///
-/// Inside a read section (the callbacks wait for a grace period, which
-/// waits for that section), or from a `call_rcu` callback (it would wait for
-/// itself). [`try_drain_call_rcu`] returns these as errors instead.
+/// With the message of the [`Error`] that [`try_drain_call_rcu`] would
+/// return, located at the caller: inside a read section (the callbacks wait
+/// for a grace period, which waits for that section), from a `call_rcu`
+/// callback (it would wait for itself) or the stall handler, or when the
+/// grace period of the callbacks fails
+/// ([`Error::MembarrierFailed`](crate::Error::MembarrierFailed)).
+/// Also if the callback thread cannot be spawned.
 ///
 /// ```
 /// rcu_defer::call_rcu(|| println!("after a grace period"));
 /// rcu_defer::drain_call_rcu();
 /// ```
+#[track_caller]
 pub fn drain_call_rcu() {
     if let Err(e) = try_drain_call_rcu() {
         panic!("{e}");
     }
 }
 
-/// Like [`drain_call_rcu`], but returns [`Error::InReadSection`] or
-/// [`Error::InCallRcuCallback`] at once instead of panicking.
+/// Like [`drain_call_rcu`], but returns the error instead of panicking:
+/// [`Error::InReadSection`], [`Error::InCallRcuCallback`] or
+/// [`Error::InStallHandler`] at once, and
+/// [`Error::MembarrierFailed`](crate::Error::MembarrierFailed) (or
+/// [`Error::GracePeriodPanicked`]) when the grace period of the callbacks
+/// fails; they stay queued then.
+///
+/// # Panics
+///
+/// If the callback thread cannot be spawned.
+#[track_caller]
 pub fn try_drain_call_rcu() -> Result<(), Error> {
-    const OP: &str = "drain_call_rcu";
+    drain("drain_call_rcu", None)
+}
+
+/// Like [`try_drain_call_rcu`], but gives up once `limit` has passed and
+/// returns [`Error::Timeout`] with a report of the readers that hold up
+/// the callbacks' grace period, if any: for shutdown paths that must not
+/// hang on a stuck reader.
+///
+/// Giving up cancels nothing: the callbacks still run after their grace
+/// period.
+///
+/// ```
+/// use std::time::Duration;
+/// rcu_defer::call_rcu(|| ());
+/// rcu_defer::drain_call_rcu_timeout(Duration::from_secs(5)).unwrap();
+/// ```
+///
+/// # Panics
+///
+/// If the callback thread cannot be spawned.
+#[track_caller]
+pub fn drain_call_rcu_timeout(limit: Duration) -> Result<(), Error> {
+    drain("drain_call_rcu_timeout", Instant::now().checked_add(limit))
+}
+
+#[track_caller]
+fn drain(op: &'static str, until: Option<Instant>) -> Result<(), Error> {
     if ON_CALLBACK_THREAD.with(Cell::get) {
-        return Err(Error::InCallRcuCallback { op: OP });
+        return Err(Error::InCallRcuCallback { op });
     }
-    detect::check_may_wait(OP)?;
-    let done = Arc::new((Mutex::new(false), Condvar::new()));
-    let signal = Arc::clone(&done);
-    // Callbacks run in queue order, so when this marker runs every callback
-    // queued before it has run. Urgent: its batch does not wait for the
-    // batch window.
-    enqueue(
-        Box::new(move || {
-            *lock(&signal.0) = true;
-            signal.1.notify_all();
-        }),
-        true,
-    );
-    let mut finished = lock(&done.0);
-    while !*finished {
-        finished = done.1.wait(finished).unwrap_or_else(|p| p.into_inner());
+    detect::check_may_wait(op)?;
+    let called = Instant::now();
+    let drain = Arc::new(Drain {
+        outcome: Mutex::new(None),
+        done: Condvar::new(),
+    });
+    {
+        let marker = Arc::clone(&drain);
+        let mut queue = lock(&QUEUE);
+        // Callbacks run in queue order, so when this marker runs every
+        // callback queued before it has run. Urgent: its batch does not
+        // wait for the batch window (or for a retry's delay).
+        queue.push(Box::new(move || marker.finish(Ok(()))));
+        queue.drains.push(Arc::clone(&drain));
+        queue.urgent = true;
+        if let Err(e) = queue.wake_worker() {
+            panic!("rcu-defer: {op} cannot start the rcu-call thread: {e}");
+        }
     }
-    Ok(())
+    match drain.wait(until) {
+        Some(outcome) => outcome,
+        None => Err(Error::Timeout(detect::stall_report(
+            &mut registry(),
+            gp_counter(),
+            called.elapsed(),
+            Waiter::Drain,
+        ))),
+    }
 }
 
 /// Stops the callback thread once its queue is empty and joins it, so that

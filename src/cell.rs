@@ -2,7 +2,7 @@
 //! blocking or writing shared memory, and that writers replace, retiring the
 //! old value after a grace period.
 
-use crate::call_rcu::call_rcu;
+use crate::call_rcu::{call_rcu, call_rcu_or_report};
 use crate::detect;
 use crate::grace;
 use crate::reader::ReadGuard;
@@ -88,14 +88,28 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
     /// Publishes `value`, waits for a grace period, and returns the old
     /// value, which no reader can still see.
     ///
+    /// Only the value this call replaced is returned: versions retired
+    /// earlier with [`replace`](RcuCell::replace) or
+    /// [`update`](RcuCell::update) may still be queued for their own grace
+    /// periods, holding whatever they hold (a file, a mapping). To know that
+    /// every retired version is gone, call
+    /// [`drain_call_rcu`](crate::drain_call_rcu) afterwards.
+    ///
     /// # Panics
     ///
     /// Inside a read section of the calling thread (it would wait for
-    /// itself), before changing anything.
+    /// itself) or from the stall handler, before changing anything; and if
+    /// the grace period fails ([`Error::MembarrierFailed`](crate::Error::MembarrierFailed)):
+    /// the new value is published then, and the old one is handed to
+    /// [`call_rcu`](crate::call_rcu), never dropped while a reader may
+    /// hold it.
+    #[track_caller]
     pub fn replace_sync(&self, value: T) -> T {
         detect::assert_may_block("RcuCell::replace_sync");
-        let old = self.swap(value);
-        grace::grace_period(None).expect("a grace period without a time limit completes");
+        let old = RetireOnUnwind(Some(self.swap(value)));
+        if let Err(e) = grace::grace_period(None) {
+            panic!("rcu-defer: RcuCell::replace_sync: {e}");
+        }
         old.into_inner()
     }
 
@@ -131,11 +145,13 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
     /// Swaps in `value` under the writer lock and takes ownership of the
     /// old value.
     fn swap(&self, value: T) -> Retired<T> {
-        let new = Box::into_raw(Box::new(value));
+        let new = Box::new(value);
+        // If this panics (a write from inside `update`'s closure), `new`
+        // was never published and is dropped with the unwind.
         let _writer = self.lock_writer("a write to an RcuCell");
         // AcqRel: Release publishes `value`; Acquire takes ownership of the
         // old value's contents.
-        Retired(self.current.swap(new, Ordering::AcqRel))
+        Retired(self.current.swap(Box::into_raw(new), Ordering::AcqRel))
     }
 }
 
@@ -205,6 +221,29 @@ impl<T> Retired<T> {
         // SAFETY: `ptr` came from `Box::into_raw`, was unpublished from its
         // cell, and `self` was its only owner (now forgotten).
         *unsafe { Box::from_raw(ptr) }
+    }
+}
+
+/// A retired value on its way out of `replace_sync`: if the grace period
+/// fails or unwinds, dropping this hands the value to `call_rcu` (freed
+/// after a later grace period that succeeds, or never) rather than freeing
+/// it under readers that may still hold it.
+struct RetireOnUnwind<T: Send + 'static>(Option<Retired<T>>);
+
+impl<T: Send + 'static> RetireOnUnwind<T> {
+    fn into_inner(mut self) -> T {
+        self.0
+            .take()
+            .expect("a retired value is taken once")
+            .into_inner()
+    }
+}
+
+impl<T: Send + 'static> Drop for RetireOnUnwind<T> {
+    fn drop(&mut self) {
+        if let Some(old) = self.0.take() {
+            call_rcu_or_report(move || drop(old));
+        }
     }
 }
 

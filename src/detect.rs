@@ -5,11 +5,12 @@
 //! waits. A grace period held up by a reader for longer than the stall
 //! timeout is reported, naming the readers.
 
+use crate::call_rcu::panic_message;
 use crate::reader::{current_section, Blocker, Registry};
 use crate::sync::{global, lock, thread_local_const, AtomicU64, Mutex, Ordering};
 use std::cell::Cell;
 use std::fmt;
-use std::panic::Location;
+use std::panic::{catch_unwind, AssertUnwindSafe, Location};
 use std::time::{Duration, Instant};
 
 /// Why a grace-period wait or a drain did not (or would never) complete.
@@ -41,6 +42,27 @@ pub enum Error {
         /// The operation that was refused, e.g. `"synchronize_rcu"`.
         op: &'static str,
     },
+    /// `membarrier(2)` failed after the process had registered for it, as
+    /// it does once a seccomp filter that refuses it is installed. Readers
+    /// of the membarrier flavor rely on it, so no grace period can end: the
+    /// operation is refused and nothing retired is freed (values queued
+    /// with [`call_rcu`](crate::call_rcu) stay queued, and the `rcu-call`
+    /// thread retries now and then). Allow `membarrier` in the filter, or
+    /// choose [`Flavor::Fence`](crate::Flavor::Fence) with
+    /// [`set_flavor`](crate::set_flavor) before the first read section.
+    MembarrierFailed {
+        /// The error number the kernel returned (`EPERM` from a seccomp
+        /// filter).
+        errno: i32,
+    },
+    /// The grace period that this operation waited for panicked (a bug in
+    /// rcu-defer: user code such as the stall handler runs under
+    /// `catch_unwind`). Nothing it was to free has been freed; a later
+    /// attempt starts afresh.
+    GracePeriodPanicked {
+        /// The panic's message.
+        message: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -67,9 +89,20 @@ impl fmt::Display for Error {
                  period; it would wait for that grace period, which cannot end until the \
                  handler returns, so it would never return"
             ),
-            Error::Timeout(report) => write!(
+            Error::Timeout(report) => write!(f, "the time limit passed: {report}"),
+            Error::MembarrierFailed { errno } => write!(
                 f,
-                "the grace period did not complete within the time limit; {report}"
+                "membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) failed after the process had \
+                 registered for it ({}); readers of the membarrier flavor rely on it, so no \
+                 grace period can end and nothing retired is freed. A seccomp filter that \
+                 refuses membarrier(2) does this: allow membarrier in the filter, or choose the \
+                 fence flavor before the first read section (rcu_defer::set_flavor(Flavor::Fence) \
+                 or RCU_DEFER_FLAVOR=fence)",
+                std::io::Error::from_raw_os_error(*errno)
+            ),
+            Error::GracePeriodPanicked { message } => write!(
+                f,
+                "the grace period panicked ({message}); nothing it was to free has been freed"
             ),
         }
     }
@@ -85,6 +118,17 @@ impl std::error::Error for Error {}
 pub struct StallReport {
     waited: Duration,
     readers: Vec<StalledReader>,
+    waiter: Waiter,
+}
+
+/// What waited, for the report's wording.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Waiter {
+    /// A grace period (`synchronize_rcu` and its variants, the stall
+    /// handler).
+    GracePeriod,
+    /// `drain_call_rcu_timeout`.
+    Drain,
 }
 
 impl StallReport {
@@ -102,15 +146,31 @@ impl StallReport {
 impl fmt::Display for StallReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.readers.len();
-        write!(
-            f,
-            "a grace period has waited {:.1?} for {n} reader{} still inside a read section \
-             that began before it",
-            self.waited,
-            if n == 1 { "" } else { "s" }
-        )?;
-        if n == 0 {
-            f.write_str(" (they left just before the report was made)")?;
+        let s = if n == 1 { "" } else { "s" };
+        match self.waiter {
+            Waiter::GracePeriod => {
+                write!(
+                    f,
+                    "a grace period has waited {:.1?} for {n} reader{s} still inside a read \
+                     section that began before it",
+                    self.waited
+                )?;
+                if n == 0 {
+                    f.write_str(" (they left just before the report was made)")?;
+                }
+            }
+            Waiter::Drain => {
+                write!(
+                    f,
+                    "drain_call_rcu has waited {:.1?} for the call_rcu callbacks queued before \
+                     it; {n} reader{s} inside a read section that began before the current grace \
+                     period hold it up",
+                    self.waited
+                )?;
+                if n == 0 {
+                    f.write_str(" (none: a callback is still running, or the batch is waiting)")?;
+                }
+            }
         }
         for reader in &self.readers {
             write!(f, "\n  - {reader}")?;
@@ -221,6 +281,23 @@ pub fn set_stall_timeout(limit: Option<Duration>) {
 
 /// Sets the function called (on the waiting writer's thread) with a report
 /// when a grace period stalls. The default prints the report to stderr.
+///
+/// The handler runs in the middle of the stalled grace period, with none of
+/// rcu-defer's locks held. It may log, take read sections and use
+/// [`RcuCell::read`](crate::RcuCell::read), and queue
+/// [`call_rcu`](crate::call_rcu) callbacks. It must not wait for a grace
+/// period: `synchronize_rcu` and `drain_call_rcu` called from it are
+/// refused with [`Error::InStallHandler`] (the plain forms panic). If the
+/// handler panics, the panic is caught and reported on stderr, and the grace
+/// period goes on waiting as if the handler had returned: a handler cannot
+/// make a grace period end early.
+///
+/// ```
+/// fn log_stall(report: &rcu_defer::StallReport) {
+///     eprintln!("device thread stuck: {report}");
+/// }
+/// rcu_defer::set_stall_handler(log_stall);
+/// ```
 pub fn set_stall_handler(handler: fn(&StallReport)) {
     *lock(&STALL_HANDLER) = handler;
 }
@@ -249,11 +326,24 @@ pub(crate) fn report_stall(report: &StallReport) {
     let handler = *lock(&STALL_HANDLER);
     IN_STALL_HANDLER.with(|h| h.set(true));
     let _in_handler = InHandler;
-    handler(report);
+    // A panic must not unwind through the grace period: the caller's
+    // retired values would be dropped while the stalled readers still use
+    // them. AssertUnwindSafe: the handler only gets a shared report.
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| handler(report))) {
+        eprintln!(
+            "rcu-defer: the stall handler panicked: {}; the grace period goes on waiting",
+            panic_message(&*payload)
+        );
+    }
 }
 
 /// Builds a report of the readers that block grace period `gp`.
-pub(crate) fn stall_report(registry: &mut Registry, gp: u64, waited: Duration) -> StallReport {
+pub(crate) fn stall_report(
+    registry: &mut Registry,
+    gp: u64,
+    waited: Duration,
+    waiter: Waiter,
+) -> StallReport {
     let now = Instant::now();
     let readers = registry
         .blockers(gp)
@@ -275,7 +365,11 @@ pub(crate) fn stall_report(registry: &mut Registry, gp: u64, waited: Duration) -
             }
         })
         .collect();
-    StallReport { waited, readers }
+    StallReport {
+        waited,
+        readers,
+        waiter,
+    }
 }
 
 /// `Err(InReadSection)` if the calling thread is inside a read section.

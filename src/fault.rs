@@ -19,6 +19,10 @@ pub enum LoomFault {
     DropReaderFence = 1,
     /// The grace period does not wait for readers at all.
     SkipReaderWait = 2,
+    /// Every writer-side fence fails as a membarrier refused by a seccomp
+    /// filter does. Not a broken protocol: the models check that the
+    /// library fails safe (nothing retired is freed, nothing hangs).
+    WriterFenceFails = 3,
 }
 
 /// The active fault. A plain `std` atomic on purpose: it is a test switch,

@@ -1,16 +1,18 @@
 //! Flavors: which side of the grace-period protocol pays for the memory
 //! fences. Chosen once per process, before the first reader registers.
 
+use crate::detect::Error;
 use crate::sync::{compiler_fence, fence, global, lock, AtomicU8, Mutex, Ordering};
 use crate::sys;
 use std::fmt;
 
 /// How read sections and grace periods order their memory accesses.
 ///
-/// The flavor is chosen once per process, the first time anything in this
-/// crate needs it (the first [`read_lock`](crate::read_lock) or grace
-/// period), and never changes afterwards. Set `RCU_DEFER_FLAVOR=fence` or
-/// `RCU_DEFER_FLAVOR=membarrier` in the environment to force one.
+/// The flavor is chosen once per process and never changes afterwards:
+/// by [`set_flavor`] if the program calls it first, otherwise the first time
+/// anything in this crate needs it (the first [`read_lock`](crate::read_lock)
+/// or grace period), from `RCU_DEFER_FLAVOR=fence|membarrier` in the
+/// environment if it is set, and from what the kernel offers if not.
 ///
 /// ```
 /// use rcu_defer::{flavor, Flavor};
@@ -27,8 +29,9 @@ pub enum Flavor {
     /// Linux when the kernel offers it (liburcu's `urcu-memb`, QEMU's scheme).
     Membarrier,
     /// Readers issue a real `SeqCst` fence on entering and leaving their
-    /// outermost section; writers issue ordinary fences. Used where
-    /// membarrier is missing, under loom, and on request.
+    /// outermost section; writers issue ordinary fences and make no system
+    /// call. Used where membarrier is missing, under loom, and on request
+    /// (a sandbox whose seccomp filter refuses `membarrier(2)`).
     Fence,
 }
 
@@ -40,6 +43,46 @@ impl fmt::Display for Flavor {
         })
     }
 }
+
+/// Why [`set_flavor`] refused a flavor.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FlavorError {
+    /// The flavor had already been decided (by an earlier `set_flavor`, or
+    /// by the first read section or grace period) and differs.
+    AlreadyDecided {
+        /// The flavor that was asked for.
+        requested: Flavor,
+        /// The flavor the process uses.
+        decided: Flavor,
+    },
+    /// [`Flavor::Membarrier`] was asked for, but the kernel (or a seccomp
+    /// filter) does not let this process use `membarrier(2)`.
+    MembarrierUnavailable {
+        /// What the kernel answered.
+        reason: String,
+    },
+}
+
+impl fmt::Display for FlavorError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FlavorError::AlreadyDecided { requested, decided } => write!(
+                f,
+                "the {requested} flavor was asked for, but this process already uses the \
+                 {decided} flavor (chosen by the first read section or grace period, or by an \
+                 earlier set_flavor); call set_flavor before anything else in rcu-defer"
+            ),
+            FlavorError::MembarrierUnavailable { reason } => write!(
+                f,
+                "the membarrier flavor was asked for, but membarrier(2) cannot be used here: \
+                 {reason}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for FlavorError {}
 
 const UNDECIDED: u8 = 0;
 const MEMBARRIER: u8 = 1;
@@ -54,68 +97,151 @@ global! {
     static DECIDING: Mutex<()> = Mutex::new(());
 }
 
+fn code_of(flavor: Flavor) -> u8 {
+    match flavor {
+        Flavor::Membarrier => MEMBARRIER,
+        Flavor::Fence => FENCE,
+    }
+}
+
+fn decided() -> Option<Flavor> {
+    // Acquire pairs with the Release store in `publish`: whoever sees
+    // the decision also sees the membarrier registration that preceded it.
+    match FLAVOR.load(Ordering::Acquire) {
+        MEMBARRIER => Some(Flavor::Membarrier),
+        FENCE => Some(Flavor::Fence),
+        _ => None,
+    }
+}
+
 /// The flavor this process uses, deciding it on the first call.
 ///
-/// # Panics
-///
-/// If `RCU_DEFER_FLAVOR` is set to anything but `fence` or `membarrier`, or
-/// to `membarrier` on a kernel that cannot provide it.
+/// Never panics. An unusable `RCU_DEFER_FLAVOR` (a value other than `fence`
+/// or `membarrier`, or `membarrier` on a kernel that cannot provide it) is
+/// reported once on stderr and the default is used instead; call
+/// [`set_flavor`] to get such a choice refused with an error.
 pub fn flavor() -> Flavor {
-    // Acquire pairs with the Release store in `decide`: whoever sees the
-    // decision also sees the membarrier registration that preceded it.
-    match FLAVOR.load(Ordering::Acquire) {
-        MEMBARRIER => Flavor::Membarrier,
-        FENCE => Flavor::Fence,
-        _ => decide(),
+    match decided() {
+        Some(flavor) => flavor,
+        None => decide(),
     }
+}
+
+/// Chooses the flavor for this process, before its first read section or
+/// grace period.
+///
+/// A program that sandboxes itself with a seccomp filter that refuses
+/// `membarrier(2)` calls `set_flavor(Flavor::Fence)` first: readers then pay
+/// a real fence, and grace periods make no system call. (A process whose
+/// readers already rely on membarrier cannot switch: grace periods would
+/// fail for good once the filter is in place; see
+/// [`Error::MembarrierFailed`](crate::Error::MembarrierFailed).) The choice
+/// takes precedence over `RCU_DEFER_FLAVOR`.
+///
+/// Asking again for the flavor already in use is `Ok`.
+///
+/// ```
+/// use rcu_defer::{flavor, set_flavor, Flavor};
+/// // In a fresh process this decides; here earlier examples may have.
+/// match set_flavor(Flavor::Fence) {
+///     Ok(()) => assert_eq!(flavor(), Flavor::Fence),
+///     Err(e) => println!("too late: {e}"),
+/// }
+/// ```
+///
+/// # Errors
+///
+/// [`FlavorError::AlreadyDecided`] if the process already uses another
+/// flavor; [`FlavorError::MembarrierUnavailable`] if
+/// [`Flavor::Membarrier`] is asked for where the kernel refuses it (the
+/// flavor stays undecided then).
+pub fn set_flavor(requested: Flavor) -> Result<(), FlavorError> {
+    let _one_at_a_time = lock(&DECIDING);
+    if let Some(decided) = decided() {
+        return if decided == requested {
+            Ok(())
+        } else {
+            Err(FlavorError::AlreadyDecided { requested, decided })
+        };
+    }
+    if requested == Flavor::Membarrier {
+        if let Err(e) = sys::membarrier_register() {
+            return Err(FlavorError::MembarrierUnavailable {
+                reason: e.to_string(),
+            });
+        }
+    }
+    publish(requested);
+    Ok(())
+}
+
+/// Records the decision; the caller holds `DECIDING`.
+fn publish(flavor: Flavor) {
+    // Release pairs with the Acquire load in `decided`.
+    FLAVOR.store(code_of(flavor), Ordering::Release);
 }
 
 #[cold]
 fn decide() -> Flavor {
     let _one_at_a_time = lock(&DECIDING);
-    match FLAVOR.load(Ordering::Acquire) {
-        MEMBARRIER => return Flavor::Membarrier,
-        FENCE => return Flavor::Fence,
-        _ => {}
+    if let Some(flavor) = decided() {
+        return flavor;
     }
     let chosen = choose();
-    let code = match chosen {
-        Flavor::Membarrier => MEMBARRIER,
-        Flavor::Fence => FENCE,
-    };
-    // Release pairs with the Acquire loads in `flavor`.
-    FLAVOR.store(code, Ordering::Release);
+    publish(chosen);
     chosen
 }
 
+/// The flavor for a process that did not call `set_flavor`. Never panics:
+/// it runs inside the first `read_lock` of the process, whose section must
+/// not be left half entered.
 fn choose() -> Flavor {
     if cfg!(loom) {
         // loom has no compiler fence and cannot model membarrier.
         return Flavor::Fence;
     }
     match requested() {
-        Some(Flavor::Fence) => Flavor::Fence,
-        Some(Flavor::Membarrier) => match sys::membarrier_register() {
+        Requested::Fence => Flavor::Fence,
+        Requested::Membarrier => match sys::membarrier_register() {
             Ok(()) => Flavor::Membarrier,
-            Err(e) => panic!(
-                "rcu-defer: RCU_DEFER_FLAVOR=membarrier was requested, but membarrier \
-                 cannot be used here: {e}"
-            ),
+            Err(e) => {
+                eprintln!(
+                    "rcu-defer: RCU_DEFER_FLAVOR=membarrier was requested, but membarrier(2) \
+                     cannot be used here ({e}); using the fence flavor"
+                );
+                Flavor::Fence
+            }
         },
-        None => match sys::membarrier_register() {
+        Requested::Default => match sys::membarrier_register() {
             Ok(()) => Flavor::Membarrier,
             Err(_) => Flavor::Fence,
         },
     }
 }
 
-fn requested() -> Option<Flavor> {
-    let value = std::env::var_os("RCU_DEFER_FLAVOR")?;
+/// What `RCU_DEFER_FLAVOR` asks for.
+enum Requested {
+    Fence,
+    Membarrier,
+    /// Unset, empty, or unusable (reported).
+    Default,
+}
+
+fn requested() -> Requested {
+    let Some(value) = std::env::var_os("RCU_DEFER_FLAVOR") else {
+        return Requested::Default;
+    };
     match value.to_str() {
-        Some("fence") => Some(Flavor::Fence),
-        Some("membarrier") => Some(Flavor::Membarrier),
-        Some("") => None,
-        _ => panic!("rcu-defer: RCU_DEFER_FLAVOR must be `fence` or `membarrier`, not {value:?}"),
+        Some("fence") => Requested::Fence,
+        Some("membarrier") => Requested::Membarrier,
+        Some("") => Requested::Default,
+        _ => {
+            eprintln!(
+                "rcu-defer: RCU_DEFER_FLAVOR must be `fence` or `membarrier`, not {value:?}; \
+                 ignoring it and using the default flavor"
+            );
+            Requested::Default
+        }
     }
 }
 
@@ -148,19 +274,29 @@ pub(crate) fn real_reader_fence() {
 /// every running reader execute a full fence, or a plain full fence in the
 /// fence flavor.
 ///
-/// # Panics
+/// # Errors
 ///
-/// If the kernel refuses a membarrier after having accepted the
-/// registration (it never does; continuing would be unsound).
-pub(crate) fn writer_fence() {
+/// [`Error::MembarrierFailed`] if the kernel refuses the membarrier after
+/// having accepted the registration (a seccomp filter installed since). The
+/// readers' side of the protocol is then missing, so the caller must not
+/// treat the grace period as over.
+pub(crate) fn writer_fence() -> Result<(), Error> {
+    #[cfg(loom)]
+    if crate::fault::active(crate::fault::LoomFault::WriterFenceFails) {
+        // What a membarrier refused by seccomp returns.
+        return Err(Error::MembarrierFailed { errno: 1 });
+    }
     match flavor() {
         Flavor::Membarrier => {
             // The kernel brackets this command with smp_mb() on the calling
             // CPU too, so it is also a full fence for the writer itself.
-            if let Err(e) = sys::membarrier() {
-                panic!("rcu-defer: membarrier(PRIVATE_EXPEDITED) failed after registration: {e}");
-            }
+            sys::membarrier().map_err(|e| Error::MembarrierFailed {
+                errno: e.raw_os_error().unwrap_or(0),
+            })
         }
-        Flavor::Fence => fence(Ordering::SeqCst),
+        Flavor::Fence => {
+            fence(Ordering::SeqCst);
+            Ok(())
+        }
     }
 }

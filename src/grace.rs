@@ -9,10 +9,10 @@
 //! Waiting spins briefly, then sleeps on an event that a reader leaving its
 //! section sets when the writer has asked it to (QEMU's `rcu_gp_event`).
 
-use crate::detect::{self, Error, StallReport};
+use crate::detect::{self, Error, Waiter};
 use crate::flavor::writer_fence;
 use crate::reader::{gp_counter, registry, set_gp_counter, GP_STEP};
-use crate::sync::{fence, global, lock, spin_loop, Condvar, Mutex, Ordering, MAY_SPIN};
+use crate::sync::{fence, global, lock, spin_loop, Condvar, Mutex, MutexGuard, Ordering, MAY_SPIN};
 use std::time::{Duration, Instant};
 
 /// How many scans the leader makes, spinning between them, before it sleeps.
@@ -90,22 +90,30 @@ fn wait_event(until: Option<Instant>) -> bool {
 ///
 /// # Panics
 ///
-/// If the calling thread is inside a read section: the grace period would
-/// wait for that section, which cannot end while this call waits. The
-/// message names the depth and where the outermost section was entered. Use
-/// [`try_synchronize_rcu`] to get this as an [`Error`] instead.
+/// With the message of the [`Error`] that [`try_synchronize_rcu`] would
+/// return, located at the caller:
+///
+/// - if the calling thread is inside a read section: the grace period would
+///   wait for that section, which cannot end while this call waits. The
+///   message names the depth and where the outermost section was entered;
+/// - if called from the stall handler;
+/// - if the membarrier flavor's system call fails (a seccomp filter that
+///   refuses `membarrier(2)`; see [`Error::MembarrierFailed`]).
 ///
 /// ```
 /// rcu_defer::synchronize_rcu();
 /// ```
+#[track_caller]
 pub fn synchronize_rcu() {
     if let Err(e) = try_synchronize_rcu() {
         panic!("{e}");
     }
 }
 
-/// Like [`synchronize_rcu`], but returns [`Error::InReadSection`] at once
-/// instead of panicking when the calling thread is inside a read section.
+/// Like [`synchronize_rcu`], but returns the error instead of panicking:
+/// [`Error::InReadSection`] (at once) when the calling thread is inside a
+/// read section, [`Error::InStallHandler`] from the stall handler, and
+/// [`Error::MembarrierFailed`] if the grace period cannot end.
 ///
 /// ```
 /// use rcu_defer::{read_lock, try_synchronize_rcu, Error};
@@ -114,9 +122,10 @@ pub fn synchronize_rcu() {
 /// drop(guard);
 /// assert!(try_synchronize_rcu().is_ok());
 /// ```
+#[track_caller]
 pub fn try_synchronize_rcu() -> Result<(), Error> {
     detect::check_may_wait("synchronize_rcu")?;
-    grace_period(None).map_err(Error::Timeout)
+    grace_period(None)
 }
 
 /// Like [`try_synchronize_rcu`], but gives up once `limit` has passed and
@@ -130,15 +139,20 @@ pub fn try_synchronize_rcu() -> Result<(), Error> {
 /// use std::time::Duration;
 /// rcu_defer::synchronize_rcu_timeout(Duration::from_secs(5)).unwrap();
 /// ```
+#[track_caller]
 pub fn synchronize_rcu_timeout(limit: Duration) -> Result<(), Error> {
     detect::check_may_wait("synchronize_rcu_timeout")?;
     let until = Instant::now().checked_add(limit);
-    grace_period(until).map_err(Error::Timeout)
+    grace_period(until)
 }
 
 /// Waits for a full grace period that starts after this call, sharing it
 /// with concurrent callers; gives up at `until`.
-pub(crate) fn grace_period(until: Option<Instant>) -> Result<(), StallReport> {
+///
+/// A grace period that fails (a refused membarrier) or panics is not
+/// counted: the callers waiting for it are woken, and each runs its own
+/// attempt, which fails or succeeds on its own.
+pub(crate) fn grace_period(until: Option<Instant>) -> Result<(), Error> {
     let called = Instant::now();
     let mut leader = lock(&LEADER);
     // A grace period already running may have started before this call, so
@@ -151,13 +165,9 @@ pub(crate) fn grace_period(until: Option<Instant>) -> Result<(), StallReport> {
         if !leader.running {
             leader.running = true;
             drop(leader);
+            let slot = LeaderSlot;
             let result = run_grace_period(until);
-            leader = lock(&LEADER);
-            leader.running = false;
-            if result.is_ok() {
-                leader.completed += 1;
-            }
-            LEADER_DONE.notify_all();
+            leader = slot.release(result.is_ok());
             result?;
             continue;
         }
@@ -167,11 +177,12 @@ pub(crate) fn grace_period(until: Option<Instant>) -> Result<(), StallReport> {
                 let now = Instant::now();
                 if now >= until {
                     drop(leader);
-                    return Err(detect::stall_report(
+                    return Err(Error::Timeout(detect::stall_report(
                         &mut registry(),
                         gp_counter(),
                         now - called,
-                    ));
+                        Waiter::GracePeriod,
+                    )));
                 }
                 LEADER_DONE
                     .wait_timeout(leader, until - now)
@@ -182,12 +193,43 @@ pub(crate) fn grace_period(until: Option<Instant>) -> Result<(), StallReport> {
     }
 }
 
+/// The right to run the current grace period. However the attempt ends, the
+/// slot is given back and the callers waiting for it are woken: by
+/// `release` when it returns, by `drop` when it unwinds.
+struct LeaderSlot;
+
+impl LeaderSlot {
+    /// Gives the slot back after an attempt that returned; counts it if it
+    /// `completed`.
+    fn release(self, completed: bool) -> MutexGuard<'static, Leader> {
+        std::mem::forget(self);
+        let mut leader = lock(&LEADER);
+        leader.running = false;
+        if completed {
+            leader.completed += 1;
+        }
+        LEADER_DONE.notify_all();
+        leader
+    }
+}
+
+impl Drop for LeaderSlot {
+    /// The attempt unwound: not counted, but no longer running either, so a
+    /// waiting caller takes over instead of waiting forever.
+    fn drop(&mut self) {
+        let mut leader = lock(&LEADER);
+        leader.running = false;
+        LEADER_DONE.notify_all();
+    }
+}
+
 /// The leader's work: one grace period.
-fn run_grace_period(until: Option<Instant>) -> Result<(), StallReport> {
+fn run_grace_period(until: Option<Instant>) -> Result<(), Error> {
     // Pairs with the reader's fence after it publishes `ctr` on entry:
     // either this scan sees the reader's ctr, or the reader sees every store
-    // made before this grace period (the writer's unpublishing).
-    writer_fence();
+    // made before this grace period (the writer's unpublishing). If it
+    // fails, nothing has changed yet.
+    writer_fence()?;
     let gp = gp_counter() + GP_STEP;
     set_gp_counter(gp);
     let result = wait_for_readers(gp, until);
@@ -198,7 +240,7 @@ fn run_grace_period(until: Option<Instant>) -> Result<(), StallReport> {
 }
 
 /// Waits until no record holds a section that began before `gp`.
-fn wait_for_readers(gp: u64, until: Option<Instant>) -> Result<(), StallReport> {
+fn wait_for_readers(gp: u64, until: Option<Instant>) -> Result<(), Error> {
     #[cfg(loom)]
     if crate::fault::active(crate::fault::LoomFault::SkipReaderWait) {
         return Ok(());
@@ -220,7 +262,7 @@ fn wait_for_readers(gp: u64, until: Option<Instant>) -> Result<(), StallReport> 
         // Pairs with the reader's fence between its ctr = 0 store and its
         // `waiting` load: either the rescan sees the reader gone, or the
         // reader sees `waiting` and sets the event (after the reset above).
-        writer_fence();
+        writer_fence()?;
         if !registry().unmark_quiescent(gp) {
             return Ok(());
         }
@@ -236,14 +278,16 @@ fn wait_for_readers(gp: u64, until: Option<Instant>) -> Result<(), StallReport> 
             continue;
         }
         let now = Instant::now();
+        let report =
+            || detect::stall_report(&mut registry(), gp, now - started, Waiter::GracePeriod);
         if until.is_some_and(|u| now >= u) {
-            return Err(detect::stall_report(&mut registry(), gp, now - started));
+            return Err(Error::Timeout(report()));
         }
         if stall_at.is_some_and(|s| now >= s) {
             stall_reported = true;
             // Build the report first: the registry lock must be released
             // before the user's handler runs (it may register a reader).
-            let report = detect::stall_report(&mut registry(), gp, now - started);
+            let report = report();
             detect::report_stall(&report);
         }
     }

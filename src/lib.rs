@@ -156,16 +156,19 @@ mod grace;
 pub mod guide;
 mod local;
 mod reader;
+mod report;
 mod sync;
 mod sys;
 pub mod virtio;
 
-pub use call_rcu::{call_rcu, drain_call_rcu, set_call_rcu_batch_window, try_drain_call_rcu};
+pub use call_rcu::{
+    call_rcu, drain_call_rcu, drain_call_rcu_timeout, set_call_rcu_batch_window, try_drain_call_rcu,
+};
 pub use cell::RcuCell;
 pub use detect::{
     assert_may_block, set_stall_handler, set_stall_timeout, Error, StallReport, StalledReader,
 };
-pub use flavor::{flavor, Flavor};
+pub use flavor::{flavor, set_flavor, Flavor, FlavorError};
 pub use grace::{synchronize_rcu, synchronize_rcu_timeout, try_synchronize_rcu};
 pub use local::{call_local, call_local_fn, defer_scope, DeferScope};
 pub use reader::{in_read_section, read_depth, read_lock, ReadGuard};

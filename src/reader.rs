@@ -485,6 +485,9 @@ impl Local {
     #[cold]
     #[inline(never)]
     fn enter_slow(&self, at: &'static Location<'static>) {
+        // If anything below panics, no guard will ever end the section that
+        // `enter` has published: the unwind must end it.
+        let abandon = AbandonEntry(self);
         let record = &self.record;
         // Relaxed: owner-written bits.
         let mut signal = record.signal.load(Ordering::Relaxed);
@@ -512,6 +515,7 @@ impl Local {
             stand_in.publish(at);
             self.stand_in.set(Some(stand_in));
         }
+        std::mem::forget(abandon);
         // Pairs with the writer's fence before its scan, as in `enter`.
         real_reader_fence();
     }
@@ -554,6 +558,8 @@ impl Local {
         // reference is dropped below without being shared. Under loom,
         // `LOCAL` holds a leaked allocation that is valid forever.
         let this: &'static Local = unsafe { &*(self as *const Local) };
+        #[cfg(test)]
+        tests::maybe_fail(tests::FailAt::BeforeRegistry);
         let armed = REGISTRATION
             .try_with(|registration| registration.0.set(Some(this)))
             .is_ok();
@@ -586,6 +592,9 @@ impl Local {
                 .store(gp_counter() | (ctr & LOW_MASK), Ordering::Relaxed);
         }
         registry.add_thread_local(&this.record, owner);
+        drop(registry);
+        #[cfg(test)]
+        tests::maybe_fail(tests::FailAt::AfterRegistry);
     }
 
     /// The thread's read-section depth.
@@ -607,6 +616,35 @@ impl Local {
         if depth_of(ctr) > 0 {
             // Relaxed: owner-only bit, read back by this thread's exit.
             self.record.ctr.store(ctr | DEFERRED, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Ends an outermost section whose entry unwound before `read_lock` could
+/// return its guard (see `Local::enter_slow`), as the guard's drop would
+/// have: the thread is left outside any section, and a writer that already
+/// waits for the section is woken.
+struct AbandonEntry<'a>(&'a Local);
+
+impl Drop for AbandonEntry<'_> {
+    fn drop(&mut self) {
+        let local = self.0;
+        if let Some(stand_in) = local.stand_in.take() {
+            stand_in.unpublish();
+            registry().release(stand_in);
+        }
+        let record = &local.record;
+        // Release pairs with the writer's Acquire fence after it reads 0, as
+        // in `Local::exit`.
+        record.ctr.store(0, Ordering::Release);
+        // Pairs with the writer's fence after it sets `WAITING`, as in
+        // `Record::unpublish`.
+        real_reader_fence();
+        // Relaxed: ordered by the fence above.
+        let signal = record.signal.load(Ordering::Relaxed);
+        if signal & WAITING != 0 {
+            record.signal.store(signal & !WAITING, Ordering::Relaxed);
+            grace::wake_writer();
         }
     }
 }
@@ -797,5 +835,69 @@ impl fmt::Debug for ReadGuard {
             .field("depth", &depth)
             .field("entered_at", &entered_at)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::panic::catch_unwind;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// Where an injected registration failure happens.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    pub(super) enum FailAt {
+        BeforeRegistry,
+        AfterRegistry,
+    }
+
+    crate::sync::thread_local_const! {
+        static FAIL: Cell<Option<FailAt>> = Cell::new(None);
+    }
+
+    /// Panics at `at` if this thread's test asked for it (once).
+    pub(super) fn maybe_fail(at: FailAt) {
+        if FAIL.with(|f| f.get()) == Some(at) {
+            FAIL.with(|f| f.set(None));
+            panic!("injected registration failure");
+        }
+    }
+
+    /// A thread whose first `read_lock` panics at `at` must be left outside
+    /// any section, and its next section must be seen by writers.
+    fn first_read_lock_panics_then_a_section_holds_up_writers(at: FailAt) {
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let reader = thread::spawn(move || {
+            FAIL.with(|f| f.set(Some(at)));
+            let first = catch_unwind(|| drop(read_lock()));
+            assert!(first.is_err(), "the injected failure panics");
+            assert_eq!(read_depth(), 0, "the failed entry left a section open");
+            let guard = read_lock();
+            assert_eq!(read_depth(), 1);
+            entered_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            drop(guard);
+        });
+        entered_rx.recv().unwrap();
+        let held = crate::synchronize_rcu_timeout(Duration::from_millis(100));
+        assert!(
+            matches!(held, Err(crate::Error::Timeout(_))),
+            "a writer must wait for the section that followed the failed entry: {held:?}"
+        );
+        release_tx.send(()).unwrap();
+        reader.join().unwrap();
+        crate::synchronize_rcu_timeout(Duration::from_secs(30)).unwrap();
+    }
+
+    #[test]
+    fn a_panic_before_registration_leaves_no_section_and_the_next_one_registers() {
+        first_read_lock_panics_then_a_section_holds_up_writers(FailAt::BeforeRegistry);
+    }
+
+    #[test]
+    fn a_panic_after_registration_leaves_no_section_and_the_next_one_is_seen() {
+        first_read_lock_panics_then_a_section_holds_up_writers(FailAt::AfterRegistry);
     }
 }

@@ -593,8 +593,9 @@ fn flavor_is_fence_when_rcu_defer_flavor_is_fence() {
 }
 
 #[test]
-fn rcu_defer_flavor_membarrier_gives_membarrier_or_an_explaining_panic() {
-    const TEST: &str = "rcu_defer_flavor_membarrier_gives_membarrier_or_an_explaining_panic";
+fn rcu_defer_flavor_membarrier_gives_membarrier_or_the_fence_flavor_with_a_report() {
+    const TEST: &str =
+        "rcu_defer_flavor_membarrier_gives_membarrier_or_the_fence_flavor_with_a_report";
     if is_child(TEST) {
         match catch_unwind(flavor) {
             Ok(f) => println!("{MARKER}{f:?}"),
@@ -603,36 +604,108 @@ fn rcu_defer_flavor_membarrier_gives_membarrier_or_an_explaining_panic() {
         return;
     }
     let output = run_child(TEST, &[("RCU_DEFER_FLAVOR", "membarrier")]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    match markers(&output).as_slice() {
+        [m] if m == "Membarrier" => {}
+        [m] if m == "Fence" => assert!(
+            stderr.contains("RCU_DEFER_FLAVOR=membarrier") && stderr.contains("fence flavor"),
+            "falling back to the fence flavor must say why: {stderr}"
+        ),
+        other => panic!("expected the membarrier flavor or a reported fallback: {other:?}"),
+    }
+}
+
+/// Item 4 of the bug report: an invalid `RCU_DEFER_FLAVOR` (a capitalised
+/// value, a typo) must not panic inside the first `read_lock`; it is
+/// reported once, the default flavor is used, and that first section is a
+/// real one that writers wait for.
+#[test]
+fn an_invalid_rcu_defer_flavor_is_reported_once_and_the_first_section_still_holds_up_writers() {
+    const TEST: &str =
+        "an_invalid_rcu_defer_flavor_is_reported_once_and_the_first_section_still_holds_up_writers";
+    if is_child(TEST) {
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        // The first read_lock of the process decides the flavor.
+        let reader = thread::spawn(move || {
+            let entered = catch_unwind(|| {
+                let guard = read_lock();
+                entered_tx.send(read_depth()).unwrap();
+                release_rx.recv().unwrap();
+                drop(guard);
+            });
+            entered.is_ok()
+        });
+        let depth = entered_rx.recv_timeout(HANG_LIMIT);
+        let held = synchronize_rcu_timeout(Duration::from_millis(100));
+        release_tx.send(()).unwrap();
+        let reader_ok = reader.join().unwrap();
+        let _ = read_lock();
+        println!(
+            "{MARKER}depth {depth:?}, reader ok {reader_ok}, writer held {}, flavor {:?}",
+            matches!(held, Err(Error::Timeout(_))),
+            flavor()
+        );
+        return;
+    }
+    let output = run_child(TEST, &[("RCU_DEFER_FLAVOR", "Fence")]);
     let markers = markers(&output);
     assert_eq!(markers.len(), 1, "{markers:?}");
-    let marker = &markers[0];
     assert!(
-        marker == "Membarrier"
-            || (marker.starts_with("panic: ")
-                && marker.contains("RCU_DEFER_FLAVOR")
-                && marker.contains("membarrier")),
-        "a membarrier request must give the membarrier flavor or say why not: {marker}"
+        markers[0].starts_with("depth Ok(1), reader ok true, writer held true, flavor "),
+        "{}",
+        markers[0]
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let reports = stderr
+        .lines()
+        .filter(|l| l.contains("RCU_DEFER_FLAVOR") && l.contains("\"Fence\""))
+        .count();
+    assert_eq!(
+        reports, 1,
+        "one report naming the variable and value: {stderr}"
     );
 }
 
 #[test]
-fn an_invalid_rcu_defer_flavor_panics_naming_the_variable() {
-    const TEST: &str = "an_invalid_rcu_defer_flavor_panics_naming_the_variable";
+fn set_flavor_before_first_use_decides_the_flavor_and_overrides_the_environment() {
+    const TEST: &str =
+        "set_flavor_before_first_use_decides_the_flavor_and_overrides_the_environment";
     if is_child(TEST) {
-        match catch_unwind(flavor) {
-            Ok(f) => println!("{MARKER}no panic, got {f:?}"),
-            Err(payload) => println!("{MARKER}panic: {}", panic_text(&*payload)),
-        }
+        let set = rcu_defer::set_flavor(Flavor::Fence);
+        let again = rcu_defer::set_flavor(Flavor::Fence);
+        let other = rcu_defer::set_flavor(Flavor::Membarrier);
+        drop(read_lock());
+        synchronize_rcu();
+        println!("{MARKER}{set:?} {again:?} {:?}", flavor());
+        println!("{MARKER}{}", other.unwrap_err());
         return;
     }
-    let output = run_child(TEST, &[("RCU_DEFER_FLAVOR", "bogus-flavor")]);
+    let output = run_child(TEST, &[("RCU_DEFER_FLAVOR", "membarrier")]);
     let markers = markers(&output);
-    assert_eq!(markers.len(), 1, "{markers:?}");
+    assert_eq!(markers.len(), 2, "{markers:?}");
+    assert_eq!(markers[0], "Ok(()) Ok(()) Fence");
     assert!(
-        markers[0].starts_with("panic: ")
-            && markers[0].contains("RCU_DEFER_FLAVOR")
-            && markers[0].contains("bogus-flavor"),
+        markers[1].contains("already uses the fence flavor") && markers[1].contains("set_flavor"),
         "{}",
-        markers[0]
+        markers[1]
     );
+}
+
+#[test]
+fn set_flavor_after_first_use_is_refused_unless_it_names_the_flavor_in_use() {
+    let in_use = flavor();
+    assert_eq!(rcu_defer::set_flavor(in_use), Ok(()));
+    let other = match in_use {
+        Flavor::Fence => Flavor::Membarrier,
+        Flavor::Membarrier => Flavor::Fence,
+    };
+    assert_eq!(
+        rcu_defer::set_flavor(other),
+        Err(rcu_defer::FlavorError::AlreadyDecided {
+            requested: other,
+            decided: in_use
+        })
+    );
+    assert_eq!(flavor(), in_use);
 }
