@@ -103,7 +103,9 @@
 //! grace period pays one `membarrier` system call that makes every running
 //! reader execute a full fence. In the [`Flavor::Fence`] flavor, readers pay
 //! a real fence on entering and leaving their outermost section. The flavor
-//! is chosen once per process; [`flavor`] reports it, and
+//! is chosen once per process; [`flavor`] reports it, [`set_flavor`] called
+//! before the first read section chooses it (a sandbox whose seccomp filter
+//! refuses `membarrier(2)` chooses [`Flavor::Fence`]), and
 //! `RCU_DEFER_FLAVOR=fence|membarrier` forces one.
 //!
 //! # Deadlocks and stalls
@@ -117,8 +119,16 @@
 //! top of your own blocking functions. A reader that stays in its section
 //! for longer than the stall timeout ([`set_stall_timeout`], 21 s by
 //! default) is named in a [`StallReport`] given to the stall handler
-//! ([`set_stall_handler`]), and [`synchronize_rcu_timeout`] gives up with
-//! one.
+//! ([`set_stall_handler`]), and [`synchronize_rcu_timeout`] and
+//! [`drain_call_rcu_timeout`] give up with one.
+//!
+//! Nothing that goes wrong during a grace period frees a value early. A
+//! stall handler that panics is caught and reported, and the grace period
+//! goes on waiting. If `membarrier(2)` starts failing (a seccomp filter
+//! installed after the first read section), grace periods fail with
+//! [`Error::MembarrierFailed`] and everything retired stays allocated; a
+//! grace period that fails or unwinds wakes the writers waiting for it, and
+//! the `rcu-call` thread keeps its callbacks queued and retries.
 //!
 //! A thread that exits while it still holds a read section (a guard leaked
 //! with `mem::forget`) is reported on stderr at exit, with the location

@@ -378,6 +378,10 @@ fn record_more(defer: &DeferState, key: Key, call: impl FnOnce() -> Erased) -> b
 /// wait for grace periods and record further calls (which run at the end of
 /// the section it opens, or at once).
 ///
+/// The section must be held by a named guard (`let _pass = read_lock();`):
+/// `let _ = read_lock();` drops the guard at once, so nothing after it is
+/// batched.
+///
 /// `f` is identified by its address, and Rust does not promise one address
 /// per function: in optimised builds a small function often gets a copy in
 /// each codegen unit that names it, so `call_local(f, &a)` written in two

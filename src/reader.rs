@@ -757,6 +757,11 @@ pub(crate) fn with_local<R>(f: impl FnOnce(&Local) -> R) -> Option<R> {
 ///
 /// Never blocks.
 ///
+/// Keep the guard in a named variable for as long as the section must last:
+/// `let _ = read_lock();` drops it at once (the section is over before the
+/// next statement, and calls deferred "until its end" run immediately),
+/// whereas `let _guard = read_lock();` holds it to the end of the scope.
+///
 /// ```
 /// let outer = rcu_defer::read_lock();
 /// let inner = rcu_defer::read_lock();

@@ -111,7 +111,20 @@ mod eventfd {
         /// # Errors
         ///
         /// The error of poll(2) or read(2).
+        ///
+        /// # Panics
+        ///
+        /// Inside a read section, unless `timeout` is zero (a poll that
+        /// never blocks): blocking there holds up every grace period, and on
+        /// a device thread it also holds back the notifications that the
+        /// section has batched, which may be what the wait is waiting for.
+        /// The message names where the section was entered (see
+        /// [`assert_may_block`](crate::assert_may_block)).
+        #[track_caller]
         pub fn wait(&self, timeout: Option<Duration>) -> io::Result<u64> {
+            if timeout != Some(Duration::ZERO) {
+                crate::detect::assert_may_block("EventFd::wait");
+            }
             loop {
                 if !wait_readable(self.fd.as_fd(), timeout)? {
                     return Ok(0);
@@ -228,6 +241,11 @@ impl<N: Notify + 'static> IrqNotifier<N> {
     /// interrupt status now and signals at the end of the outermost read
     /// section or defer scope, once per notifier however many times it was
     /// requested. Outside any section it signals now.
+    ///
+    /// Batching needs a guard that stays alive for the whole pass:
+    /// `let _pass = read_lock();`. Beware `let _ = read_lock();`, which
+    /// drops the guard at once, so every `notify` after it signals
+    /// immediately.
     pub fn notify(self: &Arc<Self>) {
         self.request();
         call_local(self.deliver, self);

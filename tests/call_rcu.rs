@@ -367,3 +367,75 @@ fn try_drain_call_rcu_outside_a_section_and_a_callback_is_ok() {
         assert!(ran.load(Ordering::Relaxed));
     });
 }
+
+#[test]
+fn drain_call_rcu_timeout_gives_up_naming_the_reader_and_the_callback_still_runs_once() {
+    within("drain_call_rcu_timeout", || {
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let reader = thread::Builder::new()
+            .name("slow-device-thread".to_owned())
+            .spawn(move || {
+                let guard = read_lock();
+                entered_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+                drop(guard);
+            })
+            .unwrap();
+        recv(&entered_rx, "the reader to enter");
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&runs);
+        call_rcu(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+        });
+        let result = rcu_defer::drain_call_rcu_timeout(Duration::from_millis(150));
+        let Err(Error::Timeout(report)) = result else {
+            panic!("a drain held up by a reader must time out, got {result:?}");
+        };
+        assert!(
+            report
+                .readers()
+                .iter()
+                .any(|r| r.thread_name() == Some("slow-device-thread")),
+            "the report names the reader: {report}"
+        );
+        assert!(report.waited() >= Duration::from_millis(150));
+        let text = Error::Timeout(report).to_string();
+        assert!(text.contains("drain_call_rcu has waited"), "{text}");
+        assert_eq!(runs.load(Ordering::SeqCst), 0, "ran inside the section");
+        release_tx.send(()).unwrap();
+        reader.join().unwrap();
+        rcu_defer::drain_call_rcu_timeout(HANG_LIMIT).expect("the reader has left");
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    });
+}
+
+#[test]
+fn drain_call_rcu_timeout_is_refused_inside_a_section_and_from_a_callback() {
+    within("drain_call_rcu_timeout refusals", || {
+        let guard = read_lock();
+        let refused = rcu_defer::drain_call_rcu_timeout(Duration::from_secs(1));
+        assert!(
+            matches!(
+                refused,
+                Err(Error::InReadSection {
+                    op: "drain_call_rcu_timeout",
+                    depth: 1,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        drop(guard);
+        let (tx, rx) = mpsc::channel();
+        call_rcu(move || {
+            let _ = tx.send(format!(
+                "{:?}",
+                rcu_defer::drain_call_rcu_timeout(Duration::from_secs(1))
+            ));
+        });
+        drain_call_rcu();
+        let seen = recv(&rx, "the callback's attempt");
+        assert!(seen.contains("InCallRcuCallback"), "{seen}");
+    });
+}

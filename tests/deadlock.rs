@@ -396,3 +396,77 @@ fn no_stall_report_is_made_for_a_reader_that_leaves_before_the_stall_timeout() {
         );
     });
 }
+
+// ---------------------------------------------------------------------------
+// Deadlock panics point at the caller's line.
+
+std::thread_local! {
+    /// Where the last panic on this thread was located, as the panic hook
+    /// saw it.
+    static PANICKED_AT: std::cell::RefCell<Option<(String, u32)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f`, which must panic; returns the file and line the panic was
+/// located at (the `Location` a panic hook receives, which is what a user
+/// sees in "panicked at ...").
+fn panic_location_of(f: impl FnOnce()) -> (String, u32) {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if let Some(at) = info.location() {
+                let seen = (at.file().to_owned(), at.line());
+                PANICKED_AT.with(|p| *p.borrow_mut() = Some(seen));
+            }
+            default(info);
+        }));
+    });
+    PANICKED_AT.with(|p| p.borrow_mut().take());
+    panic_message_of(f);
+    PANICKED_AT
+        .with(|p| p.borrow_mut().take())
+        .expect("the hook saw the panic")
+}
+
+#[test]
+fn deadlock_panics_are_located_at_the_callers_line_not_inside_the_library() {
+    within("caller locations", || {
+        let cell = RcuCell::new(1u32);
+        let guard = read_lock();
+        let here = |line| (file!().to_owned(), line);
+        let line = line!() + 1;
+        assert_eq!(panic_location_of(|| synchronize_rcu()), here(line));
+        let line = line!() + 1;
+        assert_eq!(panic_location_of(|| drain_call_rcu()), here(line));
+        let replace_sync = || drop(cell.replace_sync(2).to_string());
+        let line = line!() - 1;
+        assert_eq!(panic_location_of(replace_sync), here(line));
+        let line = line!() + 1;
+        assert_eq!(panic_location_of(|| assert_may_block("io")), here(line));
+        #[cfg(target_os = "linux")]
+        {
+            let eventfd = rcu_defer::virtio::EventFd::new().unwrap();
+            let line = line!() + 1;
+            let at = panic_location_of(|| drop(eventfd.wait(Some(Duration::from_secs(5)))));
+            assert_eq!(at, here(line));
+        }
+        drop(guard);
+    });
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn eventfd_wait_inside_a_section_panics_naming_it_unless_it_cannot_block() {
+    within("EventFd::wait in a section", || {
+        let eventfd = rcu_defer::virtio::EventFd::new().unwrap();
+        let (guard, line) = read_lock_here!();
+        let message = panic_message_of(|| drop(eventfd.wait(None)));
+        assert_names(&message, "EventFd::wait", 1, line);
+        // A zero timeout is a poll: it never blocks, so it is allowed.
+        assert_eq!(eventfd.wait(Some(Duration::ZERO)).unwrap(), 0);
+        drop(guard);
+        eventfd.signal().unwrap();
+        assert_eq!(eventfd.wait(None).unwrap(), 1);
+    });
+}
