@@ -16,7 +16,9 @@
 //! allocates nothing in the steady state. Dedup compares (function
 //! address, `Arc` address) keys: the first call's directly, the next
 //! handful linearly, and beyond that through a hash set, so it stays O(1)
-//! amortized.
+//! amortized. A run keeps its emptied batch vector as the next one's,
+//! shrunk to `SLOTS_KEEP` slots, so that one huge pass does not pin its
+//! memory for the thread's lifetime.
 //!
 //! The vectors have no destructor of their own (the thread-local must not
 //! have one); a second thread-local, armed on the first recording, frees
@@ -79,6 +81,18 @@ const LINEAR_KEYS: usize = 8;
 /// A run that finds the hash index larger than this frees it rather than
 /// clearing it (clearing costs time proportional to its capacity).
 const INDEX_KEEP: usize = 1024;
+
+/// A run's emptied batch vector is shrunk to this many slots (48 bytes
+/// each on 64-bit targets: 192 KiB) before it is kept for the next run, so
+/// a thread keeps at most that much in `calls` and as much in `spare`
+/// after a pass, however large the pass was. A pass records one call per
+/// distinct notifier plus its `call_local_fn` closures: even a pass that
+/// completes every descriptor of a few full 1024-entry virtqueues, one
+/// closure each, stays under it and reuses its vectors without allocating
+/// (so does the 4096-call benchmark pass, whose vector grows to exactly
+/// 4096). A larger pass regrows its vector by doubling, which costs less
+/// than running its calls.
+const SLOTS_KEEP: usize = 4096;
 
 /// `DeferState::cleanup`: nothing recorded yet on this thread.
 const NOT_ARMED: u8 = 0;
@@ -150,9 +164,13 @@ impl Rest {
         mem::replace(&mut self.calls, spare)
     }
 
-    /// Keeps the emptied batch vector as the next spare (a run nested in
-    /// another's call may leave a smaller one there).
-    fn end_run(&mut self, batch: Vec<Slot>) {
+    /// Keeps the emptied batch vector, shrunk to `SLOTS_KEEP` slots, as
+    /// the next spare (a run nested in another's call may leave a smaller
+    /// one there). Since `calls` is always a former spare or empty after a
+    /// run, neither keeps more than `SLOTS_KEEP` slots once nothing is
+    /// pending.
+    fn end_run(&mut self, mut batch: Vec<Slot>) {
+        batch.shrink_to(SLOTS_KEEP);
         if batch.capacity() > self.spare.capacity() {
             self.spare = batch;
         }
@@ -578,6 +596,38 @@ mod tests {
                 call: Erased::new(|| {}),
             })
             .collect()
+    }
+
+    #[test]
+    fn slots_keep_bounds_each_kept_vector_to_192_kib_on_64_bit_targets() {
+        if cfg!(target_pointer_width = "64") {
+            assert_eq!(mem::size_of::<Slot>(), 48);
+            assert_eq!(SLOTS_KEEP * mem::size_of::<Slot>(), 192 << 10);
+        }
+    }
+
+    #[test]
+    fn a_run_keeps_a_large_batch_vector_shrunk_to_slots_keep_and_a_small_one_whole() {
+        let mut rest = Rest::new();
+        rest.calls = slots(3 * SLOTS_KEEP);
+        let mut batch = rest.start_run();
+        assert!(batch.capacity() >= 3 * SLOTS_KEEP);
+        batch.clear();
+        rest.end_run(batch);
+        assert_eq!(rest.spare.capacity(), SLOTS_KEEP);
+        assert_eq!(rest.calls.capacity(), 0);
+
+        let mut small = Rest::new();
+        small.calls = slots(100);
+        let mut batch = small.start_run();
+        let capacity = batch.capacity();
+        batch.clear();
+        small.end_run(batch);
+        assert_eq!(
+            small.spare.capacity(),
+            capacity,
+            "reused without allocating"
+        );
     }
 
     #[test]
