@@ -589,6 +589,7 @@ pub(crate) fn run_if_due(local: &Local) {
 mod tests {
     use super::*;
 
+    /// `n` slots of calls that do nothing.
     fn slots(n: usize) -> Vec<Slot> {
         (0..n)
             .map(|_| Slot {

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
+/// The deferred function of the `call_local` calls: counts its runs.
 fn bump(count: &AtomicUsize) {
     count.fetch_add(1, Ordering::SeqCst);
 }
@@ -28,6 +29,7 @@ static BUMP: fn(&AtomicUsize) = bump;
 /// What happened on the exiting thread, in order.
 type Log = Arc<Mutex<Vec<String>>>;
 
+/// Appends `entry` to `log`.
 fn log(log: &Log, entry: impl Into<String>) {
     log.lock().unwrap().push(entry.into());
 }

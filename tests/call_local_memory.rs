@@ -55,6 +55,7 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
+/// Every allocation of this test binary goes through `Counting`.
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
@@ -69,6 +70,7 @@ const MARGIN: usize = 1 << 20;
 /// must not overlap.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Waits for the other tests' measurements to end; holds `SERIAL`.
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL
         .lock()
