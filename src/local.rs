@@ -16,9 +16,15 @@
 //! allocates nothing in the steady state. Dedup compares (function
 //! address, `Arc` address) keys: the first call's directly, the next
 //! handful linearly, and beyond that through a hash set, so it stays O(1)
-//! amortized. The vectors have no destructor of their own (the
-//! thread-local must not have one); a second thread-local, armed on the
-//! first recording, frees them when the thread exits.
+//! amortized. A run keeps its emptied batch vector as the next one's,
+//! shrunk to `SLOTS_KEEP` slots, so that one huge pass does not pin its
+//! memory for the thread's lifetime.
+//!
+//! The vectors have no destructor of their own (the thread-local must not
+//! have one); a second thread-local, armed on the first recording, frees
+//! them when the thread exits. A section or scope may still be open then:
+//! its guard can live in a thread-local that is destroyed later. Its calls
+//! stay pending, and its end runs them as usual and then frees the vectors.
 
 use crate::call_rcu::panic_message;
 use crate::erased::Erased;
@@ -76,13 +82,27 @@ const LINEAR_KEYS: usize = 8;
 /// clearing it (clearing costs time proportional to its capacity).
 const INDEX_KEEP: usize = 1024;
 
+/// A run's emptied batch vector is shrunk to this many slots (48 bytes
+/// each on 64-bit targets: 192 KiB) before it is kept for the next run, so
+/// a thread keeps at most that much in `calls` and as much in `spare`
+/// after a pass, however large the pass was. A pass records one call per
+/// distinct notifier plus its `call_local_fn` closures: even a pass that
+/// completes every descriptor of a few full 1024-entry virtqueues, one
+/// closure each, stays under it and reuses its vectors without allocating
+/// (so does the 4096-call benchmark pass, whose vector grows to exactly
+/// 4096). A larger pass regrows its vector by doubling, which costs less
+/// than running its calls.
+const SLOTS_KEEP: usize = 4096;
+
 /// `DeferState::cleanup`: nothing recorded yet on this thread.
 const NOT_ARMED: u8 = 0;
 /// `DeferState::cleanup`: the exit-time cleanup is armed.
 const ARMED: u8 = 1;
-/// `DeferState::cleanup`: the thread is exiting and its cleanup has run;
-/// calls are made at once.
-const TORN_DOWN: u8 = 2;
+/// `DeferState::cleanup`: the thread is destroying its thread-locals, and
+/// its exit-time cleanup has run (or can no longer be armed). Calls are
+/// still recorded inside a section or scope and run at its end, as usual;
+/// each run then frees the vectors, since no cleanup is left to do it.
+const EXITING: u8 = 2;
 
 /// One recorded call after the first, and its dedup key.
 struct Slot {
@@ -144,11 +164,26 @@ impl Rest {
         mem::replace(&mut self.calls, spare)
     }
 
-    /// Keeps the emptied batch vector as the next spare (a run nested in
-    /// another's call may leave a smaller one there).
-    fn end_run(&mut self, batch: Vec<Slot>) {
+    /// Keeps the emptied batch vector, shrunk to `SLOTS_KEEP` slots, as
+    /// the next spare (a run nested in another's call may leave a smaller
+    /// one there). Since `calls` is always a former spare or empty after a
+    /// run, neither keeps more than `SLOTS_KEEP` slots once nothing is
+    /// pending.
+    fn end_run(&mut self, mut batch: Vec<Slot>) {
+        batch.shrink_to(SLOTS_KEEP);
         if batch.capacity() > self.spare.capacity() {
             self.spare = batch;
+        }
+    }
+
+    /// Frees every allocation that holds no pending call: the spare, the
+    /// index (which `is_new` rebuilds from `calls` if it is needed again)
+    /// and `calls` if it is empty.
+    fn release(&mut self) {
+        self.spare = Vec::new();
+        self.index = None;
+        if self.calls.is_empty() {
+            self.calls = Vec::new();
         }
     }
 }
@@ -161,11 +196,14 @@ impl Rest {
 /// without a borrow flag, a vector or a capacity check.
 ///
 /// Fields that own calls are `ManuallyDrop`: the thread-local that holds
-/// this has no destructor; `Cleanup` drops the contents at thread exit.
+/// this has no destructor. `Cleanup` frees the vectors at thread exit, or
+/// leaves the calls pending for a section or scope still open then, whose
+/// end runs them and frees the vectors. A call whose section never ends (a
+/// leaked guard) is never run nor dropped.
 pub(crate) struct DeferState {
     /// Open defer scopes.
     scopes: Cell<usize>,
-    /// `NOT_ARMED`, `ARMED` or `TORN_DOWN`.
+    /// `NOT_ARMED`, `ARMED` or `EXITING`.
     cleanup: Cell<u8>,
     /// How many calls are pending: 0, or 1 + `rest.calls.len()`.
     count: Cell<usize>,
@@ -205,27 +243,22 @@ impl DeferState {
         (first, count)
     }
 
-    /// Whether calls can be recorded: the exit-time cleanup is armed (it is
-    /// armed here on the first recording).
+    /// Before a call is recorded: arms the exit-time cleanup on the
+    /// thread's first recording.
     #[inline]
-    fn can_record(&self) -> bool {
-        match self.cleanup.get() {
-            ARMED => true,
-            TORN_DOWN => false,
-            _ => self.arm(),
+    fn prepare_to_record(&self) {
+        if self.cleanup.get() != ARMED {
+            self.arm();
         }
     }
 
+    /// Arms the exit-time cleanup, or, if the thread is already destroying
+    /// its thread-locals, marks it `EXITING` (its runs free the vectors).
     #[cold]
     #[inline(never)]
-    fn arm(&self) -> bool {
-        if CLEANUP.try_with(|_| ()).is_ok() {
-            self.cleanup.set(ARMED);
-            true
-        } else {
-            self.cleanup.set(TORN_DOWN);
-            false
-        }
+    fn arm(&self) {
+        let armed = self.cleanup.get() == NOT_ARMED && CLEANUP.try_with(|_| ()).is_ok();
+        self.cleanup.set(if armed { ARMED } else { EXITING });
     }
 
     /// Runs every pending call in first-recorded order; see [`DeferScope`]'s
@@ -270,7 +303,17 @@ impl DeferState {
                 }
             }
         }
-        self.rest.borrow_mut().end_run(batch);
+        {
+            let mut rest = self.rest.borrow_mut();
+            rest.end_run(batch);
+            if self.cleanup.get() == EXITING {
+                // No cleanup is left to free the vectors. (While `EXITING`,
+                // they hold memory only while more than one call is
+                // pending, so the single-call path of `run` never has any
+                // to free.)
+                rest.release();
+            }
+        }
         if self.has_pending() {
             // Recorded by a call inside a section it never closed: keep them
             // for that section's end.
@@ -281,23 +324,28 @@ impl DeferState {
         }
     }
 
-    /// At thread exit: drops the calls that never ran (saying so) and frees
-    /// the vectors; calls made from now on run at once.
-    fn tear_down(&self) {
-        self.cleanup.set(TORN_DOWN);
-        let (first, count) = self.take_first();
-        let rest = {
-            let mut rest = self.rest.borrow_mut();
-            mem::replace(&mut **rest, Rest::new())
-        };
-        if count > 0 {
+    /// At thread exit: frees the vectors, except what holds pending calls.
+    ///
+    /// Calls are pending here only inside a read section or defer scope
+    /// that is still open: the end of the outermost one runs them. Its
+    /// guard may live in a thread-local that is destroyed later, whose
+    /// destructor ends it: the calls stay pending for that end, which runs
+    /// them (and any recorded until then) and frees the vectors. A leaked
+    /// guard never ends its section, and the calls never run (`reader`
+    /// reports a thread that exits inside a read section; a defer scope is
+    /// reported here).
+    fn tear_down(&self, local: &Local) {
+        self.cleanup.set(EXITING);
+        let count = self.count.get();
+        let scopes = self.scopes.get();
+        if count > 0 && scopes > 0 && !local.in_section() {
             eprintln!(
-                "rcu-defer: a thread is exiting with {count} deferred call(s) that never ran: \
-                 the read section or defer scope that recorded them never ended (a leaked guard?)"
+                "rcu-defer: a thread is exiting inside a defer scope ({scopes} open) with {count} \
+                 deferred call(s) pending; they run when the scope is dropped, which for a \
+                 leaked scope is never"
             );
         }
-        drop(first);
-        drop(rest);
+        self.rest.borrow_mut().release();
     }
 }
 
@@ -312,12 +360,13 @@ fn report_dropped_panic(payload: &(dyn std::any::Any + Send)) {
     );
 }
 
-/// Frees the thread's pending-call vectors when it exits.
+/// Frees the thread's pending-call vectors when it exits (see
+/// `DeferState::tear_down`).
 struct Cleanup;
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = with_local(|local| local.defer.tear_down());
+        let _ = with_local(|local| local.defer.tear_down(local));
     }
 }
 
@@ -332,9 +381,10 @@ thread_local_lazy! {
 fn record(local: &Local, key: Key, call: impl FnOnce() -> Erased) -> Option<bool> {
     let defer = &local.defer;
     let in_section = local.in_section();
-    if !(in_section || defer.scopes.get() > 0) || !defer.can_record() {
+    if !(in_section || defer.scopes.get() > 0) {
         return None;
     }
+    defer.prepare_to_record();
     // `NO_KEY` never matches: an empty first slot, or `call_local_fn`.
     if key != NO_KEY && key == defer.first_key.get() {
         return Some(false);
@@ -424,8 +474,8 @@ pub fn call_local<T: ?Sized + 'static>(f: fn(&T), arg: &Arc<T>) -> bool {
     });
     match recorded {
         Some(Some(recorded)) => recorded,
-        // Not batching, or the thread is tearing down its thread-locals
-        // (nothing could run the call later): call now.
+        // Not batching (or, under loom, the thread's state is gone): call
+        // now.
         _ => {
             f(arg);
             true
@@ -536,5 +586,71 @@ pub(crate) fn run_if_due(local: &Local) {
     let defer = &local.defer;
     if defer.scopes.get() == 0 {
         defer.run(local);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` slots of calls that do nothing.
+    fn slots(n: usize) -> Vec<Slot> {
+        (0..n)
+            .map(|_| Slot {
+                key: NO_KEY,
+                call: Erased::new(|| {}),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn slots_keep_bounds_each_kept_vector_to_192_kib_on_64_bit_targets() {
+        if cfg!(target_pointer_width = "64") {
+            assert_eq!(mem::size_of::<Slot>(), 48);
+            assert_eq!(SLOTS_KEEP * mem::size_of::<Slot>(), 192 << 10);
+        }
+    }
+
+    #[test]
+    fn a_run_keeps_a_large_batch_vector_shrunk_to_slots_keep_and_a_small_one_whole() {
+        let mut rest = Rest::new();
+        rest.calls = slots(3 * SLOTS_KEEP);
+        let mut batch = rest.start_run();
+        assert!(batch.capacity() >= 3 * SLOTS_KEEP);
+        batch.clear();
+        rest.end_run(batch);
+        assert_eq!(rest.spare.capacity(), SLOTS_KEEP);
+        assert_eq!(rest.calls.capacity(), 0);
+
+        let mut small = Rest::new();
+        small.calls = slots(100);
+        let mut batch = small.start_run();
+        let capacity = batch.capacity();
+        batch.clear();
+        small.end_run(batch);
+        assert_eq!(
+            small.spare.capacity(),
+            capacity,
+            "reused without allocating"
+        );
+    }
+
+    #[test]
+    fn release_frees_everything_but_the_pending_calls() {
+        let mut rest = Rest::new();
+        rest.spare = Vec::with_capacity(16);
+        rest.calls = Vec::with_capacity(16);
+        rest.index = Some(HashSet::default());
+        rest.release();
+        assert_eq!(rest.spare.capacity(), 0);
+        assert_eq!(rest.calls.capacity(), 0);
+        assert!(rest.index.is_none());
+
+        rest.calls = slots(LINEAR_KEYS + 1);
+        rest.release();
+        assert_eq!(rest.calls.len(), LINEAR_KEYS + 1, "pending calls are kept");
+        for slot in mem::take(&mut rest.calls) {
+            slot.call.run();
+        }
     }
 }
