@@ -5,8 +5,8 @@
 //! waits. A grace period held up by a reader for longer than the stall
 //! timeout is reported, naming the readers.
 
-use crate::call_rcu::panic_message;
 use crate::reader::{current_section, Blocker, Registry};
+use crate::report::{panic_message, report};
 use crate::sync::{global, lock, thread_local_const, AtomicU64, Mutex, Ordering};
 use std::cell::Cell;
 use std::fmt;
@@ -311,7 +311,7 @@ pub(crate) fn stall_timeout() -> Option<Duration> {
 }
 
 fn print_stall_report(report: &StallReport) {
-    eprintln!("rcu-defer: stall: {report}");
+    report!("stall: {report}");
 }
 
 /// Calls the stall handler.
@@ -330,8 +330,8 @@ pub(crate) fn report_stall(report: &StallReport) {
     // retired values would be dropped while the stalled readers still use
     // them. AssertUnwindSafe: the handler only gets a shared report.
     if let Err(payload) = catch_unwind(AssertUnwindSafe(|| handler(report))) {
-        eprintln!(
-            "rcu-defer: the stall handler panicked: {}; the grace period goes on waiting",
+        report!(
+            "the stall handler panicked: {}; the grace period goes on waiting",
             panic_message(&*payload)
         );
     }

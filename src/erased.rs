@@ -104,8 +104,10 @@ impl Erased {
 }
 
 impl Drop for Erased {
-    /// Drops a call that never ran (its thread is exiting with a section
-    /// or scope still open), releasing what it captured.
+    /// Drops a call without running it, releasing what it captured. (The
+    /// deferred-call machinery runs every call it records, and leaves the
+    /// calls of a section that never ends pending; this keeps an `Erased`
+    /// dropped any other way from leaking.)
     fn drop(&mut self) {
         let [w0, w1, w2] = self.storage;
         // SAFETY: as in `run`: the value is there and is taken only here

@@ -2,6 +2,7 @@
 //! fences. Chosen once per process, before the first reader registers.
 
 use crate::detect::Error;
+use crate::report::report;
 use crate::sync::{compiler_fence, fence, global, lock, AtomicU8, Mutex, Ordering};
 use crate::sys;
 use std::fmt;
@@ -205,8 +206,8 @@ fn choose() -> Flavor {
         Requested::Membarrier => match sys::membarrier_register() {
             Ok(()) => Flavor::Membarrier,
             Err(e) => {
-                eprintln!(
-                    "rcu-defer: RCU_DEFER_FLAVOR=membarrier was requested, but membarrier(2) \
+                report!(
+                    "RCU_DEFER_FLAVOR=membarrier was requested, but membarrier(2) \
                      cannot be used here ({e}); using the fence flavor"
                 );
                 Flavor::Fence
@@ -236,8 +237,8 @@ fn requested() -> Requested {
         Some("membarrier") => Requested::Membarrier,
         Some("") => Requested::Default,
         _ => {
-            eprintln!(
-                "rcu-defer: RCU_DEFER_FLAVOR must be `fence` or `membarrier`, not {value:?}; \
+            report!(
+                "RCU_DEFER_FLAVOR must be `fence` or `membarrier`, not {value:?}; \
                  ignoring it and using the default flavor"
             );
             Requested::Default

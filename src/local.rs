@@ -26,9 +26,9 @@
 //! its guard can live in a thread-local that is destroyed later. Its calls
 //! stay pending, and its end runs them as usual and then frees the vectors.
 
-use crate::call_rcu::panic_message;
 use crate::erased::Erased;
 use crate::reader::{with_local, Local};
+use crate::report::{panic_message, report};
 use crate::sync::thread_local_lazy;
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
@@ -339,8 +339,8 @@ impl DeferState {
         let count = self.count.get();
         let scopes = self.scopes.get();
         if count > 0 && scopes > 0 && !local.in_section() {
-            eprintln!(
-                "rcu-defer: a thread is exiting inside a defer scope ({scopes} open) with {count} \
+            report!(
+                "a thread is exiting inside a defer scope ({scopes} open) with {count} \
                  deferred call(s) pending; they run when the scope is dropped, which for a \
                  leaked scope is never"
             );
@@ -353,8 +353,8 @@ impl DeferState {
 /// already unwinding.
 #[cold]
 fn report_dropped_panic(payload: &(dyn std::any::Any + Send)) {
-    eprintln!(
-        "rcu-defer: a deferred call panicked while the thread was already unwinding: {}; the \
+    report!(
+        "a deferred call panicked while the thread was already unwinding: {}; the \
          panic is dropped",
         panic_message(payload)
     );

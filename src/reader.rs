@@ -22,6 +22,7 @@
 use crate::flavor::{flavor, reader_fence, real_reader_fence, Flavor};
 use crate::grace;
 use crate::local::{self, DeferState};
+use crate::report::report;
 use crate::sync::{
     global, lock, thread, thread_local_lazy, thread_local_pinned, AtomicPtr, AtomicU64, AtomicU8,
     Mutex, MutexGuard, Ordering,
@@ -714,10 +715,11 @@ impl Drop for Registration {
         let at = record
             .entered_at()
             .map_or_else(|| "an unknown location".to_owned(), |l| l.to_string());
-        eprintln!(
-            "rcu-defer: {who} is exiting inside a read section (depth {}, entered at {at}); \
-             grace periods will wait until its guard is dropped, which for a leaked guard is \
-             never",
+        report!(
+            "{who} is exiting inside a read section (depth {}, entered at {at}); \
+             grace periods wait until its guard is dropped: a guard held by a thread-local \
+             that is destroyed later ends the section then (and runs its deferred calls), a \
+             leaked guard never does",
             depth_of(ctr)
         );
     }

@@ -31,6 +31,7 @@
 //! ```
 
 use crate::local::call_local;
+use crate::report::report;
 use crate::sync::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::fmt;
 use std::io;
@@ -300,8 +301,8 @@ impl<N: Notify + 'static> IrqNotifier<N> {
                     "guest notification failed"
                 );
                 if !self.failure_reported.swap(true, Ordering::Relaxed) {
-                    eprintln!(
-                        "rcu-defer: a guest notification failed: {e} (further failures of \
+                    report!(
+                        "a guest notification failed: {e} (further failures of \
                          this notifier are counted in IrqNotifier::stats().failed)"
                     );
                 }
