@@ -417,6 +417,8 @@ fn worker_loop() {
             queue.backlog = 0;
             mem::swap(&mut queue.drains, &mut batch.drains);
         }
+        #[cfg(test)]
+        tests::maybe_die();
         // One grace period for the whole batch. The callback thread holds
         // no read section unless a callback leaked a guard, which the check
         // after each callback reports; the stall detector then names it.
@@ -682,5 +684,62 @@ pub fn loom_stop_call_rcu_thread() {
     };
     if let Some(handle) = handle {
         handle.join().expect("the rcu-call thread panicked");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::AtomicBool;
+    use std::sync::mpsc;
+
+    /// Set by a test: the worker panics, once, right after taking a batch.
+    static DIE_ONCE: AtomicBool = AtomicBool::new(false);
+
+    pub(super) fn maybe_die() {
+        if DIE_ONCE.swap(false, Ordering::SeqCst) {
+            panic!("injected rcu-call worker failure");
+        }
+    }
+
+    #[test]
+    fn a_worker_that_dies_holding_a_batch_gives_it_back_and_a_new_worker_runs_it_once() {
+        // A hang is the failure this guards against: fail instead.
+        let (done_tx, done_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            worker_death_gives_the_batch_back();
+            done_tx.send(()).unwrap();
+        });
+        done_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the callbacks of a dead worker's batch never ran: hang");
+    }
+
+    fn worker_death_gives_the_batch_back() {
+        let (ran_tx, ran_rx) = mpsc::channel();
+        // Make sure a worker exists, then have it die on its next batch.
+        call_rcu(|| ());
+        drain_call_rcu();
+        DIE_ONCE.store(true, Ordering::SeqCst);
+        for i in 0..3 {
+            let ran = ran_tx.clone();
+            call_rcu(move || ran.send(i).unwrap());
+        }
+        // The drain's marker may be in the batch the worker dies with: the
+        // drain then gets the error; the callbacks are never lost.
+        let first = try_drain_call_rcu();
+        if let Err(e) = &first {
+            assert!(
+                matches!(e, Error::GracePeriodPanicked { .. }),
+                "a drain whose batch died gets that error: {e}"
+            );
+        }
+        drain_call_rcu();
+        let ran: Vec<i32> = ran_rx.try_iter().collect();
+        assert_eq!(ran, [0, 1, 2], "each callback ran once, in queue order");
+        assert!(
+            !DIE_ONCE.load(Ordering::SeqCst),
+            "the injected failure happened"
+        );
     }
 }
