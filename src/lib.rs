@@ -170,6 +170,8 @@ mod report;
 mod sync;
 mod sys;
 pub mod virtio;
+#[cfg(feature = "vm-memory")]
+pub mod vm;
 
 pub use call_rcu::{
     call_rcu, drain_call_rcu, drain_call_rcu_timeout, set_call_rcu_batch_window, try_drain_call_rcu,
