@@ -167,6 +167,7 @@ pub mod guide;
 mod local;
 mod reader;
 mod report;
+mod section_calls;
 mod sync;
 mod sys;
 pub mod virtio;

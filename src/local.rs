@@ -29,7 +29,9 @@
 use crate::erased::Erased;
 use crate::reader::{with_local, Local};
 use crate::report::{panic_message, report};
+use crate::section_calls::RawFn;
 use crate::sync::thread_local_lazy;
+use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -580,13 +582,56 @@ impl Drop for DeferScope {
 }
 
 /// Called by the read side when the outermost section ends and the thread
-/// has marked pending calls.
-#[inline(never)]
-pub(crate) fn run_if_due(local: &Local) {
+/// has marked pending calls, after its section calls have run (`panicked`
+/// carries the first panic of those): runs the pending calls unless a defer
+/// scope is still open, then resumes the first panic.
+#[inline]
+pub(crate) fn run_if_due(local: &Local, panicked: Option<Box<dyn Any + Send>>) {
     let defer = &local.defer;
+    let Some(payload) = panicked else {
+        if defer.scopes.get() == 0 {
+            defer.run(local);
+        }
+        return;
+    };
     if defer.scopes.get() == 0 {
-        defer.run(local);
+        // The section call's panic came first: it is the one to resume.
+        let _ = catch_unwind(AssertUnwindSafe(|| defer.run(local)));
     }
+    resume_unwind(payload);
+}
+
+/// Whether the calling thread has a defer scope open.
+pub(crate) fn in_defer_scope() -> bool {
+    with_local(|local| local.defer.scopes.get() != 0).unwrap_or(false)
+}
+
+/// Records `f(data)` to run as the calling thread's current outermost read
+/// section ends, before its end is published (see `section_calls`);
+/// duplicates of a pending `data` are dropped. Returns `false`, recording
+/// nothing, outside a read section, inside a defer scope (whose calls wait
+/// for the scope's end, after the section's), or when the thread's section
+/// calls are full: the caller then defers with `call_local` instead.
+///
+/// # Safety
+///
+/// `f(data)` must be safe to call at any point until the end of the
+/// calling thread's current outermost read section, if it is in one.
+#[inline]
+pub(crate) unsafe fn call_at_section_end(f: RawFn, data: *const ()) -> bool {
+    with_local(|local| {
+        if !local.in_section() || local.defer.scopes.get() != 0 {
+            return false;
+        }
+        // SAFETY: the thread is inside a read section, and the caller
+        // promises that `f(data)` may run until its outermost end.
+        let recorded = unsafe { local.section_calls.record(f, data) };
+        if recorded {
+            local.mark_deferred();
+        }
+        recorded
+    })
+    .unwrap_or(false)
 }
 
 #[cfg(test)]

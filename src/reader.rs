@@ -23,6 +23,7 @@ use crate::flavor::{flavor, reader_fence, real_reader_fence, Flavor};
 use crate::grace;
 use crate::local::{self, DeferState};
 use crate::report::report;
+use crate::section_calls::SectionCalls;
 use crate::sync::{
     global, lock, thread, thread_local_lazy, thread_local_pinned, AtomicPtr, AtomicU64, AtomicU8,
     Mutex, MutexGuard, Ordering,
@@ -96,6 +97,7 @@ thread_local_pinned! {
         stand_in: Cell::new(None),
         thread_id: Cell::new(None),
         defer: DeferState::new(),
+        section_calls: SectionCalls::new(),
     };
 }
 
@@ -140,6 +142,8 @@ pub(crate) struct Local {
     /// `call_local`'s state (in the same thread-local, so that recording a
     /// call finds the read depth and the pending calls together).
     pub(crate) defer: DeferState,
+    /// Calls that run at the outermost end before it is published.
+    pub(crate) section_calls: SectionCalls,
 }
 
 /// Who owns a record, for reports.
@@ -452,6 +456,17 @@ impl Local {
             record.ctr.store(next, Ordering::Relaxed);
             return;
         }
+        if ctr & DEFERRED != 0 {
+            return self.exit_deferred();
+        }
+        self.publish_exit();
+    }
+
+    /// Publishes the end of the outermost section: the thread is quiescent
+    /// from here on, and a writer waiting for it is woken.
+    #[inline(always)]
+    fn publish_exit(&self) {
+        let record = &self.record;
         // Release pairs with the writer's Acquire fence after it reads 0:
         // every load of the section happens before whatever the writer does
         // once the grace period is over.
@@ -462,7 +477,7 @@ impl Local {
         // flavor adds a real fence below, which `REAL_FENCE` sends it to.
         reader_fence(false);
         let mut signal = record.signal.load(Ordering::Relaxed);
-        if (u64::from(signal) | (ctr & DEFERRED)) != 0 {
+        if signal != 0 {
             if signal & REAL_FENCE != 0 {
                 // The fence flavor's side of the exit fence, here rather
                 // than out of line, for the reason given in `enter`.
@@ -473,11 +488,18 @@ impl Local {
             if signal & !REAL_FENCE != 0 {
                 self.exit_signalled(signal);
             }
-            if ctr & DEFERRED != 0 {
-                // The section has ended, so the calls run outside it.
-                local::run_if_due(self);
-            }
         }
+    }
+
+    /// The outermost exit of a section that deferred calls: the section
+    /// calls run while the section is still published (what they use is
+    /// kept alive by it), then the end is published, then the `call_local`
+    /// calls run outside it.
+    #[inline(never)]
+    fn exit_deferred(&self) {
+        let section_panic = self.section_calls.run();
+        self.publish_exit();
+        local::run_if_due(self, section_panic);
     }
 
     /// The rest of an outermost entry that has published its section in the
@@ -735,6 +757,16 @@ pub(crate) fn current_section() -> Option<(usize, Option<&'static Location<'stat
         })
         .ok()
         .flatten()
+}
+
+/// A number that identifies the calling thread among the threads alive now
+/// (the address of its reader state): a thread that exits may see its token
+/// reused by a later thread, never by one alive at the same time.
+#[inline(always)]
+pub(crate) fn thread_token() -> usize {
+    LOCAL
+        .try_with(|local| local as *const Local as usize)
+        .unwrap_or(0)
 }
 
 /// Calls `f` with the current thread's state; `None` only under loom once

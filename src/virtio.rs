@@ -30,11 +30,15 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
-use crate::local::call_local;
+use crate::call_rcu::call_rcu_or_report;
+use crate::local::{call_at_section_end, call_local, call_local_fn};
+use crate::reader::thread_token;
 use crate::report::report;
 use crate::sync::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::fmt;
 use std::io;
+use std::marker::PhantomData;
+use std::ptr::NonNull;
 use std::sync::Arc;
 
 /// Something that can interrupt the guest: an irqfd, an eventfd, or a test
@@ -202,32 +206,69 @@ struct Counters {
 /// A guest notifier that batches its signals to the end of the outermost
 /// read section; see the [module documentation](self).
 ///
-/// Laid out by who writes what: the `Arc`'s reference count (changed by
-/// every batched `notify` that records a call) is on its own line ahead of
-/// the notifier, which the guest side reads; the ISR byte (written by both
-/// sides) and the device's counters have lines of their own. Without this,
-/// the guest's reads and `take_isr` and the device's reference-count and
-/// counter updates bounced one line between their cores.
-#[repr(align(128))]
+/// A batched [`notify`](Self::notify) inside a read section touches no
+/// reference count: the signal it queues refers to the notifier's state by
+/// address, and that state is freed only after a grace period (or, on the
+/// one thread that used it, after that thread's queued signals have run),
+/// so it outlives every section that could have queued a signal. The queued
+/// signal runs as the section ends, before its end is published.
 pub struct IrqNotifier<N: Notify> {
+    /// Owned; freed by `Drop` as described above.
+    state: NonNull<State<N>>,
+    _owns: PhantomData<State<N>>,
+}
+
+/// An `IrqNotifier`'s state, in an allocation of its own whose free can
+/// wait for a grace period.
+///
+/// Laid out by who writes what: the notifier and what `notify` reads are on
+/// read-mostly lines, which the guest side may read too; the ISR byte
+/// (written by both sides) and the device's counters have lines of their
+/// own, so that the guest's `take_isr` and the device's counter updates do
+/// not bounce one line between their cores.
+#[repr(align(128))]
+struct State<N: Notify> {
     notifier: N,
-    /// `deliver`, as one function pointer taken once in `new`: the same
-    /// function can have several addresses (one per codegen unit that uses
-    /// it), and `call_local` deduplicates by address, so every `notify` must
-    /// pass this same value.
-    deliver: fn(&Self),
+    /// `deliver_arc`, as one function pointer taken once in `new`: the
+    /// same function can have several addresses (one per codegen unit that
+    /// uses it), and `call_local` deduplicates by address, so every
+    /// `notify` that falls back to it must pass this same value.
+    deliver_arc: fn(&IrqNotifier<N>),
+    /// `retire::<N>`, taken in `new` where `N: 'static` is known (`Drop`
+    /// cannot ask for it).
+    retire: fn(Retiring<N>, bool),
+    /// A token of the thread that created the notifier (see
+    /// `reader::thread_token`).
+    creator: usize,
+    /// Set once `notify` has run on a thread other than the creator: the
+    /// notifier has been shared between threads, which (through `Send` and
+    /// `Sync`) proves `N: Send + Sync`. Relaxed: see `IrqNotifier::drop`.
+    shared: AtomicBool,
     failure_reported: AtomicBool,
     isr: OwnLine<AtomicU8>,
     counters: OwnLine<Counters>,
 }
 
+// SAFETY: an `IrqNotifier<N>` owns a `State<N>`, which owns an `N`, and
+// hands out `&N` (`notifier()`) and calls `N::signal(&self)` from whichever
+// thread holds a reference: sending it sends an `N` (needs `N: Send`),
+// sharing it shares `&N` (needs `N: Sync`). Everything else in `State` is
+// atomics and plain data.
+unsafe impl<N: Notify + Send> Send for IrqNotifier<N> {}
+// SAFETY: as above.
+unsafe impl<N: Notify + Sync> Sync for IrqNotifier<N> {}
+
 impl<N: Notify + 'static> IrqNotifier<N> {
-    /// Wraps `notifier`. The `Arc` is what [`notify`](Self::notify) defers
-    /// with, and what identifies the notifier for deduplication.
+    /// Wraps `notifier`. The `Arc` is what [`notify`](Self::notify) is
+    /// called on; the notifier is dropped when the last clone is (its state
+    /// after a grace period, see the [type's documentation](Self)).
     pub fn new(notifier: N) -> Arc<Self> {
-        Arc::new(IrqNotifier {
+        let state = Box::new(State {
             notifier,
-            deliver: Self::deliver,
+            deliver_arc: Self::deliver_arc,
+            retire: retire::<N>,
+            creator: thread_token(),
+            shared: AtomicBool::new(false),
             failure_reported: AtomicBool::new(false),
             isr: OwnLine(AtomicU8::new(0)),
             counters: OwnLine(Counters {
@@ -235,6 +276,10 @@ impl<N: Notify + 'static> IrqNotifier<N> {
                 signalled: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
             }),
+        });
+        Arc::new(IrqNotifier {
+            state: NonNull::from(Box::leak(state)),
+            _owns: PhantomData,
         })
     }
 
@@ -243,22 +288,84 @@ impl<N: Notify + 'static> IrqNotifier<N> {
     /// section or defer scope, once per notifier however many times it was
     /// requested. Outside any section it signals now.
     ///
+    /// Inside a read section (and no defer scope) the signal is sent as the
+    /// outermost section ends, before its end is published and before the
+    /// section's [`call_local`](crate::call_local) calls run; this costs no
+    /// atomic read-modify-write beyond the request counter. Inside a defer
+    /// scope it is sent when the last scope or section ends.
+    ///
     /// Batching needs a guard that stays alive for the whole pass:
     /// `let _pass = read_lock();`. Beware `let _ = read_lock();`, which
     /// drops the guard at once, so every `notify` after it signals
     /// immediately.
     pub fn notify(self: &Arc<Self>) {
-        self.request();
-        call_local(self.deliver, self);
+        let state = self.state();
+        state.request();
+        if state.creator != thread_token() && !state.shared.load(Ordering::Relaxed) {
+            // Relaxed: read by the last `drop`, which the synchronization
+            // that ends this thread's use of the `Arc` orders after it.
+            state.shared.store(true, Ordering::Relaxed);
+        }
+        // SAFETY: `State::deliver_raw` with this state's address may run
+        // until the end of the current outermost section: `Drop` frees the
+        // state only after a grace period that begins after the last `Arc`
+        // is dropped (which is after this call, since `self` borrows one),
+        // and such a grace period waits for this section; or, when the
+        // notifier never left its creating thread, only after this thread's
+        // section calls have run (see `Drop`).
+        let recorded = unsafe {
+            call_at_section_end(State::<N>::deliver_raw, self.state.as_ptr() as *const ())
+        };
+        if !recorded {
+            call_local(state.deliver_arc, self);
+        }
     }
 
     /// Requests a notification and signals now, unbatched (for comparison,
     /// and for paths that must not wait for the section's end).
     pub fn notify_now(&self) {
-        self.request();
-        self.deliver();
+        let state = self.state();
+        state.request();
+        state.deliver();
     }
 
+    /// `call_local`'s form of the deferred signal.
+    fn deliver_arc(&self) {
+        self.state().deliver();
+    }
+}
+
+impl<N: Notify> IrqNotifier<N> {
+    fn state(&self) -> &State<N> {
+        // SAFETY: `state` is owned by `self` and freed only by its `Drop`.
+        unsafe { self.state.as_ref() }
+    }
+
+    /// The counts of requested, sent and failed signals so far.
+    pub fn stats(&self) -> NotifyStats {
+        let counters = &self.state().counters.0;
+        // Relaxed: statistics; each counter is individually exact.
+        NotifyStats {
+            requested: counters.requested.load(Ordering::Relaxed),
+            signalled: counters.signalled.load(Ordering::Relaxed),
+            failed: counters.failed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Reads and clears the interrupt status, as a guest's read of the
+    /// virtio-pci ISR register does.
+    pub fn take_isr(&self) -> u8 {
+        // Relaxed: see `State::request`.
+        self.state().isr.0.swap(0, Ordering::Relaxed)
+    }
+
+    /// The wrapped notifier.
+    pub fn notifier(&self) -> &N {
+        &self.state().notifier
+    }
+}
+
+impl<N: Notify> State<N> {
     fn request(&self) {
         // Like QEMU's virtio_set_isr: skip the read-modify-write when the
         // bit is already set. Relaxed: the guest reads ISR after the
@@ -277,7 +384,18 @@ impl<N: Notify + 'static> IrqNotifier<N> {
         );
     }
 
-    /// Sends the signal; never panics (it runs as a deferred call).
+    /// The section call's form of the deferred signal.
+    ///
+    /// # Safety
+    ///
+    /// `state` must point to a live `State<N>` (see `IrqNotifier::notify`).
+    unsafe fn deliver_raw(state: *const ()) {
+        // SAFETY: the caller's promise.
+        let state = unsafe { &*(state as *const State<N>) };
+        state.deliver();
+    }
+
+    /// Sends the signal; never panics unless `N::signal` does.
     fn deliver(&self) {
         match self.notifier.signal() {
             Ok(()) => {
@@ -302,51 +420,79 @@ impl<N: Notify + 'static> IrqNotifier<N> {
                 );
                 if !self.failure_reported.swap(true, Ordering::Relaxed) {
                     report!(
-                        "a guest notification failed: {e} (further failures of \
-                         this notifier are counted in IrqNotifier::stats().failed)"
+                        "a guest notification failed: {e} (further failures of this notifier \
+                         are counted in IrqNotifier::stats().failed)"
                     );
                 }
             }
         }
     }
+}
 
-    /// The counts of requested, sent and failed signals so far.
-    pub fn stats(&self) -> NotifyStats {
-        // Relaxed: statistics; each counter is individually exact.
-        NotifyStats {
-            requested: self.counters.0.requested.load(Ordering::Relaxed),
-            signalled: self.counters.0.signalled.load(Ordering::Relaxed),
-            failed: self.counters.0.failed.load(Ordering::Relaxed),
-        }
+/// A `State` whose `IrqNotifier` is gone, on its way to being freed.
+struct Retiring<N: Notify>(NonNull<State<N>>);
+
+// SAFETY: only made by `IrqNotifier::drop` once the notifier has been used
+// on, or dropped from, a thread other than its creator, which proves
+// `N: Send` (see there); the state is then dropped on the `rcu-call` thread
+// exactly once.
+unsafe impl<N: Notify> Send for Retiring<N> {}
+
+impl<N: Notify> Drop for Retiring<N> {
+    fn drop(&mut self) {
+        // SAFETY: the state came from `Box::leak` in `new`, and its
+        // `IrqNotifier` is gone (it handed the state over in `drop`).
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
     }
+}
 
-    /// Reads and clears the interrupt status, as a guest's read of the
-    /// virtio-pci ISR register does.
-    pub fn take_isr(&self) -> u8 {
-        // Relaxed: see `request`.
-        self.isr.0.swap(0, Ordering::Relaxed)
+impl<N: Notify> Drop for IrqNotifier<N> {
+    /// Frees the state once no queued signal can still use it.
+    ///
+    /// Queued signals (section calls) exist only on threads that called
+    /// `notify`, and only until their section ends. If this notifier has
+    /// been used on or dropped from a thread other than its creator, it was
+    /// shared or sent, so `N: Send + Sync` holds, and the state is freed on
+    /// the `rcu-call` thread after a grace period: every section that could
+    /// have queued a signal has ended by then. (Thread tokens are reused
+    /// only by threads that do not overlap, so a thread other than the one
+    /// dropping always shows up as a foreign token or as the `shared` flag,
+    /// which its `notify` set before the `Arc` it used was released: the
+    /// release-acquire of the `Arc`'s count orders that store before this
+    /// load.) Otherwise every use was on this thread: the state goes now,
+    /// or, inside a section or defer scope, when it ends, after the signals
+    /// it queued.
+    fn drop(&mut self) {
+        let state = self.state;
+        let foreign =
+            self.state().creator != thread_token() || self.state().shared.load(Ordering::Relaxed);
+        (self.state().retire)(Retiring(state), foreign);
     }
+}
 
-    /// The wrapped notifier.
-    pub fn notifier(&self) -> &N {
-        &self.notifier
+/// Frees a state as `IrqNotifier::drop` decided: after a grace period if
+/// the notifier was `foreign`, else after this thread's current section or
+/// scope, or now.
+fn retire<N: Notify + 'static>(retiring: Retiring<N>, foreign: bool) {
+    if foreign {
+        call_rcu_or_report(move || drop(retiring));
+    } else if crate::reader::in_read_section() || crate::local::in_defer_scope() {
+        call_local_fn(move || drop(retiring));
+    } else {
+        drop(retiring);
     }
 }
 
 impl<N: Notify + fmt::Debug> fmt::Debug for IrqNotifier<N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.state();
+        let stats = self.stats();
         f.debug_struct("IrqNotifier")
-            .field("notifier", &self.notifier)
-            .field("isr", &self.isr.0.load(Ordering::Relaxed))
-            .field(
-                "requested",
-                &self.counters.0.requested.load(Ordering::Relaxed),
-            )
-            .field(
-                "signalled",
-                &self.counters.0.signalled.load(Ordering::Relaxed),
-            )
-            .field("failed", &self.counters.0.failed.load(Ordering::Relaxed))
+            .field("notifier", &state.notifier)
+            .field("isr", &state.isr.0.load(Ordering::Relaxed))
+            .field("requested", &stats.requested)
+            .field("signalled", &stats.signalled)
+            .field("failed", &stats.failed)
             .finish()
     }
 }

@@ -1,0 +1,118 @@
+//! Calls that run as the thread's outermost read section ends, *before* its
+//! end is published to writers.
+//!
+//! A call recorded here refers to its data by a raw pointer and touches no
+//! reference count. That is sound for data that is freed only after a grace
+//! period that begins after the call was recorded: such a grace period
+//! cannot end while this thread's section is published, and the call runs
+//! before the section is unpublished. [`IrqNotifier`] records its signal
+//! here, so that a batched notification costs no atomic read-modify-write
+//! (where `call_local` would clone and drop an `Arc`).
+//!
+//! The calls sit in a small fixed array in the thread's reader state: no
+//! allocation, and nothing to free at thread exit, since each outermost end
+//! runs and empties it. When it is full, or while it is running, recording
+//! is refused and the caller falls back to `call_local`.
+//!
+//! [`IrqNotifier`]: crate::virtio::IrqNotifier
+
+use crate::report::{panic_message, report};
+use std::any::Any;
+use std::cell::Cell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// A recorded call: the function and its data.
+pub(crate) type RawFn = unsafe fn(*const ());
+
+/// How many distinct calls one section can hold (distinct notifiers in one
+/// pass: a device with more queues than this falls back to `call_local`
+/// for the rest).
+const CAPACITY: usize = 8;
+
+/// Does nothing: fills unused entries.
+unsafe fn nothing(_: *const ()) {}
+
+/// An unused entry.
+#[allow(clippy::declare_interior_mutable_const)] // the array's initializer
+const EMPTY: Cell<(RawFn, *const ())> = Cell::new((nothing, std::ptr::null()));
+
+/// A thread's pending section calls, in recording order.
+pub(crate) struct SectionCalls {
+    /// How many entries of `calls` are pending.
+    len: Cell<usize>,
+    /// Set while `run` runs them: recording is refused then.
+    running: Cell<bool>,
+    calls: [Cell<(RawFn, *const ())>; CAPACITY],
+}
+
+impl SectionCalls {
+    /// No calls.
+    pub(crate) const fn new() -> Self {
+        SectionCalls {
+            len: Cell::new(0),
+            running: Cell::new(false),
+            calls: [EMPTY; CAPACITY],
+        }
+    }
+
+    /// Records `f(data)`, unless the same `data` is already pending (then
+    /// it returns `true` and records nothing: one call serves both). Returns
+    /// `false` if it cannot record: the array is full or running.
+    ///
+    /// # Safety
+    ///
+    /// The thread must be inside a read section, and `f(data)` must be safe
+    /// to call at any point until that section's outermost end (in
+    /// particular, `data` must stay valid until then).
+    #[inline]
+    pub(crate) unsafe fn record(&self, f: RawFn, data: *const ()) -> bool {
+        let len = self.len.get();
+        for entry in &self.calls[..len] {
+            if entry.get().1 == data {
+                return true;
+            }
+        }
+        if len == CAPACITY || self.running.get() {
+            return false;
+        }
+        self.calls[len].set((f, data));
+        self.len.set(len + 1);
+        true
+    }
+
+    /// Runs the pending calls in recording order and empties the array.
+    /// Called at the outermost end of a section, before the end is
+    /// published. A panicking call does not stop the others; the first
+    /// panic is returned (or, if the thread is already unwinding, reported
+    /// and dropped).
+    #[inline]
+    pub(crate) fn run(&self) -> Option<Box<dyn Any + Send>> {
+        let len = self.len.get();
+        if len == 0 {
+            return None;
+        }
+        self.running.set(true);
+        let mut first_panic = None;
+        for entry in &self.calls[..len] {
+            let (f, data) = entry.get();
+            // SAFETY: `record`'s caller promised that `f(data)` may be
+            // called until the end of the section that was open then, and
+            // that end is now: this runs before it is published.
+            let outcome = catch_unwind(AssertUnwindSafe(|| unsafe { f(data) }));
+            if let Err(payload) = outcome {
+                if std::thread::panicking() {
+                    report!(
+                        "a call deferred to the end of a read section panicked while the \
+                         thread was already unwinding: {}; the panic is dropped",
+                        panic_message(&*payload)
+                    );
+                } else if first_panic.is_none() {
+                    first_panic = Some(payload);
+                }
+            }
+        }
+        self.len.set(0);
+        self.running.set(false);
+        first_panic
+    }
+}
