@@ -589,7 +589,7 @@ impl Drop for DeferScope {
 pub(crate) fn run_if_due(local: &Local, panicked: Option<Box<dyn Any + Send>>) {
     let defer = &local.defer;
     let Some(payload) = panicked else {
-        if defer.scopes.get() == 0 {
+        if defer.scopes.get() == 0 && defer.has_pending() {
             defer.run(local);
         }
         return;

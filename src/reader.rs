@@ -351,6 +351,7 @@ pub(crate) fn set_gp_counter(value: u64) {
 }
 
 impl Record {
+    #[inline]
     fn ctr(&self) -> u64 {
         // Relaxed: the writer's fences around its scans order it.
         self.ctr.load(Ordering::Relaxed)
@@ -497,7 +498,9 @@ impl Local {
     /// calls run outside it.
     #[inline(never)]
     fn exit_deferred(&self) {
+        let unwinding = EndOnUnwind(self);
         let section_panic = self.section_calls.run();
+        std::mem::forget(unwinding);
         self.publish_exit();
         local::run_if_due(self, section_panic);
     }
@@ -672,6 +675,21 @@ impl Drop for AbandonEntry<'_> {
     }
 }
 
+/// Ends the outermost section when a section call's panic unwinds out of
+/// `Local::exit_deferred`: the section must not stay published with no
+/// guard left to end it, and the thread's `call_local` calls still run
+/// (with their panics reported, since the thread is unwinding).
+struct EndOnUnwind<'a>(&'a Local);
+
+impl Drop for EndOnUnwind<'_> {
+    fn drop(&mut self) {
+        let local = self.0;
+        local.section_calls.abandon();
+        local.publish_exit();
+        local::run_if_due(local, None);
+    }
+}
+
 #[cold]
 #[inline(never)]
 fn depth_overflow() -> ! {
@@ -765,7 +783,11 @@ pub(crate) fn current_section() -> Option<(usize, Option<&'static Location<'stat
 #[inline(always)]
 pub(crate) fn thread_token() -> usize {
     LOCAL
-        .try_with(|local| local as *const Local as usize)
+        .try_with(|local| {
+            // (Under loom the thread-local holds a `&'static Local`.)
+            let local: &Local = local;
+            local as *const Local as usize
+        })
         .unwrap_or(0)
 }
 

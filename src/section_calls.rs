@@ -82,22 +82,43 @@ impl SectionCalls {
 
     /// Runs the pending calls in recording order and empties the array.
     /// Called at the outermost end of a section, before the end is
-    /// published. A panicking call does not stop the others; the first
-    /// panic is returned (or, if the thread is already unwinding, reported
-    /// and dropped).
+    /// published.
+    ///
+    /// With several calls, a panicking one does not stop the others: the
+    /// first panic is returned (or, if the thread is already unwinding,
+    /// reported and dropped). A single call, the usual case (one notifier
+    /// per pass), is made directly: its panic unwinds to the caller, which
+    /// must then call [`abandon`](Self::abandon) before it publishes the
+    /// section's end.
     #[inline]
     pub(crate) fn run(&self) -> Option<Box<dyn Any + Send>> {
-        let len = self.len.get();
-        if len == 0 {
-            return None;
+        match self.len.get() {
+            0 => None,
+            1 if !std::thread::panicking() => {
+                let (f, data) = self.calls[0].get();
+                self.running.set(true);
+                // SAFETY: `record`'s caller promised that `f(data)` may be
+                // called until the end of the section that was open then,
+                // and that end is now: this runs before it is published.
+                unsafe { f(data) };
+                self.running.set(false);
+                self.len.set(0);
+                None
+            }
+            _ => self.run_each(),
         }
+    }
+
+    /// `run` for several calls, or while unwinding: each under
+    /// `catch_unwind`.
+    #[cold]
+    #[inline(never)]
+    fn run_each(&self) -> Option<Box<dyn Any + Send>> {
         self.running.set(true);
         let mut first_panic = None;
-        for entry in &self.calls[..len] {
+        for entry in &self.calls[..self.len.get()] {
             let (f, data) = entry.get();
-            // SAFETY: `record`'s caller promised that `f(data)` may be
-            // called until the end of the section that was open then, and
-            // that end is now: this runs before it is published.
+            // SAFETY: as in `run`.
             let outcome = catch_unwind(AssertUnwindSafe(|| unsafe { f(data) }));
             if let Err(payload) = outcome {
                 if std::thread::panicking() {
@@ -111,8 +132,14 @@ impl SectionCalls {
                 }
             }
         }
+        self.abandon();
+        first_panic
+    }
+
+    /// Forgets the pending calls (after a single call's panic unwound out of
+    /// `run`; the others, if any, have run).
+    pub(crate) fn abandon(&self) {
         self.len.set(0);
         self.running.set(false);
-        first_panic
     }
 }

@@ -317,8 +317,17 @@ impl<N: Notify + 'static> IrqNotifier<N> {
             call_at_section_end(State::<N>::deliver_raw, self.state.as_ptr() as *const ())
         };
         if !recorded {
-            call_local(state.deliver_arc, self);
+            self.notify_with_call_local();
         }
+    }
+
+    /// `notify`'s deferral outside a section, inside a defer scope, or when
+    /// the thread's section calls are full: `call_local`, which keeps the
+    /// notifier alive with an `Arc` clone.
+    #[cold]
+    #[inline(never)]
+    fn notify_with_call_local(self: &Arc<Self>) {
+        call_local(self.state().deliver_arc, self);
     }
 
     /// Requests a notification and signals now, unbatched (for comparison,

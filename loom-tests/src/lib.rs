@@ -115,6 +115,11 @@ impl Retirable {
         self.published.store(false, Ordering::Release);
     }
 
+    /// Whether the writer has freed the object.
+    pub fn is_freed(&self) -> bool {
+        self.freed.load(Ordering::Relaxed)
+    }
+
     /// Writer side, after a grace period: free the object.
     pub fn free(&self) {
         self.freed.store(true, Ordering::Relaxed);
