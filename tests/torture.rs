@@ -47,11 +47,11 @@
 //! - a stall handler that panics now and then: the stall timeout is 1 ms,
 //!   and one reader section in a thousand sleeps past it, so grace periods
 //!   (the updater's, the ring writer's, the `rcu-call` thread's) call the
-//!   handler throughout the run; every third call panics. rcu-defer must
-//!   catch the panic and let the grace period go on waiting: a panic that
-//!   came out of it, a reader that saw a retired object, or a drain that
-//!   did not finish fails the run, and the handler must have panicked at
-//!   least once. (The threads that wait for grace periods and drains time
+//!   handler throughout the run; every 25th call panics (the first
+//!   included). rcu-defer must catch the panic and let the grace period go
+//!   on waiting: a panic that came out of it, a reader that saw a retired
+//!   object, or a drain that did not finish fails the run, and the handler
+//!   must have panicked at least once. (The threads that wait for grace periods and drains time
 //!   their waits instead: one that took `STALL_LIMIT` fails the run.)
 //!
 //! Thread counts scale with `std::thread::available_parallelism` (at least
@@ -97,7 +97,7 @@ const STALL_TIMEOUT: Duration = Duration::from_millis(1);
 const LONG_SECTION_ONE_IN: u64 = 1000;
 const LONG_SECTION: Duration = Duration::from_millis(2);
 /// The stall handler panics on every this many calls (the first included).
-const STALL_PANIC_EVERY: usize = 3;
+const STALL_PANIC_EVERY: usize = 25;
 
 /// The number of CPUs, which the thread counts follow.
 fn cpus() -> usize {
