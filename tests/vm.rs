@@ -92,6 +92,7 @@ impl Ledger {
         self.records().len()
     }
 
+    /// Every drop so far, in order.
     fn records(&self) -> Vec<DropRecord> {
         self.records
             .lock()
@@ -263,6 +264,7 @@ struct ReaderLog {
 }
 
 impl ReaderLog {
+    /// Records something a reader saw that must not happen.
     fn violation(&self, what: String) {
         self.violations
             .lock()
@@ -314,12 +316,14 @@ fn regions_hot_plugged_while_readers_copy_are_never_unmapped_under_a_handle() {
 
 /// The hot-plug claim's body (in the child process); returns a summary.
 fn hot_plug_under_readers() -> String {
+    /// Reader threads copying from guest memory.
     const READERS: usize = 2;
     /// At least this many hot-plugs ...
     const MIN_REPLACES: usize = 200;
     /// ... and more until readers have held handles across hot-plugs and
     /// maps have been dropped while readers ran, up to this many.
     const MAX_REPLACES: usize = 5_000;
+    /// ... and for at most this long.
     const DEADLINE: Duration = Duration::from_secs(10);
 
     let ledger = Ledger::new(MAX_REPLACES + 1);
@@ -486,6 +490,7 @@ fn the_old_map_is_dropped_on_the_rcu_call_thread_outside_any_read_section() {
 #[test]
 fn sixty_four_handles_held_at_once_on_one_thread_all_read_and_nest() {
     within("64 handles", || {
+        /// Handles held at once.
         const HANDLES: usize = 64;
         let ledger = Ledger::new(2);
         let memory = GuestMemoryRcu::new(ledger.map(0, ram(0xaaaa)));
@@ -627,8 +632,11 @@ fn a_handle_keeps_the_map_alive_after_the_last_address_space_is_dropped() {
 #[test]
 fn lock_serializes_writers_and_every_replaced_map_is_dropped_once() {
     within("two writers", || {
+        /// Writer threads.
         const WRITERS: usize = 2;
+        /// Hot-plugs per writer.
         const EACH: usize = 100;
+        /// Maps in all: the first and one per hot-plug.
         const MAPS: usize = WRITERS * EACH + 1;
         let ledger = Ledger::new(MAPS);
         let rammed = ram(0);
@@ -719,11 +727,17 @@ const VIRTQ_DESC_F_WRITE: u16 = 2;
 #[test]
 fn a_virtqueue_pops_completes_and_notifies_through_handles() {
     within("virtqueue over GuestMemoryRcu", || {
+        /// Descriptors in the ring.
         const QUEUE_SIZE: u16 = 16;
+        /// The request header (16 bytes, device-readable).
         const HEADER: GuestAddress = GuestAddress(0x1000);
+        /// The data buffer (device-writable).
         const DATA: GuestAddress = GuestAddress(0x2000);
+        /// The status byte (device-writable).
         const STATUS: GuestAddress = GuestAddress(0x3000);
+        /// Length of the data buffer.
         const DATA_LEN: u32 = 512;
+        /// What the driver puts in the header, for the device to read.
         const REQUEST: u64 = 0x0123_4567_89ab_cdef;
 
         let memory = GuestMemoryRcu::new(ram(0));
@@ -835,6 +849,7 @@ fn guest_memory_rcu_is_send_sync_and_clone() {
 /// so that naming `<T as AmbiguousIfSend<_>>::some_item` compiles only for
 /// a type that is not `Send` (the inference is ambiguous otherwise).
 trait AmbiguousIfSend<A> {
+    /// Something to name.
     fn some_item() {}
 }
 impl<T: ?Sized> AmbiguousIfSend<()> for T {}
