@@ -71,6 +71,10 @@ struct Inner<M: GuestMemory> {
     /// taken in `new`, where `M: Send + 'static` is known (the struct and
     /// its `Drop` cannot ask for it).
     retire: fn(*mut M),
+    /// Owns an `M`, and hands out `&M` on any thread: `Inner<M>` (and so
+    /// `GuestMemoryRcu<M>`) is `Send`/`Sync` only as `M` is (the
+    /// `AtomicPtr` alone would make it both, whatever `M`).
+    _map: PhantomData<M>,
 }
 
 /// Drops the map at `map` after a grace period, on the `rcu-call` thread.
@@ -101,6 +105,7 @@ impl<M: GuestMemory + Send + Sync + 'static> GuestMemoryRcu<M> {
                 current: AtomicPtr::new(Box::into_raw(Box::new(map))),
                 writer: Mutex::new(()),
                 retire: retire_after_grace_period::<M>,
+                _map: PhantomData,
             }),
         }
     }
