@@ -620,16 +620,11 @@ pub(crate) fn in_defer_scope() -> bool {
 #[inline]
 pub(crate) unsafe fn call_at_section_end(f: RawFn, data: *const ()) -> bool {
     with_local(|local| {
-        if !local.in_section() || local.defer.scopes.get() != 0 {
+        if local.defer.scopes.get() != 0 {
             return false;
         }
-        // SAFETY: the thread is inside a read section, and the caller
-        // promises that `f(data)` may run until its outermost end.
-        let recorded = unsafe { local.section_calls.record(f, data) };
-        if recorded {
-            local.mark_deferred();
-        }
-        recorded
+        // SAFETY: the caller's promise, passed on.
+        unsafe { local.record_section_call(f, data) }
     })
     .unwrap_or(false)
 }

@@ -23,7 +23,7 @@ use crate::flavor::{flavor, reader_fence, real_reader_fence, Flavor};
 use crate::grace;
 use crate::local::{self, DeferState};
 use crate::report::report;
-use crate::section_calls::SectionCalls;
+use crate::section_calls::{RawFn, SectionCalls};
 use crate::sync::{
     global, lock, thread, thread_local_lazy, thread_local_pinned, AtomicPtr, AtomicU64, AtomicU8,
     Mutex, MutexGuard, Ordering,
@@ -633,6 +633,32 @@ impl Local {
     pub(crate) fn in_section(&self) -> bool {
         // Relaxed: owner-only read of its own word.
         self.record.ctr.load(Ordering::Relaxed) != 0
+    }
+
+    /// Records a section call (see `SectionCalls::record`) if the thread
+    /// is inside a read section, and marks the section so that its
+    /// outermost exit runs it. `false` if it recorded nothing.
+    ///
+    /// # Safety
+    ///
+    /// As `SectionCalls::record`: `f(data)` must be safe to call until the
+    /// end of the current outermost section.
+    #[inline(always)]
+    pub(crate) unsafe fn record_section_call(&self, f: RawFn, data: *const ()) -> bool {
+        // Relaxed: owner-only read of its own word.
+        let ctr = self.record.ctr.load(Ordering::Relaxed);
+        if ctr == 0 {
+            return false;
+        }
+        // SAFETY: inside a section (ctr != 0), and the caller's promise.
+        if !unsafe { self.section_calls.record(f, data) } {
+            return false;
+        }
+        if ctr & DEFERRED == 0 {
+            // Relaxed: owner-only bit, read back by this thread's exit.
+            self.record.ctr.store(ctr | DEFERRED, Ordering::Relaxed);
+        }
+        true
     }
 
     /// Inside a read section: the outermost exit must run deferred calls.

@@ -36,12 +36,15 @@ unsafe fn nothing(_: *const ()) {}
 #[allow(clippy::declare_interior_mutable_const)] // the array's initializer
 const EMPTY: Cell<(RawFn, *const ())> = Cell::new((nothing, std::ptr::null()));
 
+/// `SectionCalls::len` while `run` runs the calls: recording is refused
+/// then (a call recorded by a running call would be neither run nor
+/// protected once the section's end is published).
+const RUNNING: usize = CAPACITY + 1;
+
 /// A thread's pending section calls, in recording order.
 pub(crate) struct SectionCalls {
-    /// How many entries of `calls` are pending.
+    /// How many entries of `calls` are pending, or `RUNNING`.
     len: Cell<usize>,
-    /// Set while `run` runs them: recording is refused then.
-    running: Cell<bool>,
     calls: [Cell<(RawFn, *const ())>; CAPACITY],
 }
 
@@ -50,7 +53,6 @@ impl SectionCalls {
     pub(crate) const fn new() -> Self {
         SectionCalls {
             len: Cell::new(0),
-            running: Cell::new(false),
             calls: [EMPTY; CAPACITY],
         }
     }
@@ -67,13 +69,14 @@ impl SectionCalls {
     #[inline]
     pub(crate) unsafe fn record(&self, f: RawFn, data: *const ()) -> bool {
         let len = self.len.get();
+        if len >= CAPACITY {
+            // Full, or `RUNNING`.
+            return false;
+        }
         for entry in &self.calls[..len] {
             if entry.get().1 == data {
                 return true;
             }
-        }
-        if len == CAPACITY || self.running.get() {
-            return false;
         }
         self.calls[len].set((f, data));
         self.len.set(len + 1);
@@ -96,12 +99,11 @@ impl SectionCalls {
             0 => None,
             1 if !std::thread::panicking() => {
                 let (f, data) = self.calls[0].get();
-                self.running.set(true);
+                self.len.set(RUNNING);
                 // SAFETY: `record`'s caller promised that `f(data)` may be
                 // called until the end of the section that was open then,
                 // and that end is now: this runs before it is published.
                 unsafe { f(data) };
-                self.running.set(false);
                 self.len.set(0);
                 None
             }
@@ -114,9 +116,9 @@ impl SectionCalls {
     #[cold]
     #[inline(never)]
     fn run_each(&self) -> Option<Box<dyn Any + Send>> {
-        self.running.set(true);
+        let len = self.len.replace(RUNNING);
         let mut first_panic = None;
-        for entry in &self.calls[..self.len.get()] {
+        for entry in &self.calls[..len] {
             let (f, data) = entry.get();
             // SAFETY: as in `run`.
             let outcome = catch_unwind(AssertUnwindSafe(|| unsafe { f(data) }));
@@ -140,6 +142,5 @@ impl SectionCalls {
     /// `run`; the others, if any, have run).
     pub(crate) fn abandon(&self) {
         self.len.set(0);
-        self.running.set(false);
     }
 }

@@ -2,15 +2,18 @@
 //! in guest memory held by `rcu_defer::vm::GuestMemoryRcu`.
 //!
 //! It sleeps on the ioeventfd until the driver kicks, then runs a pass:
-//! with the driver's kicks disabled it pops every available chain, serves
-//! it, puts it on the used ring and asks virtio-queue whether the driver
-//! wants an interrupt for it (`needs_notification`, which applies
-//! EVENT_IDX). It then re-enables kicks and, if chains arrived meanwhile,
-//! runs another pass, as virtio-queue's documentation prescribes so that no
-//! kick is lost. The interrupt goes through an `IrqNotifier`: `notify_now`
-//! per completion unbatched, or `notify` inside one read section around
-//! each pass batched (one eventfd write when the pass ends, before kicks
-//! are re-enabled).
+//! with the driver's kicks disabled it pops every available chain and
+//! serves it (the request's work), then puts each served chain on the used
+//! ring and asks virtio-queue whether the driver wants an interrupt for it
+//! (`needs_notification`, which applies EVENT_IDX). It then re-enables
+//! kicks and, if chains arrived meanwhile, runs another pass, as
+//! virtio-queue's documentation prescribes so that no kick is lost. The
+//! interrupt goes through an `IrqNotifier`: `notify_now` per completion
+//! unbatched, or `notify` inside one read section around the pass's
+//! completions batched (one eventfd write when they are all on the used
+//! ring, before kicks are re-enabled). `--complete-inline` completes each
+//! chain right after serving it instead, and then the batched section
+//! spans the whole pass.
 //!
 //! virtio-queue 0.18's `needs_notification` applies EVENT_IDX only: without
 //! it, every completion needs an interrupt, whatever the driver's
@@ -94,6 +97,11 @@ pub struct Device {
     descs: Vec<Descriptor>,
     /// The data the device writes (reused likewise).
     scratch: Vec<u8>,
+    /// The chains of the current pass that have been served and wait to be
+    /// completed: (head, used length) (reused likewise).
+    served: Vec<(u16, u32)>,
+    /// `--complete-inline`: complete each chain right after serving it.
+    inline: bool,
     stats: DeviceStats,
 }
 
@@ -104,6 +112,7 @@ impl Device {
         kick: Arc<EventFd>,
         irq: Arc<IrqNotifier<EventFd>>,
         mode: Mode,
+        inline: bool,
         lifecycle: Arc<Lifecycle>,
     ) -> Device {
         Device {
@@ -115,6 +124,8 @@ impl Device {
             lifecycle,
             descs: Vec::with_capacity(MAX_DESCRIPTORS + 1),
             scratch: vec![0; blk::BLOCK_LEN as usize],
+            served: Vec::new(),
+            inline,
             stats: DeviceStats::default(),
         }
     }
@@ -154,17 +165,16 @@ impl Device {
     /// Runs passes until re-enabling kicks finds no chain waiting.
     fn serve_until_idle(&mut self) -> Result<(), String> {
         loop {
-            match self.mode {
-                Mode::Unbatched => self.pass()?,
-                Mode::Batched => {
-                    // One read section around the pass: every `notify` in it
-                    // is one eventfd write when `_pass` (the outermost
-                    // section) ends, before kicks are re-enabled below, as
-                    // `notify_now` would be. A driver woken by it that posts
-                    // more then needs no kick: the re-check below finds it.
+            match (self.mode, self.inline) {
+                (Mode::Batched, true) => {
+                    // One read section around the whole pass: every
+                    // `notify` in it is one eventfd write when `_pass` (the
+                    // outermost section) ends, before kicks are re-enabled
+                    // below.
                     let _pass = read_lock();
                     self.pass()?;
                 }
+                _ => self.pass()?,
             }
             let mem = self.gm.memory();
             // enable_notification re-reads avail.idx after re-enabling kicks
@@ -191,33 +201,74 @@ impl Device {
         }
     }
 
-    /// One pass: with kicks disabled, serves every available chain, puts it
+    /// One pass, with kicks disabled: serves every available chain, puts it
     /// on the used ring and requests an interrupt if the driver wants one.
+    ///
+    /// By default in two phases, as a device with an asynchronous backend
+    /// (io_uring, Linux AIO) works: first every chain is popped and its
+    /// request executed (the backend's part), then the completions are
+    /// handed back one after the other; batched, the completion phase is
+    /// one read section, so the interrupt goes out when the last completion
+    /// of the pass is on the used ring. With `--complete-inline` each chain
+    /// is completed right after its own request, and the batched section
+    /// spans the whole pass, requests included.
     fn pass(&mut self) -> Result<(), String> {
-        // A handle is a nested read section: in the batched mode the
-        // interrupt goes when both it and the pass's guard are gone.
+        if self.inline {
+            // A handle is a nested read section: in the batched mode the
+            // interrupt goes when both it and the pass's guard are gone.
+            let mem = self.gm.memory();
+            self.queue.disable_notification(&*mem).map_err(ring_error)?;
+            while let Some(chain) = self.queue.pop_descriptor_chain(mem.clone()) {
+                let head = chain.head_index();
+                let used_len = self.serve(&mem, chain);
+                self.complete(&mem, head, used_len)?;
+            }
+            return Ok(());
+        }
+        // The requests. The handle (a read section) ends with this block,
+        // so in the batched mode the notifications below are not held back
+        // by it.
+        {
+            let mem = self.gm.memory();
+            self.queue.disable_notification(&*mem).map_err(ring_error)?;
+            while let Some(chain) = self.queue.pop_descriptor_chain(mem.clone()) {
+                let head = chain.head_index();
+                let used_len = self.serve(&mem, chain);
+                self.served.push((head, used_len));
+            }
+        }
+        // The completions: batched, one read section for all of them (the
+        // handle would be one too; the explicit guard says what batches).
+        let _completions = (self.mode == Mode::Batched).then(read_lock);
         let mem = self.gm.memory();
-        self.queue.disable_notification(&*mem).map_err(ring_error)?;
-        while let Some(chain) = self.queue.pop_descriptor_chain(mem.clone()) {
-            let head = chain.head_index();
-            let used_len = self.serve(&mem, chain);
-            if head >= self.queue.size() {
-                // Nothing to hand back: add_used would refuse it.
-                continue;
+        let served = std::mem::take(&mut self.served);
+        for &(head, used_len) in &served {
+            self.complete(&mem, head, used_len)?;
+        }
+        self.served = served;
+        self.served.clear();
+        Ok(())
+    }
+
+    /// Hands a served chain back on the used ring and interrupts the driver
+    /// if it wants to be (`notify_now`, or `notify` in the batched mode).
+    fn complete(&mut self, mem: &Handle, head: u16, used_len: u32) -> Result<(), String> {
+        if head >= self.queue.size() {
+            // Nothing to hand back: add_used would refuse it.
+            return Ok(());
+        }
+        self.queue
+            .add_used(&**mem, head, used_len)
+            .map_err(ring_error)?;
+        self.stats.completions += 1;
+        if self.queue.needs_notification(&**mem).map_err(ring_error)? {
+            self.stats.notified += 1;
+            match self.mode {
+                Mode::Unbatched => self.irq.notify_now(),
+                Mode::Batched => self.irq.notify(),
             }
-            self.queue
-                .add_used(&*mem, head, used_len)
-                .map_err(ring_error)?;
-            self.stats.completions += 1;
-            if self.queue.needs_notification(&*mem).map_err(ring_error)? {
-                self.stats.notified += 1;
-                match self.mode {
-                    Mode::Unbatched => self.irq.notify_now(),
-                    Mode::Batched => self.irq.notify(),
-                }
-            } else {
-                self.stats.suppressed += 1;
-            }
+        } else {
+            self.stats.suppressed += 1;
         }
         Ok(())
     }

@@ -93,12 +93,14 @@ mod linux {
     use vm_memory::{GuestAddress, GuestAddressSpace};
 
     const USAGE: &str = "usage: irqfd_batching [--depth N] [--requests N] [--rounds N] \
-        [--no-event-idx] [--bad-every N]\n  \
+        [--no-event-idx] [--complete-inline] [--bad-every N]\n  \
         --depth N       requests in flight (default 64, at most 4096)\n  \
         --requests N    completions per mode (default 1000000)\n  \
         --rounds N      alternating rounds per mode, the median is over them (default 5;\n                  \
         11 or more to judge small differences, e.g. at --depth 1)\n  \
         --no-event-idx  do not negotiate VIRTIO_F_EVENT_IDX\n  \
+        --complete-inline  complete each request right after executing it, instead of\n                  \
+        executing a pass's requests first and then completing them all\n  \
         --bad-every N   post a malformed chain as every N-th request (default 0: none)";
 
     struct Options {
@@ -106,6 +108,7 @@ mod linux {
         requests: u64,
         rounds: u64,
         event_idx: bool,
+        complete_inline: bool,
         bad_every: u64,
     }
 
@@ -116,6 +119,7 @@ mod linux {
             requests: 1_000_000,
             rounds: 5,
             event_idx: true,
+            complete_inline: false,
             bad_every: 0,
         };
         let mut args = args;
@@ -127,6 +131,10 @@ mod linux {
                 "--bad-every" => (&mut options.bad_every, true),
                 "--no-event-idx" => {
                     options.event_idx = false;
+                    continue;
+                }
+                "--complete-inline" => {
+                    options.complete_inline = true;
                     continue;
                 }
                 "-h" | "--help" => {
@@ -227,6 +235,7 @@ mod linux {
                 Arc::clone(&kick),
                 Arc::clone(&irq),
                 mode,
+                options.complete_inline,
                 Arc::clone(&lifecycle),
             );
             thread::Builder::new()
