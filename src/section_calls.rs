@@ -69,14 +69,16 @@ impl SectionCalls {
     #[inline]
     pub(crate) unsafe fn record(&self, f: RawFn, data: *const ()) -> bool {
         let len = self.len.get();
-        if len >= CAPACITY {
-            // Full, or `RUNNING`.
+        if len == RUNNING {
             return false;
         }
         for entry in &self.calls[..len] {
             if entry.get().1 == data {
                 return true;
             }
+        }
+        if len == CAPACITY {
+            return false;
         }
         self.calls[len].set((f, data));
         self.len.set(len + 1);
@@ -142,5 +144,78 @@ impl SectionCalls {
     /// `run`; the others, if any, have run).
     pub(crate) fn abandon(&self) {
         self.len.set(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    crate::sync::thread_local_const! {
+        static SEEN: Cell<usize> = Cell::new(0);
+    }
+
+    /// Counts its calls; `data` is only an identity here.
+    unsafe fn count(_: *const ()) {
+        SEEN.with(|s| s.set(s.get() + 1));
+    }
+
+    fn data(i: usize) -> *const () {
+        (0x1000 + 0x10 * i) as *const ()
+    }
+
+    #[test]
+    fn a_full_array_still_finds_duplicates_and_refuses_only_new_calls() {
+        let calls = SectionCalls::new();
+        for i in 0..CAPACITY {
+            // SAFETY: `count` never dereferences its data.
+            assert!(unsafe { calls.record(count, data(i)) });
+        }
+        // SAFETY: as above.
+        unsafe {
+            assert!(calls.record(count, data(0)), "a duplicate is served");
+            assert!(
+                calls.record(count, data(CAPACITY - 1)),
+                "a duplicate is served"
+            );
+            assert!(
+                !calls.record(count, data(CAPACITY)),
+                "a new call is refused"
+            );
+        }
+        SEEN.with(|s| s.set(0));
+        assert!(calls.run().is_none());
+        assert_eq!(
+            SEEN.with(Cell::get),
+            CAPACITY,
+            "each recorded call ran once"
+        );
+        // SAFETY: as above.
+        assert!(unsafe { calls.record(count, data(0)) }, "empty again");
+    }
+
+    /// Records its data pointer's target call again while the calls run.
+    unsafe fn record_while_running(calls: *const ()) {
+        // SAFETY: the test passes a `SectionCalls` that outlives the run.
+        let calls = unsafe { &*(calls as *const SectionCalls) };
+        // SAFETY: `count` never dereferences its data.
+        let recorded = unsafe { calls.record(count, data(7)) };
+        assert!(!recorded, "recording is refused while the calls run");
+    }
+
+    #[test]
+    fn recording_is_refused_while_the_calls_run_with_one_call_or_several() {
+        for others in [0, 2] {
+            let calls = SectionCalls::new();
+            let this = &calls as *const SectionCalls as *const ();
+            // SAFETY: `calls` outlives the run below.
+            unsafe {
+                assert!(calls.record(record_while_running, this));
+                for i in 0..others {
+                    assert!(calls.record(count, data(i)));
+                }
+            }
+            assert!(calls.run().is_none(), "no call panicked");
+        }
     }
 }
