@@ -465,53 +465,54 @@ fn caught_grace_period() -> Result<(), Error> {
 
 /// After `failures` failed grace periods in a row: waits before the next
 /// attempt, 10 ms doubling up to a second, or until a drain arrives.
-fn back_off(mut queue: MutexGuard<'static, Queue>, failures: u32) -> MutexGuard<'static, Queue> {
+fn back_off(queue: MutexGuard<'static, Queue>, failures: u32) -> MutexGuard<'static, Queue> {
     let delay = Duration::from_millis(10)
         .saturating_mul(1 << (failures - 1).min(7))
         .min(Duration::from_secs(1));
-    let deadline = Instant::now() + delay;
-    while !queue.urgent {
-        #[cfg(loom)]
-        if queue.shutdown {
-            break;
-        }
-        queue.worker = Worker::Retrying;
-        if cfg!(loom) {
-            // No clock under loom: only a drain (or the shutdown) ends it.
-            queue = WORK.wait(queue).unwrap_or_else(|p| p.into_inner());
-            continue;
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            break;
-        }
-        queue = WORK
-            .wait_timeout(queue, deadline - now)
-            .unwrap_or_else(|p| p.into_inner())
-            .0;
-    }
-    queue.worker = Worker::Busy;
-    queue
+    // No clock under loom: only a drain (or the shutdown) ends the wait.
+    let deadline = (!cfg!(loom)).then(|| Instant::now() + delay);
+    wait_for_work(queue, Worker::Retrying, deadline, |queue| queue.urgent)
 }
 
 /// Gives a small batch up to the batch window to grow before its grace
 /// period starts; returns at once for a large or urgent batch.
-fn gather(mut queue: MutexGuard<'static, Queue>) -> MutexGuard<'static, Queue> {
+fn gather(queue: MutexGuard<'static, Queue>) -> MutexGuard<'static, Queue> {
     let window = batch_window();
     if window.is_zero() {
         return queue;
     }
     let deadline = Instant::now() + window;
-    while queue.backlog < BATCH_MIN && !queue.urgent {
-        let now = Instant::now();
-        if now >= deadline {
+    wait_for_work(queue, Worker::Gathering, Some(deadline), |queue| {
+        queue.backlog >= BATCH_MIN || queue.urgent
+    })
+}
+
+/// Waits on `WORK`, showing producers `state`, until `enough` holds or
+/// `deadline` passes; the worker is `Busy` again when it returns.
+fn wait_for_work(
+    mut queue: MutexGuard<'static, Queue>,
+    state: Worker,
+    deadline: Option<Instant>,
+    enough: impl Fn(&Queue) -> bool,
+) -> MutexGuard<'static, Queue> {
+    while !enough(&queue) {
+        #[cfg(loom)]
+        if queue.shutdown {
             break;
         }
-        queue.worker = Worker::Gathering;
-        queue = WORK
-            .wait_timeout(queue, deadline - now)
-            .unwrap_or_else(|p| p.into_inner())
-            .0;
+        queue.worker = state;
+        queue = match deadline {
+            None => WORK.wait(queue).unwrap_or_else(|p| p.into_inner()),
+            Some(deadline) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                WORK.wait_timeout(queue, deadline - now)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+        };
     }
     queue.worker = Worker::Busy;
     queue
