@@ -290,7 +290,7 @@ impl<N: Notify + 'static> IrqNotifier<N> {
     ///
     /// Inside a read section (and no defer scope) the signal is sent as the
     /// outermost section ends, before its end is published and before the
-    /// section's [`call_local`](crate::call_local) calls run; this costs no
+    /// section's [`call_local`] calls run; this costs no
     /// atomic read-modify-write beyond the request counter. Inside a defer
     /// scope it is sent when the last scope or section ends.
     ///
