@@ -1,0 +1,406 @@
+//! The vhost-user side: the device's features and configuration space, the
+//! vring type that follows the frontend's call eventfd, and the
+//! `VhostUserBackend` that hands kicks to the [`BlkServer`].
+
+use crate::disk::RamDisk;
+use crate::request::{BlkServer, NotifyMode, QueueStats};
+use crate::warn;
+use rcu_defer::virtio::{IrqNotifier, Notify};
+use rcu_defer::vm::GuestMemoryRcu;
+use std::fs::File;
+use std::io::{self, Write};
+use std::mem::{offset_of, size_of};
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{
+    VhostUserBackend, VringRwLock, VringState, VringStateGuard, VringStateMutGuard, VringT,
+};
+use virtio_bindings::virtio_blk::{
+    virtio_blk_config, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
+    VIRTIO_BLK_F_SEG_MAX,
+};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::Error as QueueError;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+/// Guest memory as vhost-user-backend hands it over.
+pub type AtomicMemory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
+
+/// The device's one queue.
+pub const NUM_QUEUES: usize = 1;
+/// The largest queue size the frontend may set (QEMU's `queue-size`).
+pub const MAX_QUEUE_SIZE: usize = 1024;
+/// The `seg_max` the device advertises: data segments per request, so that
+/// a request fits a queue of QEMU's smallest default size (128) with its
+/// header and status even without indirect descriptors.
+pub const SEG_MAX: u32 = 126;
+/// The block size the device advertises, in bytes.
+pub const BLK_SIZE: u32 = 512;
+
+/// The virtio features the device offers: VERSION_1, EVENT_IDX,
+/// INDIRECT_DESC, and virtio-blk's SEG_MAX, BLK_SIZE, FLUSH and MQ (with
+/// one queue), plus vhost-user's PROTOCOL_FEATURES.
+pub fn virtio_features() -> u64 {
+    (1 << VIRTIO_F_VERSION_1)
+        | (1 << VIRTIO_RING_F_EVENT_IDX)
+        | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+        | (1 << VIRTIO_BLK_F_SEG_MAX)
+        | (1 << VIRTIO_BLK_F_BLK_SIZE)
+        | (1 << VIRTIO_BLK_F_FLUSH)
+        | (1 << VIRTIO_BLK_F_MQ)
+        | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+}
+
+/// The vhost-user protocol features the device offers: CONFIG (QEMU reads
+/// the configuration space from the backend) and MQ (QEMU asks for the
+/// number of queues: 1). vhost adds REPLY_ACK itself.
+pub fn protocol_features() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ
+}
+
+/// The configuration space (`struct virtio_blk_config`, little-endian):
+/// the capacity in 512-byte sectors, `seg_max`, `blk_size` 512 and
+/// `num_queues` 1; every other field 0.
+pub fn config_space(capacity_sectors: u64) -> Vec<u8> {
+    let mut config = vec![0u8; size_of::<virtio_blk_config>()];
+    let mut put = |offset: usize, bytes: &[u8]| {
+        config[offset..offset + bytes.len()].copy_from_slice(bytes);
+    };
+    put(
+        offset_of!(virtio_blk_config, capacity),
+        &capacity_sectors.to_le_bytes(),
+    );
+    put(
+        offset_of!(virtio_blk_config, seg_max),
+        &SEG_MAX.to_le_bytes(),
+    );
+    put(
+        offset_of!(virtio_blk_config, blk_size),
+        &BLK_SIZE.to_le_bytes(),
+    );
+    put(
+        offset_of!(virtio_blk_config, num_queues),
+        &(NUM_QUEUES as u16).to_le_bytes(),
+    );
+    config
+}
+
+/// The frontend's call eventfd of a vring, as last set: what the vring's
+/// [`IrqNotifier`] signals. The frontend may replace it at any time
+/// (`SET_VRING_CALL`, e.g. when QEMU switches between its irqfd and its
+/// own handler as the guest masks the interrupt); each signal goes to the
+/// one current then.
+#[derive(Debug, Default)]
+pub struct CallFd {
+    fd: RwLock<Option<File>>,
+}
+
+impl CallFd {
+    /// Makes `fd` the eventfd that signals go to (`None`: none).
+    pub fn replace(&self, fd: Option<File>) {
+        *self.fd.write().unwrap_or_else(PoisonError::into_inner) = fd;
+    }
+}
+
+impl Notify for CallFd {
+    /// One eventfd write (adds 1 to its counter).
+    fn signal(&self) -> io::Result<()> {
+        let fd = self.fd.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(file) = fd.as_ref() else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the frontend has set no call eventfd for the queue",
+            ));
+        };
+        match (&*file).write(&1u64.to_ne_bytes())? {
+            8 => Ok(()),
+            n => Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("a write to the call eventfd took {n} bytes, not 8"),
+            )),
+        }
+    }
+}
+
+/// vhost-user-backend's `VringRwLock`, plus an [`IrqNotifier`] over the
+/// vring's call eventfd: `set_call` hands the notifier a duplicate of each
+/// new call fd, so that signals need no lock on the vring.
+#[derive(Clone)]
+pub struct BlkVring {
+    inner: VringRwLock<AtomicMemory>,
+    irq: Arc<IrqNotifier<CallFd>>,
+}
+
+impl BlkVring {
+    /// The notifier of the driver: signals the current call eventfd.
+    pub fn irq(&self) -> &Arc<IrqNotifier<CallFd>> {
+        &self.irq
+    }
+}
+
+impl<'a> VringStateGuard<'a, AtomicMemory> for BlkVring {
+    type G = RwLockReadGuard<'a, VringState<AtomicMemory>>;
+}
+
+impl<'a> VringStateMutGuard<'a, AtomicMemory> for BlkVring {
+    type G = RwLockWriteGuard<'a, VringState<AtomicMemory>>;
+}
+
+impl VringT<AtomicMemory> for BlkVring {
+    fn new(mem: AtomicMemory, max_queue_size: u16) -> Result<Self, QueueError> {
+        Ok(BlkVring {
+            inner: VringRwLock::new(mem, max_queue_size)?,
+            irq: IrqNotifier::new(CallFd::default()),
+        })
+    }
+
+    fn get_ref(&self) -> <Self as VringStateGuard<'_, AtomicMemory>>::G {
+        self.inner.get_ref()
+    }
+
+    fn get_mut(&self) -> <Self as VringStateMutGuard<'_, AtomicMemory>>::G {
+        self.inner.get_mut()
+    }
+
+    fn add_used(&self, desc_index: u16, len: u32) -> Result<(), QueueError> {
+        self.inner.add_used(desc_index, len)
+    }
+
+    fn signal_used_queue(&self) -> io::Result<()> {
+        self.irq.notify_now();
+        Ok(())
+    }
+
+    fn enable_notification(&self) -> Result<bool, QueueError> {
+        self.inner.enable_notification()
+    }
+
+    fn disable_notification(&self) -> Result<(), QueueError> {
+        self.inner.disable_notification()
+    }
+
+    fn needs_notification(&self) -> Result<bool, QueueError> {
+        self.inner.needs_notification()
+    }
+
+    fn set_enabled(&self, enabled: bool) {
+        self.inner.set_enabled(enabled);
+    }
+
+    fn set_queue_info(
+        &self,
+        desc_table: u64,
+        avail_ring: u64,
+        used_ring: u64,
+    ) -> Result<(), QueueError> {
+        self.inner.set_queue_info(desc_table, avail_ring, used_ring)
+    }
+
+    fn queue_next_avail(&self) -> u16 {
+        self.inner.queue_next_avail()
+    }
+
+    fn set_queue_next_avail(&self, base: u16) {
+        self.inner.set_queue_next_avail(base);
+    }
+
+    fn set_queue_next_used(&self, idx: u16) {
+        self.inner.set_queue_next_used(idx);
+    }
+
+    fn queue_used_idx(&self) -> Result<u16, QueueError> {
+        self.inner.queue_used_idx()
+    }
+
+    fn set_queue_size(&self, num: u16) {
+        self.inner.set_queue_size(num);
+    }
+
+    fn set_queue_event_idx(&self, enabled: bool) {
+        self.inner.set_queue_event_idx(enabled);
+    }
+
+    fn set_queue_ready(&self, ready: bool) {
+        self.inner.set_queue_ready(ready);
+    }
+
+    fn set_kick(&self, file: Option<File>) {
+        self.inner.set_kick(file);
+    }
+
+    fn read_kick(&self) -> io::Result<bool> {
+        self.inner.read_kick()
+    }
+
+    fn set_call(&self, file: Option<File>) {
+        let dup = match file.as_ref().map(File::try_clone).transpose() {
+            Ok(dup) => dup,
+            Err(e) => {
+                warn(format_args!(
+                    "cannot duplicate the queue's call eventfd ({e}): \
+                     the guest will not be notified until the frontend sets another"
+                ));
+                None
+            }
+        };
+        self.inner.set_call(file);
+        self.irq.notifier().replace(dup);
+    }
+
+    fn set_err(&self, file: Option<File>) {
+        self.inner.set_err(file);
+    }
+}
+
+/// The backend of one frontend connection.
+pub struct BlkBackend {
+    capacity_sectors: u64,
+    /// The guest memory the requests are served from: a mirror of the map
+    /// vhost-user-backend hands over in `update_memory` (the same regions).
+    mem: GuestMemoryRcu<GuestMemoryMmap<()>>,
+    server: Mutex<BlkServer>,
+    /// The queue's notifier, taken from the vring at the first kick.
+    irq: OnceLock<Arc<IrqNotifier<CallFd>>>,
+    /// The worker thread's exit eventfd, handed to vhost-user-backend once.
+    exit: Mutex<Option<(EventConsumer, EventNotifier)>>,
+    /// Whether a ring error has been reported on stderr (only the first
+    /// is).
+    ring_error_reported: Mutex<bool>,
+}
+
+/// What a connection's backend did: the stats line's figures, less the CPU
+/// time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionStats {
+    /// The queue's counts.
+    pub queue: QueueStats,
+    /// Eventfd writes to the call fd (`IrqNotifier::stats().signalled`).
+    pub signals: u64,
+}
+
+impl BlkBackend {
+    /// A backend serving `disk`, notifying as `mode` says.
+    ///
+    /// # Errors
+    ///
+    /// The worker thread's exit eventfd cannot be created.
+    pub fn new(disk: Arc<Mutex<RamDisk>>, mode: NotifyMode) -> io::Result<BlkBackend> {
+        let capacity_sectors = disk
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .sectors();
+        let exit = new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot create an eventfd: {e}")))?;
+        Ok(BlkBackend {
+            capacity_sectors,
+            mem: GuestMemoryRcu::new(GuestMemoryMmap::new()),
+            server: Mutex::new(BlkServer::new(disk, mode)),
+            irq: OnceLock::new(),
+            exit: Mutex::new(Some(exit)),
+            ring_error_reported: Mutex::new(false),
+        })
+    }
+
+    /// What the backend has done so far.
+    pub fn stats(&self) -> ConnectionStats {
+        ConnectionStats {
+            queue: self
+                .server
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .stats(),
+            signals: self.irq.get().map_or(0, |irq| irq.stats().signalled),
+        }
+    }
+}
+
+impl VhostUserBackend for BlkBackend {
+    type Bitmap = ();
+    type Vring = BlkVring;
+
+    fn num_queues(&self) -> usize {
+        NUM_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        virtio_features()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        protocol_features()
+    }
+
+    /// vhost-user-backend sets EVENT_IDX on the vring's queue itself, and
+    /// `needs_notification` applies it there.
+    fn set_event_idx(&self, _enabled: bool) {}
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let config = config_space(self.capacity_sectors);
+        (offset as usize..)
+            .take(size as usize)
+            .map(|at| config.get(at).copied().unwrap_or(0))
+            .collect()
+    }
+
+    fn update_memory(&self, mem: AtomicMemory) -> io::Result<()> {
+        // The same regions (a `GuestMemoryMmap` clone shares them): the old
+        // map goes after a grace period, never under a request.
+        let map = mem.memory().deref().clone();
+        self.mem
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(map);
+        Ok(())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        self.exit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[BlkVring],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        let Some(vring) = vrings.get(usize::from(device_event)) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("an event for queue {device_event}, which the device does not have"),
+            ));
+        };
+        let irq = self.irq.get_or_init(|| Arc::clone(vring.irq()));
+        let mut state = vring.get_mut();
+        let mut server = self.server.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = server.serve_queue(state.get_queue_mut(), &self.mem, irq) {
+            // An error here would end the worker thread, and with it the
+            // device: report it and wait for the next kick instead.
+            let mut reported = self
+                .ring_error_reported
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !*reported {
+                *reported = true;
+                warn(format_args!(
+                    "{e}; the queue is served again at the next kick (further ring errors \
+                     are not reported)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,198 @@
+//! The command line, and the stats line printed at the end of each
+//! connection.
+
+use crate::backend::ConnectionStats;
+use crate::request::NotifyMode;
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+/// `--help`.
+pub const USAGE: &str = "\
+usage: vhost-user-blk --socket PATH --notify per-request|batched [--size-mib N] [--once]
+
+Serves a RAM disk (N MiB, default 256) as a vhost-user-blk device on the Unix
+socket PATH, one frontend connection at a time. Never-written sectors read as a
+pattern: each 8-byte word holds its byte offset on the disk (little-endian).
+
+  --notify per-request  signal the call eventfd after each completion that the
+                        driver wants to be told of (EVENT_IDX)
+  --notify batched      one signal per pass over the available requests
+  --once                exit after the first connection ends
+
+At the end of each connection one line goes to stdout:
+  vhost-user-blk stats: requests=N signals=N suppressed=N errors=N cpu_ns=N";
+
+/// The parsed command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Args {
+    /// `--socket PATH`: where to listen.
+    pub socket: PathBuf,
+    /// `--notify per-request|batched`.
+    pub notify: NotifyMode,
+    /// `--size-mib N`: the disk's size in MiB.
+    pub size_mib: u64,
+    /// `--once`: exit after the first connection.
+    pub once: bool,
+}
+
+/// The largest `--size-mib` (1 TiB; the disk is sparse, but the capacity
+/// in sectors must stay far from overflowing).
+pub const MAX_SIZE_MIB: u64 = 1 << 20;
+
+/// What the command line asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Serve.
+    Run(Args),
+    /// `--help`: print [`USAGE`] and exit.
+    Help,
+}
+
+/// Parses the arguments (without the program name).
+///
+/// # Errors
+///
+/// A message naming the bad or missing argument.
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String> {
+    let mut socket = None;
+    let mut notify = None;
+    let mut size_mib = 256;
+    let mut once = false;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let Some(arg) = arg.to_str().map(str::to_owned) else {
+            return Err(format!("unexpected argument {arg:?}"));
+        };
+        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "--socket" => socket = Some(PathBuf::from(value("--socket")?)),
+            "--notify" => {
+                let mode = value("--notify")?;
+                notify = Some(match mode.to_str() {
+                    Some("per-request") => NotifyMode::PerRequest,
+                    Some("batched") => NotifyMode::Batched,
+                    _ => {
+                        return Err(format!(
+                            "--notify must be per-request or batched, not {mode:?}"
+                        ))
+                    }
+                });
+            }
+            "--size-mib" => {
+                let n = value("--size-mib")?;
+                size_mib = n
+                    .to_str()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .filter(|n| (1..=MAX_SIZE_MIB).contains(n))
+                    .ok_or_else(|| {
+                        format!(
+                            "--size-mib must be a whole number from 1 to {MAX_SIZE_MIB}, not {n:?}"
+                        )
+                    })?;
+            }
+            "--once" => once = true,
+            "--help" | "-h" => return Ok(Command::Help),
+            other => return Err(format!("unexpected argument {other:?}")),
+        }
+    }
+    Ok(Command::Run(Args {
+        socket: socket.ok_or("--socket PATH is required")?,
+        notify: notify.ok_or("--notify per-request|batched is required")?,
+        size_mib,
+        once,
+    }))
+}
+
+/// The line printed on stdout when a connection ends.
+pub fn stats_line(stats: &ConnectionStats, cpu_ns: u64) -> String {
+    format!(
+        "vhost-user-blk stats: requests={} signals={} suppressed={} errors={} cpu_ns={}",
+        stats.queue.requests, stats.signals, stats.queue.suppressed, stats.queue.errors, cpu_ns
+    )
+}
+
+/// The CPU time the process has used so far (all its threads), in
+/// nanoseconds: `clock_gettime(CLOCK_PROCESS_CPUTIME_ID)`.
+pub fn process_cpu_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::QueueStats;
+
+    fn parse_strs(args: &[&str]) -> Result<Command, String> {
+        parse(args.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn the_contract_parses() {
+        assert_eq!(
+            parse_strs(&["--socket", "/tmp/s", "--notify", "batched"]),
+            Ok(Command::Run(Args {
+                socket: "/tmp/s".into(),
+                notify: NotifyMode::Batched,
+                size_mib: 256,
+                once: false,
+            }))
+        );
+        assert_eq!(
+            parse_strs(&[
+                "--notify",
+                "per-request",
+                "--size-mib",
+                "64",
+                "--once",
+                "--socket",
+                "x"
+            ]),
+            Ok(Command::Run(Args {
+                socket: "x".into(),
+                notify: NotifyMode::PerRequest,
+                size_mib: 64,
+                once: true,
+            }))
+        );
+        assert_eq!(parse_strs(&["--help"]), Ok(Command::Help));
+    }
+
+    #[test]
+    fn bad_command_lines_name_the_problem() {
+        let err = |args: &[&str]| parse_strs(args).unwrap_err();
+        assert!(err(&["--notify", "batched"]).contains("--socket"));
+        assert!(err(&["--socket", "s"]).contains("--notify"));
+        assert!(err(&["--socket", "s", "--notify", "sometimes"]).contains("sometimes"));
+        assert!(err(&["--socket", "s", "--notify", "batched", "--size-mib", "0"]).contains("0"));
+        assert!(err(&["--socket"]).contains("needs a value"));
+        assert!(err(&["--socket", "s", "--notify", "batched", "--bogus"]).contains("--bogus"));
+    }
+
+    #[test]
+    fn the_stats_line_is_the_contract() {
+        let stats = ConnectionStats {
+            queue: QueueStats {
+                requests: 10,
+                suppressed: 7,
+                errors: 1,
+            },
+            signals: 3,
+        };
+        assert_eq!(
+            stats_line(&stats, 12345),
+            "vhost-user-blk stats: requests=10 signals=3 suppressed=7 errors=1 cpu_ns=12345"
+        );
+    }
+
+    #[test]
+    fn cpu_time_moves_forward() {
+        let before = process_cpu_ns();
+        let mut x = 0u64;
+        for i in 0..1_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        assert!(process_cpu_ns() > before);
+    }
+}

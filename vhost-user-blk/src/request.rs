@@ -1,0 +1,572 @@
+//! virtio-blk requests on a split virtqueue, independent of vhost-user: a
+//! [`BlkServer`] pops the available chains of a `virtio_queue::Queue`,
+//! checks and executes each against the [`RamDisk`], puts it on the used
+//! ring and notifies the driver through an [`IrqNotifier`].
+//!
+//! A request is one descriptor chain (virtio 1.x, 5.2.6): a 16-byte header
+//! the device reads (`le32 type`, `le32 reserved`, `le64 sector`), the data
+//! buffers, and a 1-byte status the device writes last. A chain that is
+//! malformed, names sectors beyond the disk or has an unknown type is
+//! answered with `VIRTIO_BLK_S_IOERR` or `VIRTIO_BLK_S_UNSUPP` when it has
+//! a status byte to write, completed with used length 0 when it has none,
+//! and counted; the server keeps serving and never panics on what the
+//! driver wrote.
+
+use crate::disk::{RamDisk, SECTOR_SIZE};
+use crate::warn;
+use rcu_defer::read_lock;
+use rcu_defer::virtio::{IrqNotifier, Notify};
+use std::fmt;
+use std::num::Wrapping;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemory, Permissions};
+
+/// Bytes in a request header (`struct virtio_blk_outhdr`).
+pub const HEADER_LEN: u32 = 16;
+/// The status byte of a request that succeeded.
+pub const S_OK: u8 = VIRTIO_BLK_S_OK as u8;
+/// The status byte of a request that failed or was malformed.
+pub const S_IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+/// The status byte of a request of a type the device does not serve.
+pub const S_UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
+/// The device's serial number, the answer to `VIRTIO_BLK_T_GET_ID`
+/// (zero-padded to 20 bytes; a 20-byte buffer has no terminating zero).
+pub const DEVICE_ID: &[u8] = b"rcu-defer-vub";
+/// The longest chain the device follows, in descriptors; longer chains are
+/// refused. Above the `seg_max` the device advertises plus header and
+/// status, whatever the queue size.
+pub const MAX_DESCRIPTORS: usize = 1026;
+/// Bytes the device copies between guest memory and the disk at a time.
+const CHUNK: usize = 64 * 1024;
+
+/// When the device notifies the driver of completed requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotifyMode {
+    /// `IrqNotifier::notify_now` after each completion that needs a
+    /// notification: one eventfd write each.
+    PerRequest,
+    /// Each pass over the available requests is one read section, and each
+    /// completion that needs a notification calls `IrqNotifier::notify`:
+    /// one eventfd write when the pass ends, however many it completed.
+    Batched,
+}
+
+impl NotifyMode {
+    /// The command-line spelling: `per-request` or `batched`.
+    pub fn name(self) -> &'static str {
+        match self {
+            NotifyMode::PerRequest => "per-request",
+            NotifyMode::Batched => "batched",
+        }
+    }
+}
+
+/// Why a request was refused; its [`answer`](RefusalKind::answer) says
+/// what the driver gets back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// No descriptor could be read, the chain breaks off (a next index
+    /// outside the table, a bad indirect table, a loop), the last
+    /// descriptor is not device-writable, the status byte is outside guest
+    /// memory, or the chain is longer than [`MAX_DESCRIPTORS`]: there is no
+    /// status byte to answer in.
+    NoStatus,
+    /// The header is missing, device-writable, shorter than 16 bytes or
+    /// outside guest memory.
+    BadHeader,
+    /// A request type the device does not serve.
+    Unsupported,
+    /// The data buffers: none, one in the wrong direction, not a whole
+    /// number of sectors, too long, or a status descriptor of more than
+    /// one byte.
+    BadData,
+    /// The sectors lie beyond the disk.
+    OutOfRange,
+    /// A data buffer is outside guest memory.
+    DataOutsideMemory,
+}
+
+impl RefusalKind {
+    /// The status byte the driver gets, or `None` when there is no status
+    /// byte to write (the chain is completed with used length 0).
+    pub fn answer(self) -> Option<u8> {
+        match self {
+            RefusalKind::NoStatus => None,
+            RefusalKind::Unsupported => Some(S_UNSUPP),
+            RefusalKind::BadHeader
+            | RefusalKind::BadData
+            | RefusalKind::OutOfRange
+            | RefusalKind::DataOutsideMemory => Some(S_IOERR),
+        }
+    }
+}
+
+/// A refused request: the kind, and what was wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// What the driver got back.
+    pub kind: RefusalKind,
+    /// A description for the error message.
+    pub what: String,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let answer = match self.kind.answer() {
+            Some(S_UNSUPP) => "answered VIRTIO_BLK_S_UNSUPP",
+            Some(_) => "answered VIRTIO_BLK_S_IOERR",
+            None => "completed with used length 0 (no status byte to answer in)",
+        };
+        write!(f, "{}; {answer}", self.what)
+    }
+}
+
+/// What the device did with one chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Bytes the device wrote into the chain's buffers, status included:
+    /// the used length.
+    pub used_len: u32,
+    /// Why the request was refused, if it was.
+    pub refusal: Option<Refusal>,
+}
+
+impl Outcome {
+    fn done(used_len: u32) -> Outcome {
+        Outcome {
+            used_len,
+            refusal: None,
+        }
+    }
+}
+
+/// Checks one request chain, executes it against `disk` and writes its
+/// status. `descs` are the chain's descriptors in order (indirect tables
+/// followed); `scratch` is a reusable buffer.
+pub fn execute<M: GuestMemory + ?Sized>(
+    mem: &M,
+    descs: &[Descriptor],
+    disk: &mut RamDisk,
+    scratch: &mut Vec<u8>,
+) -> Outcome {
+    let refuse = |kind: RefusalKind, what: String| Outcome {
+        used_len: u32::from(kind.answer().is_some()),
+        refusal: Some(Refusal { kind, what }),
+    };
+    let Some(status) = descs.last() else {
+        return refuse(
+            RefusalKind::NoStatus,
+            "no descriptor of the chain could be read".to_owned(),
+        );
+    };
+    if descs.len() > MAX_DESCRIPTORS {
+        return refuse(
+            RefusalKind::NoStatus,
+            format!("the chain is longer than {MAX_DESCRIPTORS} descriptors"),
+        );
+    }
+    if status.has_next() {
+        // virtio-queue stopped following the chain: a next index outside
+        // the table, a bad indirect table, or a loop.
+        return refuse(
+            RefusalKind::NoStatus,
+            "the chain breaks off before its last descriptor".to_owned(),
+        );
+    }
+    if !status.is_write_only() || status.len() == 0 {
+        return refuse(
+            RefusalKind::NoStatus,
+            format!(
+                "the last descriptor ({} bytes at {:#x}) is not a device-writable status byte",
+                status.len(),
+                status.addr().0
+            ),
+        );
+    }
+    // The status is the descriptor's last byte.
+    let Some(status_addr) = status.addr().0.checked_add(u64::from(status.len()) - 1) else {
+        return refuse(
+            RefusalKind::NoStatus,
+            "the status descriptor wraps around the address space".to_owned(),
+        );
+    };
+    let status_addr = GuestAddress(status_addr);
+    if !mem.check_range(status_addr, 1, Permissions::Write) {
+        return refuse(
+            RefusalKind::NoStatus,
+            format!(
+                "the status byte at {:#x} is outside guest memory",
+                status_addr.0
+            ),
+        );
+    }
+    let (code, outcome) = match execute_request(mem, descs, disk, scratch) {
+        Ok(data_len) => (S_OK, Outcome::done(data_len + 1)),
+        Err(refusal) => (
+            refusal.kind.answer().unwrap_or(S_IOERR),
+            refuse(refusal.kind, refusal.what),
+        ),
+    };
+    if mem.write_obj(code, status_addr).is_err() {
+        // Checked above, and the map cannot change under the caller's
+        // handle: this does not happen. Had it, the status is unwritten.
+        return refuse(
+            RefusalKind::NoStatus,
+            format!("the status byte at {:#x} cannot be written", status_addr.0),
+        );
+    }
+    outcome
+}
+
+/// The header and data part of [`execute`]: returns the bytes written into
+/// the data buffers.
+fn execute_request<M: GuestMemory + ?Sized>(
+    mem: &M,
+    descs: &[Descriptor],
+    disk: &mut RamDisk,
+    scratch: &mut Vec<u8>,
+) -> Result<u32, Refusal> {
+    let refuse = |kind, what: String| Err(Refusal { kind, what });
+    let [header, data @ .., status] = descs else {
+        return refuse(RefusalKind::BadHeader, "no header descriptor".to_owned());
+    };
+    if header.is_write_only() {
+        return refuse(
+            RefusalKind::BadHeader,
+            "the header is device-writable".to_owned(),
+        );
+    }
+    if header.len() < HEADER_LEN {
+        return refuse(
+            RefusalKind::BadHeader,
+            format!("the header is {} bytes, not 16", header.len()),
+        );
+    }
+    let mut bytes = [0u8; HEADER_LEN as usize];
+    if mem.read_slice(&mut bytes, header.addr()).is_err() {
+        return refuse(
+            RefusalKind::BadHeader,
+            format!(
+                "the header at {:#x} is outside guest memory",
+                header.addr().0
+            ),
+        );
+    }
+    let request_type = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    let mut sector = [0u8; 8];
+    sector.copy_from_slice(&bytes[8..16]);
+    let sector = u64::from_le_bytes(sector);
+    if status.len() != 1 {
+        return refuse(
+            RefusalKind::BadData,
+            format!(
+                "the status descriptor is {} bytes, not 1 (data and status in one buffer)",
+                status.len()
+            ),
+        );
+    }
+
+    match request_type {
+        VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => {
+            let device_writes = request_type == VIRTIO_BLK_T_IN;
+            let name = if device_writes { "read" } else { "write" };
+            let mut len = 0u64;
+            for d in data {
+                if d.is_write_only() != device_writes {
+                    return refuse(
+                        RefusalKind::BadData,
+                        format!(
+                            "a data buffer of a {name} is device-{}",
+                            if d.is_write_only() {
+                                "writable"
+                            } else {
+                                "readable"
+                            }
+                        ),
+                    );
+                }
+                len += u64::from(d.len());
+            }
+            if data.is_empty() || len % SECTOR_SIZE != 0 || len >= u64::from(u32::MAX) {
+                return refuse(
+                    RefusalKind::BadData,
+                    format!("the {name} is {len} bytes, not 1 or more whole sectors"),
+                );
+            }
+            let offset = sector.checked_mul(SECTOR_SIZE);
+            if !offset.is_some_and(|offset| disk.contains(offset, len)) {
+                return refuse(
+                    RefusalKind::OutOfRange,
+                    format!(
+                        "a {name} of {} sectors at sector {sector} is beyond the disk's {} sectors",
+                        len / SECTOR_SIZE,
+                        disk.sectors()
+                    ),
+                );
+            }
+            let access = if device_writes {
+                Permissions::Write
+            } else {
+                Permissions::Read
+            };
+            if let Some(d) = data
+                .iter()
+                .find(|d| !mem.check_range(d.addr(), d.len() as usize, access))
+            {
+                return refuse(
+                    RefusalKind::DataOutsideMemory,
+                    format!(
+                        "a data buffer ({} bytes at {:#x}) is outside guest memory",
+                        d.len(),
+                        d.addr().0
+                    ),
+                );
+            }
+            let mut offset = offset.unwrap_or_default();
+            if scratch.len() < CHUNK {
+                scratch.resize(CHUNK, 0);
+            }
+            for d in data {
+                let mut done = 0usize;
+                while done < d.len() as usize {
+                    let n = CHUNK.min(d.len() as usize - done);
+                    let buf = &mut scratch[..n];
+                    // The buffers were checked above, and the map cannot
+                    // change under the caller's handle.
+                    let at = GuestAddress(d.addr().0 + done as u64);
+                    let copied = if device_writes {
+                        disk.read(offset, buf);
+                        mem.write_slice(buf, at)
+                    } else {
+                        mem.read_slice(buf, at).map(|()| disk.write(offset, buf))
+                    };
+                    if copied.is_err() {
+                        return refuse(
+                            RefusalKind::DataOutsideMemory,
+                            format!(
+                                "a data buffer ({} bytes at {:#x}) cannot be accessed",
+                                d.len(),
+                                d.addr().0
+                            ),
+                        );
+                    }
+                    done += n;
+                    offset += n as u64;
+                }
+            }
+            Ok(if device_writes { len as u32 } else { 0 })
+        }
+        VIRTIO_BLK_T_FLUSH => Ok(0), // the disk is memory: nothing to flush
+        VIRTIO_BLK_T_GET_ID => {
+            let mut id = [0u8; VIRTIO_BLK_ID_BYTES as usize];
+            id[..DEVICE_ID.len()].copy_from_slice(DEVICE_ID);
+            let mut written = 0usize;
+            for d in data {
+                if written == id.len() {
+                    break;
+                }
+                if !d.is_write_only() {
+                    return refuse(
+                        RefusalKind::BadData,
+                        "the buffer of a GET_ID is device-readable".to_owned(),
+                    );
+                }
+                let n = (d.len() as usize).min(id.len() - written);
+                if mem
+                    .write_slice(&id[written..written + n], d.addr())
+                    .is_err()
+                {
+                    return refuse(
+                        RefusalKind::DataOutsideMemory,
+                        format!(
+                            "the buffer of a GET_ID ({} bytes at {:#x}) is outside guest memory",
+                            d.len(),
+                            d.addr().0
+                        ),
+                    );
+                }
+                written += n;
+            }
+            Ok(written as u32)
+        }
+        other => refuse(
+            RefusalKind::Unsupported,
+            format!("request type {other} is not served"),
+        ),
+    }
+}
+
+/// What a [`BlkServer`] counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Chains put on the used ring (refused ones included).
+    pub requests: u64,
+    /// Completions for which `needs_notification` said the driver wanted
+    /// no notification (EVENT_IDX).
+    pub suppressed: u64,
+    /// Refused requests (see [`RefusalKind`]).
+    pub errors: u64,
+}
+
+/// The queue can no longer be served: the rings are outside guest memory,
+/// or the driver's available index is inconsistent.
+#[derive(Debug)]
+pub struct RingError(String);
+
+impl fmt::Display for RingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RingError {}
+
+fn ring_error(e: virtio_queue::Error) -> RingError {
+    RingError(format!("the virtqueue's rings cannot be accessed: {e}"))
+}
+
+/// Serves a virtio-blk queue: see the [module documentation](self).
+#[derive(Debug)]
+pub struct BlkServer {
+    disk: Arc<Mutex<RamDisk>>,
+    mode: NotifyMode,
+    /// The current chain's descriptors (reused across requests).
+    descs: Vec<Descriptor>,
+    /// The copy buffer (reused likewise).
+    scratch: Vec<u8>,
+    stats: QueueStats,
+    /// Whether a refused request has been reported on stderr (only the
+    /// first is; the rest are counted).
+    refusal_reported: bool,
+}
+
+impl BlkServer {
+    /// A server of `disk` that notifies as `mode` says.
+    pub fn new(disk: Arc<Mutex<RamDisk>>, mode: NotifyMode) -> BlkServer {
+        BlkServer {
+            disk,
+            mode,
+            descs: Vec::new(),
+            scratch: Vec::new(),
+            stats: QueueStats::default(),
+            refusal_reported: false,
+        }
+    }
+
+    /// What the server has counted so far.
+    pub fn stats(&self) -> QueueStats {
+        self.stats
+    }
+
+    /// Serves every request the driver has made available, and those it
+    /// makes available meanwhile: passes with the driver's kicks disabled,
+    /// until re-enabling them finds nothing new (the order virtio-queue
+    /// prescribes, so that no kick is lost).
+    ///
+    /// # Errors
+    ///
+    /// A [`RingError`] when the rings cannot be read or written, or the
+    /// available index is more than a queue ahead of the device; the
+    /// requests completed before it stay completed.
+    pub fn serve_queue<A, N>(
+        &mut self,
+        queue: &mut Queue,
+        space: &A,
+        irq: &Arc<IrqNotifier<N>>,
+    ) -> Result<(), RingError>
+    where
+        A: GuestAddressSpace,
+        N: Notify + 'static,
+    {
+        if !queue.ready() {
+            return Ok(());
+        }
+        loop {
+            self.pass(queue, space, irq)?;
+            let mem = space.memory();
+            // enable_notification re-reads avail.idx after re-enabling
+            // kicks: true means chains arrived that the driver may not
+            // kick for.
+            if !queue.enable_notification(&*mem).map_err(ring_error)? {
+                return Ok(());
+            }
+            // pop_descriptor_chain finds nothing when avail.idx is more
+            // than a queue ahead; going round again would spin.
+            let avail = queue
+                .avail_idx(&*mem, Ordering::Acquire)
+                .map_err(ring_error)?;
+            let pending = (avail - Wrapping(queue.next_avail())).0;
+            if pending > queue.size() {
+                return Err(RingError(format!(
+                    "the driver's avail.idx {avail} is {pending} entries ahead of the device, \
+                     more than the queue's {}",
+                    queue.size()
+                )));
+            }
+        }
+    }
+
+    /// One pass with the driver's kicks disabled: pops every available
+    /// chain, executes it, puts it on the used ring and notifies if the
+    /// driver wants it. Batched, the pass is one read section, so its
+    /// notifications are one signal, sent when the pass ends.
+    fn pass<A, N>(
+        &mut self,
+        queue: &mut Queue,
+        space: &A,
+        irq: &Arc<IrqNotifier<N>>,
+    ) -> Result<(), RingError>
+    where
+        A: GuestAddressSpace,
+        N: Notify + 'static,
+    {
+        let _pass = match self.mode {
+            NotifyMode::Batched => Some(read_lock()),
+            NotifyMode::PerRequest => None,
+        };
+        let mem = space.memory();
+        queue.disable_notification(&*mem).map_err(ring_error)?;
+        let disk = Arc::clone(&self.disk);
+        let mut disk = disk.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(chain) = queue.pop_descriptor_chain(mem.clone()) {
+            let head = chain.head_index();
+            self.descs.clear();
+            self.descs.extend(chain.take(MAX_DESCRIPTORS + 1));
+            let outcome = execute(&*mem, &self.descs, &mut disk, &mut self.scratch);
+            if let Some(refusal) = outcome.refusal {
+                self.stats.errors += 1;
+                if !self.refusal_reported {
+                    self.refusal_reported = true;
+                    warn(format_args!(
+                        "refused a request (chain at head {head}): {refusal} \
+                         (further refusals are only counted)"
+                    ));
+                }
+            }
+            if head >= queue.size() {
+                // No descriptor to hand back (add_used would refuse it).
+                continue;
+            }
+            queue
+                .add_used(&*mem, head, outcome.used_len)
+                .map_err(ring_error)?;
+            self.stats.requests += 1;
+            if queue.needs_notification(&*mem).map_err(ring_error)? {
+                match self.mode {
+                    NotifyMode::PerRequest => irq.notify_now(),
+                    NotifyMode::Batched => irq.notify(),
+                }
+            } else {
+                self.stats.suppressed += 1;
+            }
+        }
+        Ok(())
+    }
+}

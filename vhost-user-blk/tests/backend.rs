@@ -1,0 +1,230 @@
+//! The vhost-user glue without a socket: a `BlkBackend` and `BlkVring` set
+//! up as vhost-user-backend's handler sets them up (memory table, vring
+//! addresses, call eventfd), then kicked through `handle_event`.
+
+mod common;
+
+use common::*;
+use rcu_defer::virtio::EventFd;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost_user_backend::{VhostUserBackend, VringT};
+use vhost_user_blk::backend::{
+    config_space, AtomicMemory, BlkBackend, BlkVring, ConnectionStats, BLK_SIZE, SEG_MAX,
+};
+use vhost_user_blk::disk::RamDisk;
+use vhost_user_blk::request::{NotifyMode, QueueStats, S_OK};
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_T_IN,
+};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+
+const SECTORS: u64 = 2048;
+
+fn call_file(fd: &EventFd) -> File {
+    File::from(fd.as_fd().try_clone_to_owned().unwrap())
+}
+
+struct Device {
+    driver: Driver,
+    backend: BlkBackend,
+    vring: BlkVring,
+}
+
+fn device(mode: NotifyMode, event_idx: bool) -> Device {
+    let driver = Driver::new();
+    let atomic: AtomicMemory = GuestMemoryAtomic::new(driver.map.clone());
+    let backend = BlkBackend::new(Arc::new(Mutex::new(RamDisk::new(SECTORS))), mode).unwrap();
+    // SET_MEM_TABLE.
+    backend.update_memory(atomic.clone()).unwrap();
+    // SET_VRING_NUM, SET_VRING_ADDR, SET_FEATURES, SET_VRING_KICK/ENABLE.
+    let vring = BlkVring::new(atomic, 1024).unwrap();
+    vring.set_queue_size(QUEUE_SIZE);
+    vring
+        .set_queue_info(
+            driver.mock.desc_table_addr().0,
+            driver.mock.avail_addr().0,
+            driver.mock.used_addr().0,
+        )
+        .unwrap();
+    vring.set_queue_event_idx(event_idx);
+    vring.set_queue_ready(true);
+    vring.set_enabled(true);
+    Device {
+        driver,
+        backend,
+        vring,
+    }
+}
+
+impl Device {
+    fn kick(&self) {
+        self.backend
+            .handle_event(0, EventSet::IN, std::slice::from_ref(&self.vring), 0)
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_kick_serves_the_queue_and_signals_the_call_eventfd() {
+    for (mode, signals) in [(NotifyMode::PerRequest, 8), (NotifyMode::Batched, 1)] {
+        let mut d = device(mode, false);
+        let call = EventFd::new().unwrap();
+        d.vring.set_call(Some(call_file(&call)));
+        let posted: Vec<Posted> = (0..8)
+            .map(|i| d.driver.post(VIRTIO_BLK_T_IN, i, &[512]))
+            .collect();
+        d.kick();
+        assert_eq!(d.driver.take_used().len(), 8);
+        for (i, p) in posted.iter().enumerate() {
+            assert_eq!(d.driver.status_of(p), S_OK);
+            assert_pattern(&d.driver.data_of(p), i as u64 * 512);
+        }
+        assert_eq!(call.consume().unwrap(), signals, "{mode:?}");
+        assert_eq!(
+            d.backend.stats(),
+            ConnectionStats {
+                queue: QueueStats {
+                    requests: 8,
+                    suppressed: 0,
+                    errors: 0
+                },
+                signals,
+            },
+            "{mode:?}"
+        );
+    }
+}
+
+#[test]
+fn event_idx_counts_suppressed_completions() {
+    let mut d = device(NotifyMode::PerRequest, true);
+    let call = EventFd::new().unwrap();
+    d.vring.set_call(Some(call_file(&call)));
+    d.driver.set_used_event(0);
+    for i in 0..8 {
+        d.driver.post(VIRTIO_BLK_T_IN, i, &[512]);
+    }
+    d.kick();
+    assert_eq!(d.driver.take_used().len(), 8);
+    assert_eq!(call.consume().unwrap(), 1);
+    let stats = d.backend.stats();
+    assert_eq!((stats.signals, stats.queue.suppressed), (1, 7));
+}
+
+#[test]
+fn signals_follow_the_call_eventfd_the_frontend_set_last() {
+    let mut d = device(NotifyMode::Batched, false);
+    let first = EventFd::new().unwrap();
+    let second = EventFd::new().unwrap();
+    d.vring.set_call(Some(call_file(&first)));
+    d.driver.post(VIRTIO_BLK_T_IN, 0, &[512]);
+    d.kick();
+    assert_eq!(first.consume().unwrap(), 1);
+
+    // SET_VRING_CALL with a new eventfd: the old one gets nothing more.
+    d.vring.set_call(Some(call_file(&second)));
+    d.driver.post(VIRTIO_BLK_T_IN, 1, &[512]);
+    d.kick();
+    assert_eq!(second.consume().unwrap(), 1);
+    assert_eq!(
+        first.consume().unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock
+    );
+
+    // No call eventfd (as after GET_VRING_BASE): the request is still
+    // completed, the signal fails and is not counted as sent.
+    d.vring.set_call(None);
+    d.driver.post(VIRTIO_BLK_T_IN, 2, &[512]);
+    d.kick();
+    assert_eq!(d.driver.take_used().len(), 3);
+    assert_eq!(d.backend.stats().signals, 2);
+    assert_eq!(d.vring.irq().stats().failed, 1);
+}
+
+#[test]
+fn an_event_for_a_queue_the_device_lacks_is_an_error_not_a_panic() {
+    let d = device(NotifyMode::Batched, false);
+    let err = d
+        .backend
+        .handle_event(3, EventSet::IN, std::slice::from_ref(&d.vring), 0)
+        .unwrap_err();
+    assert!(err.to_string().contains("queue 3"), "{err}");
+}
+
+#[test]
+fn a_broken_ring_is_reported_and_the_worker_keeps_going() {
+    let mut d = device(NotifyMode::Batched, false);
+    d.driver.set_avail_idx(QUEUE_SIZE + 1);
+    // handle_event returns Ok: an error would end vhost-user-backend's
+    // worker thread, and with it the device.
+    d.kick();
+    assert!(d.driver.take_used().is_empty());
+}
+
+#[test]
+fn features_and_configuration_space() {
+    let backend = BlkBackend::new(
+        Arc::new(Mutex::new(RamDisk::new(256 * 2048))),
+        NotifyMode::Batched,
+    )
+    .unwrap();
+    let features = backend.features();
+    for bit in [
+        VIRTIO_F_VERSION_1,
+        VIRTIO_RING_F_EVENT_IDX,
+        VIRTIO_RING_F_INDIRECT_DESC,
+        VIRTIO_BLK_F_SEG_MAX,
+        VIRTIO_BLK_F_BLK_SIZE,
+        VIRTIO_BLK_F_FLUSH,
+    ] {
+        assert_ne!(features & (1 << bit), 0, "feature bit {bit}");
+    }
+    assert!(backend
+        .protocol_features()
+        .contains(VhostUserProtocolFeatures::CONFIG));
+    assert_eq!(backend.num_queues(), 1);
+
+    // QEMU reads the whole structure from offset 0.
+    let config = backend.get_config(0, 60);
+    assert_eq!(config.len(), 60);
+    let le64 = |at: usize| u64::from_le_bytes(config[at..at + 8].try_into().unwrap());
+    let le32 = |at: usize| u32::from_le_bytes(config[at..at + 4].try_into().unwrap());
+    assert_eq!(le64(0), 256 * 2048, "capacity in sectors");
+    assert_eq!(le32(12), SEG_MAX);
+    assert_eq!(le32(20), BLK_SIZE);
+    assert_eq!(
+        u16::from_le_bytes([config[34], config[35]]),
+        1,
+        "num_queues"
+    );
+    // A part of it, and past its end (zeros, the size asked for).
+    assert_eq!(backend.get_config(20, 4), BLK_SIZE.to_le_bytes());
+    assert_eq!(backend.get_config(4096, 8), vec![0; 8]);
+    assert_eq!(&config_space(256 * 2048)[..60], &config[..]);
+}
+
+#[test]
+fn requests_are_served_from_the_map_the_frontend_set_last() {
+    let mut d = device(NotifyMode::PerRequest, false);
+    let posted = d.driver.post(VIRTIO_BLK_T_IN, 0, &[512]);
+    // A memory table without the rings: the kick finds no ring to read
+    // (reported once on stderr), and nothing is completed.
+    d.backend
+        .update_memory(GuestMemoryAtomic::new(GuestMemoryMmap::new()))
+        .unwrap();
+    d.kick();
+    assert!(d.driver.take_used().is_empty());
+    // The map back: the same request is served.
+    d.backend
+        .update_memory(GuestMemoryAtomic::new(d.driver.map.clone()))
+        .unwrap();
+    d.kick();
+    assert_eq!(d.driver.take_used(), vec![(posted.head, 513)]);
+    assert_eq!(d.backend.stats().queue.requests, 1);
+}

@@ -1,0 +1,371 @@
+//! The request path without vhost-user: a `BlkServer` serving a mock split
+//! virtqueue in guest memory held by `GuestMemoryRcu`.
+
+mod common;
+
+use common::*;
+use std::sync::{Arc, Mutex};
+use vhost_user_blk::disk::RamDisk;
+use vhost_user_blk::request::{
+    BlkServer, NotifyMode, QueueStats, DEVICE_ID, S_IOERR, S_OK, S_UNSUPP,
+};
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT,
+};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
+
+/// Sectors of the test disk (1 MiB).
+const SECTORS: u64 = 2048;
+
+struct Setup {
+    driver: Driver,
+    queue: Queue,
+    server: BlkServer,
+    irq: Arc<rcu_defer::virtio::IrqNotifier<Counter>>,
+}
+
+fn setup(mode: NotifyMode) -> Setup {
+    let driver = Driver::new();
+    let queue = driver.queue();
+    Setup {
+        driver,
+        queue,
+        server: BlkServer::new(Arc::new(Mutex::new(RamDisk::new(SECTORS))), mode),
+        irq: counting_notifier(),
+    }
+}
+
+impl Setup {
+    fn serve(&mut self) {
+        self.server
+            .serve_queue(&mut self.queue, &self.driver.rcu, &self.irq)
+            .unwrap();
+    }
+
+    fn signals(&self) -> u64 {
+        self.irq.stats().signalled
+    }
+}
+
+#[test]
+fn reads_return_the_pattern() {
+    let mut s = setup(NotifyMode::PerRequest);
+    let one = s.driver.post(VIRTIO_BLK_T_IN, 5, &[4096]);
+    // Buffers split at odd bytes, as a scatter list may be.
+    let split = s.driver.post(VIRTIO_BLK_T_IN, 7, &[1000, 13, 2059]);
+    let last = s.driver.post(VIRTIO_BLK_T_IN, SECTORS - 1, &[512]);
+    s.serve();
+
+    assert_eq!(
+        s.driver.take_used(),
+        vec![(one.head, 4097), (split.head, 3073), (last.head, 513)]
+    );
+    for posted in [&one, &split, &last] {
+        assert_eq!(s.driver.status_of(posted), S_OK);
+    }
+    assert_pattern(&s.driver.data_of(&one), 5 * 512);
+    assert_pattern(&s.driver.data_of(&split), 7 * 512);
+    assert_pattern(&s.driver.data_of(&last), (SECTORS - 1) * 512);
+    assert_eq!(
+        s.server.stats(),
+        QueueStats {
+            requests: 3,
+            suppressed: 0,
+            errors: 0
+        }
+    );
+}
+
+#[test]
+fn writes_read_back_and_leave_the_rest_alone() {
+    let mut s = setup(NotifyMode::Batched);
+    let data: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 256) as u8).collect();
+    let write = s.driver.post(VIRTIO_BLK_T_OUT, 100, &[1536, 2560]);
+    s.driver
+        .map
+        .write_slice(&data[..1536], GuestAddress(write.data[0].0))
+        .unwrap();
+    s.driver
+        .map
+        .write_slice(&data[1536..], GuestAddress(write.data[1].0))
+        .unwrap();
+    s.serve();
+    assert_eq!(s.driver.take_used(), vec![(write.head, 1)]);
+    assert_eq!(s.driver.status_of(&write), S_OK);
+
+    let back = s.driver.post(VIRTIO_BLK_T_IN, 99, &[512, 4096, 512]);
+    s.serve();
+    assert_eq!(s.driver.take_used(), vec![(back.head, 5121)]);
+    let read = s.driver.data_of(&back);
+    assert_pattern(&read[..512], 99 * 512);
+    assert_eq!(&read[512..4608], &data[..]);
+    assert_pattern(&read[4608..], 108 * 512);
+}
+
+#[test]
+fn flush_and_get_id_succeed() {
+    let mut s = setup(NotifyMode::PerRequest);
+    let flush = s.driver.post(VIRTIO_BLK_T_FLUSH, 0, &[]);
+    let id = s.driver.post(VIRTIO_BLK_T_GET_ID, 0, &[20]);
+    let short_id = s.driver.post(VIRTIO_BLK_T_GET_ID, 0, &[4]);
+    s.serve();
+    assert_eq!(
+        s.driver.take_used(),
+        vec![(flush.head, 1), (id.head, 21), (short_id.head, 5)]
+    );
+    assert_eq!(s.driver.status_of(&flush), S_OK);
+    assert_eq!(s.driver.status_of(&id), S_OK);
+    let mut expected = [0u8; 20];
+    expected[..DEVICE_ID.len()].copy_from_slice(DEVICE_ID);
+    assert_eq!(s.driver.data_of(&id), expected);
+    assert_eq!(s.driver.data_of(&short_id), &DEVICE_ID[..4]);
+    assert_eq!(s.server.stats().errors, 0);
+}
+
+#[test]
+fn indirect_chains_are_followed() {
+    let mut s = setup(NotifyMode::Batched);
+    let header = s.driver.header(VIRTIO_BLK_T_IN, 9);
+    let data = s.driver.alloc(2048);
+    let status = s.driver.status();
+    let head = s.driver.post_indirect(&[
+        readable(header, 16),
+        writable(data, 1024),
+        writable(data + 1024, 1024),
+        writable(status, 1),
+    ]);
+    s.serve();
+    assert_eq!(s.driver.take_used(), vec![(head, 2049)]);
+    assert_eq!(
+        s.driver.map.read_obj::<u8>(GuestAddress(status)).unwrap(),
+        S_OK
+    );
+    assert_pattern(&s.driver.bytes(data, 2048), 9 * 512);
+}
+
+#[test]
+fn sectors_beyond_the_disk_get_ioerr() {
+    let mut s = setup(NotifyMode::PerRequest);
+    let past_end = s.driver.post(VIRTIO_BLK_T_IN, SECTORS, &[512]);
+    let straddling = s.driver.post(VIRTIO_BLK_T_IN, SECTORS - 1, &[1024]);
+    let write_past_end = s.driver.post(VIRTIO_BLK_T_OUT, SECTORS + 10, &[512]);
+    let overflowing = s.driver.post(VIRTIO_BLK_T_IN, u64::MAX / 256, &[512]);
+    let fine = s.driver.post(VIRTIO_BLK_T_IN, 0, &[512]);
+    s.serve();
+    let used = s.driver.take_used();
+    assert_eq!(used.len(), 5);
+    for bad in [&past_end, &straddling, &write_past_end, &overflowing] {
+        assert_eq!(s.driver.status_of(bad), S_IOERR);
+        assert!(used.contains(&(bad.head, 1)));
+    }
+    // The refused reads wrote no data.
+    assert!(s.driver.data_of(&past_end).iter().all(|&b| b == 0));
+    assert_eq!(s.driver.status_of(&fine), S_OK);
+    assert_eq!(s.server.stats().errors, 4);
+    assert_eq!(s.server.stats().requests, 5);
+}
+
+#[test]
+fn unknown_types_get_unsupp() {
+    let mut s = setup(NotifyMode::PerRequest);
+    let discard = s.driver.post(VIRTIO_BLK_T_DISCARD, 0, &[16]);
+    let bogus = s.driver.post(0xdead_beef, 0, &[]);
+    s.serve();
+    assert_eq!(
+        s.driver.take_used(),
+        vec![(discard.head, 1), (bogus.head, 1)]
+    );
+    assert_eq!(s.driver.status_of(&discard), S_UNSUPP);
+    assert_eq!(s.driver.status_of(&bogus), S_UNSUPP);
+    assert_eq!(s.server.stats().errors, 2);
+}
+
+#[test]
+fn malformed_chains_are_refused_counted_and_survived() {
+    let mut s = setup(NotifyMode::Batched);
+    let d = &mut s.driver;
+    let mut expect = Vec::new(); // (head, used length, status address or none, status)
+
+    // Header device-writable.
+    let (h, b, st) = (d.header(VIRTIO_BLK_T_IN, 0), d.alloc(512), d.status());
+    let head = d.post_chain(&[writable(h, 16), writable(b, 512), writable(st, 1)]);
+    expect.push((head, 1, Some(st), S_IOERR));
+    // Header too short.
+    let (h, b, st) = (d.header(VIRTIO_BLK_T_IN, 0), d.alloc(512), d.status());
+    let head = d.post_chain(&[readable(h, 8), writable(b, 512), writable(st, 1)]);
+    expect.push((head, 1, Some(st), S_IOERR));
+    // Header outside guest memory.
+    let (b, st) = (d.alloc(512), d.status());
+    let head = d.post_chain(&[readable(OUTSIDE, 16), writable(b, 512), writable(st, 1)]);
+    expect.push((head, 1, Some(st), S_IOERR));
+    // Only a status descriptor: no header.
+    let st = d.status();
+    let head = d.post_chain(&[writable(st, 1)]);
+    expect.push((head, 1, Some(st), S_IOERR));
+    // No status descriptor: the last one is device-readable.
+    let (h, b) = (d.header(VIRTIO_BLK_T_OUT, 0), d.alloc(512));
+    let head = d.post_chain(&[readable(h, 16), readable(b, 512)]);
+    expect.push((head, 0, None, 0));
+    // Status byte outside guest memory.
+    let (h, b) = (d.header(VIRTIO_BLK_T_IN, 0), d.alloc(512));
+    let head = d.post_chain(&[readable(h, 16), writable(b, 512), writable(OUTSIDE, 1)]);
+    expect.push((head, 0, None, 0));
+    // A data buffer outside guest memory.
+    let (h, st) = (d.header(VIRTIO_BLK_T_IN, 0), d.status());
+    let head = d.post_chain(&[readable(h, 16), writable(OUTSIDE, 512), writable(st, 1)]);
+    expect.push((head, 1, Some(st), S_IOERR));
+    // A read into a device-readable buffer.
+    let (h, b, st) = (d.header(VIRTIO_BLK_T_IN, 0), d.alloc(512), d.status());
+    let head = d.post_chain(&[readable(h, 16), readable(b, 512), writable(st, 1)]);
+    expect.push((head, 1, Some(st), S_IOERR));
+    // A write from a device-writable buffer.
+    let (h, b, st) = (d.header(VIRTIO_BLK_T_OUT, 0), d.alloc(512), d.status());
+    let head = d.post_chain(&[readable(h, 16), writable(b, 512), writable(st, 1)]);
+    expect.push((head, 1, Some(st), S_IOERR));
+    // Not a whole number of sectors.
+    let (h, b, st) = (d.header(VIRTIO_BLK_T_IN, 0), d.alloc(500), d.status());
+    let head = d.post_chain(&[readable(h, 16), writable(b, 500), writable(st, 1)]);
+    expect.push((head, 1, Some(st), S_IOERR));
+    // A read with no data buffer.
+    let (h, st) = (d.header(VIRTIO_BLK_T_IN, 0), d.status());
+    let head = d.post_chain(&[readable(h, 16), writable(st, 1)]);
+    expect.push((head, 1, Some(st), S_IOERR));
+    // Data and status in one buffer: the status is its last byte.
+    let (h, b) = (d.header(VIRTIO_BLK_T_IN, 0), d.alloc(513));
+    let head = d.post_chain(&[readable(h, 16), writable(b, 513)]);
+    expect.push((head, 1, Some(b + 512), S_IOERR));
+    // A data buffer whose length runs past the end of the address space.
+    let (h, st) = (d.header(VIRTIO_BLK_T_IN, 0), d.status());
+    let head = d.post_chain(&[
+        readable(h, 16),
+        writable(u64::MAX - 100, 512),
+        writable(st, 1),
+    ]);
+    expect.push((head, 1, Some(st), S_IOERR));
+    // A chain whose last descriptor names a next one outside the table.
+    let (h, b) = (d.header(VIRTIO_BLK_T_IN, 0), d.alloc(512));
+    let head = d.post_chain(&[readable(h, 16), writable(b, 512)]);
+    let last = d.mock.desc_table().load(head + 1).unwrap();
+    let last = virtio_queue::desc::split::Descriptor::from(last);
+    let broken = virtio_queue::desc::split::Descriptor::new(
+        last.addr().0,
+        last.len(),
+        last.flags() | virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16,
+        QUEUE_SIZE + 7,
+    );
+    d.mock.desc_table().store(head + 1, broken.into()).unwrap();
+    expect.push((head, 0, None, 0));
+    // A well-formed request after all of them.
+    let fine = d.post(VIRTIO_BLK_T_IN, 3, &[512]);
+
+    s.serve();
+    let used = s.driver.take_used();
+    let mut expected_used: Vec<(u16, u32)> = expect.iter().map(|e| (e.0, e.1)).collect();
+    expected_used.push((fine.head, 513));
+    assert_eq!(used, expected_used);
+    for (head, _, status, code) in &expect {
+        if let Some(status) = status {
+            let found: u8 = s.driver.map.read_obj(GuestAddress(*status)).unwrap();
+            assert_eq!(found, *code, "status of the chain at head {head}");
+        }
+    }
+    assert_eq!(s.driver.status_of(&fine), S_OK);
+    assert_pattern(&s.driver.data_of(&fine), 3 * 512);
+    let stats = s.server.stats();
+    assert_eq!(stats.errors, expect.len() as u64);
+    assert_eq!(stats.requests, expect.len() as u64 + 1);
+    // Batched: one signal for the whole pass, refusals included.
+    assert_eq!(s.signals(), 1);
+}
+
+#[test]
+fn a_head_outside_the_table_is_counted_and_skipped() {
+    let mut s = setup(NotifyMode::PerRequest);
+    let fine = s.driver.post(VIRTIO_BLK_T_IN, 0, &[512]);
+    // A second avail entry naming descriptor 1000 of a 256-entry table.
+    s.driver.mock.avail().ring().ref_at(1).unwrap().store(1000);
+    s.driver.mock.avail().idx().store(2);
+    // The next request goes in avail slot 2.
+    let after = s.driver.post(VIRTIO_BLK_T_IN, 1, &[512]);
+    s.serve();
+    assert_eq!(
+        s.driver.take_used(),
+        vec![(fine.head, 513), (after.head, 513)]
+    );
+    assert_eq!(s.server.stats().errors, 1);
+    assert_eq!(s.server.stats().requests, 2);
+}
+
+#[test]
+fn an_avail_index_far_ahead_is_a_ring_error_not_a_spin() {
+    let mut s = setup(NotifyMode::Batched);
+    s.driver.set_avail_idx(QUEUE_SIZE + 5);
+    let err = s
+        .server
+        .serve_queue(&mut s.queue, &s.driver.rcu, &s.irq)
+        .unwrap_err();
+    assert!(err.to_string().contains("ahead"), "{err}");
+    assert!(s.driver.take_used().is_empty());
+}
+
+/// Posts `n` one-sector reads and serves them in one pass; returns the
+/// signals and the server's counts.
+fn one_pass(mode: NotifyMode, event_idx: bool, n: u64) -> (u64, QueueStats) {
+    let mut s = setup(mode);
+    s.queue.set_event_idx(event_idx);
+    // With EVENT_IDX the driver asks to be told when entry 0 is used.
+    s.driver.set_used_event(0);
+    for sector in 0..n {
+        s.driver.post(VIRTIO_BLK_T_IN, sector, &[512]);
+    }
+    s.serve();
+    assert_eq!(s.driver.take_used().len() as u64, n);
+    (s.signals(), s.server.stats())
+}
+
+#[test]
+fn per_request_signals_each_completion_batched_signals_once_per_pass() {
+    let (signals, stats) = one_pass(NotifyMode::PerRequest, false, 16);
+    assert_eq!((signals, stats.requests, stats.suppressed), (16, 16, 0));
+    let (signals, stats) = one_pass(NotifyMode::Batched, false, 16);
+    assert_eq!((signals, stats.requests, stats.suppressed), (1, 16, 0));
+}
+
+#[test]
+fn event_idx_suppresses_completions_the_driver_did_not_ask_about() {
+    // used_event 0: only the first completion needs a notification.
+    let (signals, stats) = one_pass(NotifyMode::PerRequest, true, 16);
+    assert_eq!((signals, stats.requests, stats.suppressed), (1, 16, 15));
+    let (signals, stats) = one_pass(NotifyMode::Batched, true, 16);
+    assert_eq!((signals, stats.requests, stats.suppressed), (1, 16, 15));
+}
+
+#[test]
+fn batched_signals_once_per_pass_across_passes() {
+    let mut s = setup(NotifyMode::Batched);
+    for pass in 0..3u64 {
+        for i in 0..4 {
+            s.driver.post(VIRTIO_BLK_T_IN, pass * 4 + i, &[512]);
+        }
+        s.serve();
+        assert_eq!(s.signals(), pass + 1);
+    }
+    assert_eq!(s.server.stats().requests, 12);
+}
+
+#[test]
+fn batched_signals_wait_for_the_end_of_the_pass() {
+    // A pass run inside the caller's own read section: its signal goes when
+    // that section ends.
+    let mut s = setup(NotifyMode::Batched);
+    s.driver.post(VIRTIO_BLK_T_IN, 0, &[512]);
+    {
+        let _outer = rcu_defer::read_lock();
+        s.serve();
+        assert_eq!(s.signals(), 0);
+        assert_eq!(s.irq.stats().requested, 1);
+    }
+    assert_eq!(s.signals(), 1);
+}
