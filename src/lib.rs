@@ -162,6 +162,7 @@ mod erased;
 #[cfg(loom)]
 mod fault;
 mod flavor;
+mod fork;
 mod grace;
 pub mod guide;
 mod local;
@@ -185,6 +186,9 @@ pub use flavor::{flavor, set_flavor, Flavor, FlavorError};
 pub use grace::{synchronize_rcu, synchronize_rcu_timeout, try_synchronize_rcu};
 pub use local::{call_local, call_local_fn, defer_scope, DeferScope};
 pub use reader::{in_read_section, read_depth, read_lock, ReadGuard};
+
+#[doc(hidden)]
+pub use reader::{registry_stats, RegistryStats};
 
 #[cfg(loom)]
 #[doc(hidden)]
