@@ -647,7 +647,7 @@ fn forks_while_threads_exit_leave_no_record_of_them_in_the_children() {
                 let batch: Vec<_> = (0..4)
                     .map(|_| {
                         i += 1;
-                        let in_section_at_exit = i % 8 == 0;
+                        let in_section_at_exit = i % 32 == 0;
                         thread::spawn(move || {
                             if in_section_at_exit {
                                 HELD_AT_EXIT.with(|held| *held.borrow_mut() = Some(read_lock()));
