@@ -950,7 +950,8 @@ pub(crate) fn with_local<R>(f: impl FnOnce(&Local) -> R) -> Option<R> {
 /// registration function. The caller's location is kept for deadlock and
 /// stall reports.
 ///
-/// Never blocks.
+/// Never blocks. Not async-signal-safe, except nested inside a section the
+/// interrupted code holds (see the crate documentation).
 ///
 /// Keep the guard in a named variable for as long as the section must last:
 /// `let _ = read_lock();` drops it at once (the section is over before the
