@@ -18,7 +18,7 @@
 
 mod common;
 
-use common::{child_command, is_child, markers, output_within, recv, within, MARKER};
+use common::{child_command, is_child, markers, output_within, recv, MARKER};
 use rcu_defer::{
     read_lock, registry_stats, synchronize_rcu, synchronize_rcu_timeout, Error, RcuCell, ReadGuard,
     RegistryStats,
