@@ -343,8 +343,7 @@ impl Queue {
 ///
 /// Until its callbacks have run, it is the only owner of values that
 /// readers may still hold: if the worker unwinds, dropping it gives every
-/// callback that has not run back to the queue (never drops one) and lets a
-/// new worker start.
+/// callback that has not run back to the queue (never drops one).
 struct Batch {
     /// Oldest first. A callback that has run is replaced by a no-op, and a
     /// chunk that has run is left empty.
@@ -385,49 +384,60 @@ impl Batch {
 
 impl Drop for Batch {
     fn drop(&mut self) {
-        if self.chunks.is_empty() && !std::thread::panicking() {
+        if self.chunks.is_empty() {
             return;
         }
         // The worker is unwinding.
         let mut queue = lock(&QUEUE);
         self.give_back(&mut queue);
-        restart_after_unwind(queue);
     }
 }
 
 /// The worker's hold on the in-flight batch (`Queue::in_flight`) while its
 /// grace period runs: if the worker unwinds meanwhile, dropping it gives
-/// the batch back to the queue, fails its drains and lets a new worker
-/// start. The worker forgets it once it has taken the batch out.
+/// the batch back to the queue and fails its drains. The worker forgets it
+/// once it has taken the batch out.
 struct InFlight;
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         let mut queue = lock(&QUEUE);
         queue.give_back_in_flight();
-        restart_after_unwind(queue);
+        queue.fail_in_flight_drains(&Error::GracePeriodPanicked {
+            message: "the rcu-call thread panicked".to_owned(),
+        });
     }
 }
 
-/// After the worker unwound and gave back what it held: fails the drains of
-/// the in-flight batch, and starts a new worker if callbacks are queued.
-fn restart_after_unwind(mut queue: MutexGuard<'_, Queue>) {
-    queue.fail_in_flight_drains(&Error::GracePeriodPanicked {
-        message: "the rcu-call thread panicked".to_owned(),
-    });
-    queue.worker = Worker::NotStarted;
-    if !queue.chunks.is_empty() {
-        if let Err(e) = queue.wake_worker() {
-            report!(
-                "cannot restart the rcu-call thread: {e}; its callbacks stay queued until \
-                 the next call_rcu starts it"
-            );
+/// The worker thread's life: if it unwinds (a bug: user callbacks are
+/// caught), dropping this, after the batch guards have given their
+/// callbacks back, lets a new worker start, and starts one at once if
+/// callbacks are queued. One guard per worker, so one restart.
+struct WorkerLife;
+
+impl Drop for WorkerLife {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            // Only a loom model ends the worker without unwinding.
+            return;
+        }
+        let mut queue = lock(&QUEUE);
+        queue.worker = Worker::NotStarted;
+        if !queue.chunks.is_empty() {
+            if let Err(e) = queue.wake_worker() {
+                report!(
+                    "cannot restart the rcu-call thread: {e}; its callbacks stay queued until \
+                     the next call_rcu starts it"
+                );
+            }
         }
     }
 }
 
 fn worker_loop() {
     ON_CALLBACK_THREAD.with(|on| on.set(true));
+    // Declared first, dropped last.
+    let _life = WorkerLife;
     let mut batch = Batch { chunks: Vec::new() };
     let mut spare: Vec<Vec<Callback>> = Vec::new();
     // Grace periods that have failed in a row.
