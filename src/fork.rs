@@ -25,27 +25,31 @@
 //! lock, then the flavor decision's (`flavor_signal` under the registry
 //! lock; the flavor is always decided by then, so it is an order on paper).
 //! Besides that, leader election (`LEADER`), the `call_rcu` queue, the
-//! grace-period event and the stall handler's lock are each held alone:
-//! `LEADER` is released before a grace period scans the registry, the
-//! queue's lock is released before the worker's grace period, the event's
-//! lock and the stall handler's are held for a few instructions and nothing
-//! is taken under them. The queue's lock is taken with a drain's own lock
-//! under it (to fail a drain), which prepare does not take. Prepare takes
-//! `LEADER`, the registry, the flavor decision, the queue, the event, the
-//! stall handler's lock, in that order: the registry before the flavor
-//! decision, as the library does, and no lock it takes is ever held by a
-//! thread waiting for one that comes earlier. No user code runs under any
-//! of them, and a second thread that forks at the same time waits for the
-//! first fork's parent handler at `LEADER`.
+//! grace-period event, the stall handler's lock and the `RcuCell` writers'
+//! wait lock are each held alone: `LEADER` is released before a grace
+//! period scans the registry, the queue's lock is released before the
+//! worker's grace period, the others are held for a few instructions (or
+//! released by a condition variable's wait) and nothing is taken under
+//! them. The queue's lock is taken with a drain's own lock under it (to
+//! fail a drain), which prepare does not take. Prepare takes `LEADER`, the
+//! registry, the flavor decision, the queue, the event, the stall
+//! handler's lock and the writers' wait lock, in that order: the registry
+//! before the flavor decision, as the library does, and no lock it takes is
+//! ever held by a thread waiting for one that comes earlier. No user code
+//! runs under any of them, and a second thread that forks at the same time
+//! waits for the first fork's parent handler at `LEADER`.
 //!
-//! rcu-defer's own locks are not the only ones: a lock of the user's (an
-//! `RcuCell`'s writer lock is one, held only while a writer swaps a
-//! pointer, or during `update`'s closure) held by another thread at the
-//! fork stays locked in the child, as any `Mutex` would.
+//! An `RcuCell`'s writer lock is not a lock prepare can take (there is one
+//! per cell, and `update` holds it while user code runs): it records its
+//! holder and fork generation instead, so that a child takes over a cell
+//! lock held by a thread that does not exist there (see `cell`). The user's
+//! own locks held by another thread at the fork stay locked in the child,
+//! as any `Mutex` would.
 
 #[cfg(not(loom))]
 mod handlers {
     use crate::call_rcu::{self, QueueHeld};
+    use crate::cell::{self, WaitHeld};
     use crate::detect::{self, HandlerHeld};
     use crate::flavor::{self, DecidingHeld};
     use crate::grace::{self, EventHeld, LeaderHeld};
@@ -66,6 +70,7 @@ mod handlers {
         queue: QueueHeld,
         _event: EventHeld,
         _handler: HandlerHeld,
+        cell_wait: WaitHeld,
     }
 
     thread_local_const! {
@@ -119,6 +124,7 @@ mod handlers {
             queue: call_rcu::hold_for_fork(),
             _event: grace::hold_event_for_fork(),
             _handler: detect::hold_for_fork(),
+            cell_wait: cell::hold_for_fork(),
         };
         HELD.with(|slot| **slot.borrow_mut() = Some(held));
     }
@@ -137,6 +143,7 @@ mod handlers {
         held.registry.after_fork_child();
         held.leader.after_fork_child();
         held.queue.after_fork_child();
+        held.cell_wait.after_fork_child();
         drop(held);
     }
 

@@ -166,8 +166,9 @@
 //! thread, which runs the callbacks queued before the fork, the batch that
 //! was waiting for its grace period included; the batch the `rcu-call`
 //! thread was running at the fork is not run in the child (the parent runs
-//! it). Your own locks, such as an [`RcuCell`]'s writer lock held inside
-//! [`update`](RcuCell::update)'s closure, are not covered.
+//! it). An [`RcuCell`] that another thread was writing at the fork can be
+//! written in the child. Your own locks are not covered: one held by
+//! another thread at the fork stays locked in the child.
 //!
 //! # Signal handlers
 //!

@@ -680,3 +680,67 @@ fn forks_while_threads_exit_leave_no_record_of_them_in_the_children() {
     assert!(exited.load(Ordering::SeqCst) > 0, "threads came and went");
     parent_works();
 }
+
+#[test]
+fn a_child_forked_while_another_thread_writes_an_rcu_cell_takes_over_its_writer_lock() {
+    let _serial = serial();
+    let cell = Arc::new(RcuCell::new(0u64));
+    let (inside_tx, inside_rx) = mpsc::channel();
+    let release = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (cell, release) = (Arc::clone(&cell), Arc::clone(&release));
+        thread::spawn(move || {
+            // Holds the cell's writer lock while the closure runs.
+            cell.update(|old| {
+                inside_tx.send(()).unwrap();
+                wait_for(&release, "the test to release the writer");
+                old + 1
+            });
+        })
+    };
+    recv(&inside_rx, "the writer to hold the cell's lock");
+    {
+        let cell = Arc::clone(&cell);
+        child_passes(
+            "fork while another thread holds a cell's writer lock",
+            move || {
+                let old = within(FEW_SECONDS, "replace_sync on the cell", move || {
+                    cell.replace_sync(10)
+                })?;
+                ensure(old == 0, || format!("replace_sync returned {old}"))?;
+                child_works(&[])
+            },
+        );
+    }
+    release.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    assert_eq!(*cell.read(&read_lock()), 1, "the parent's update happened");
+    assert_eq!(cell.replace_sync(2), 1);
+    parent_works();
+}
+
+#[test]
+fn a_child_forked_inside_an_rcu_cell_update_keeps_the_cell_locked_until_the_closure_ends() {
+    let _serial = serial();
+    let cell = Arc::new(RcuCell::new(0u64));
+    let in_closure = Arc::clone(&cell);
+    cell.update(move |old| {
+        child_passes("fork inside RcuCell::update's closure", move || {
+            // The forking thread holds the lock in the child too: another
+            // writer must wait for the closure, not take the lock over.
+            let (done_tx, done_rx) = mpsc::channel();
+            let cell = Arc::clone(&in_closure);
+            thread::spawn(move || {
+                cell.replace(5);
+                let _ = done_tx.send(());
+            });
+            ensure(done_rx.recv_timeout(SHORT).is_err(), || {
+                "a writer took the cell's lock from the thread that forked inside update".to_owned()
+            })?;
+            Ok(String::new())
+        });
+        old + 1
+    });
+    assert_eq!(*cell.read(&read_lock()), 1);
+    parent_works();
+}

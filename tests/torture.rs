@@ -56,13 +56,11 @@
 //!
 //! - (Linux) a forker: every `FORK_EVERY` it forks the whole tortured
 //!   process. The child, which has only the forker thread, must find no
-//!   record of the parent's other threads in the registry, must read the
-//!   run's cell, and must finish a grace period, a `call_rcu` + drain and an
-//!   `RcuCell::replace_sync` within `FORK_CHILD_LIMIT`, after which it exits;
-//!   the parent checks its exit status, and the run goes on. (The
-//!   `replace_sync` is on a cell of the child's own: the run's cell may have
-//!   been locked by the updater at the fork, and a cell's writer lock, like
-//!   any lock of the user's, stays locked in the child.)
+//!   record of the parent's other threads in the registry, and must finish
+//!   a grace period, a `call_rcu` + drain and an `RcuCell::replace_sync` of
+//!   the run's cell (whose writer lock the updater may have held at the
+//!   fork) within `FORK_CHILD_LIMIT`, after which it exits; the parent
+//!   checks its exit status, and the run goes on.
 //!
 //! Thread counts scale with `std::thread::available_parallelism` (at least
 //! two of each kind). The default run takes about 2 s per flavor (the
@@ -612,19 +610,19 @@ fn in_forked_child(shared: &Shared) -> Result<(), String> {
     }
     let limit = FORK_CHILD_LIMIT / 3;
     rcu_defer::synchronize_rcu_timeout(limit).map_err(|e| format!("synchronize_rcu: {e}"))?;
+    let seq = shared.latest.load(Ordering::SeqCst) + 1_000_000;
+    // The old slot is dropped here, in the child, after the grace period.
+    drop(
+        shared
+            .cell
+            .replace_sync(new_slot(seq, &shared.retired, &shared.live)),
+    );
     {
         let guard = read_lock();
         let item = &shared.cell.read(&guard).item;
-        if item.dead.load(Ordering::SeqCst) || item.check != item.seq ^ MAGIC {
-            return Err(format!(
-                "the run's cell holds a retired item ({})",
-                item.seq
-            ));
+        if item.dead.load(Ordering::SeqCst) || item.seq != seq {
+            return Err("the cell does not hold the value just published".to_owned());
         }
-    }
-    let cell = RcuCell::new(1u64);
-    if cell.replace_sync(2) != 1 {
-        return Err("replace_sync returned another value".to_owned());
     }
     call_rcu(|| ());
     rcu_defer::drain_call_rcu_timeout(limit).map_err(|e| format!("drain_call_rcu: {e}"))?;
