@@ -15,6 +15,13 @@
 //! follows the backlog, a producer never copies the queue while it holds the
 //! lock, and after a flood the memory goes back as the flood drains.
 //!
+//! While its grace period runs, the batch stays in the queue's state (as
+//! `in_flight`, under the queue's lock), and the worker takes it out only to
+//! run it. So a `fork()` child, where the worker thread does not exist, gets
+//! back every callback whose grace period had not ended at the fork (see
+//! `after_fork_child`): only the callbacks of a batch that the worker was
+//! running are not run there.
+//!
 //! A batch whose grace period fails (a `membarrier` refused by a seccomp
 //! filter) or panics goes back to the head of the queue, uncalled: its
 //! callbacks typically free values that readers may still hold, so they run
@@ -25,6 +32,7 @@
 //! way and a new worker is started.
 
 use crate::detect::{self, Error, Waiter};
+use crate::fork;
 use crate::grace;
 use crate::reader::{gp_counter, read_depth, registry};
 pub(crate) use crate::report::panic_message;
@@ -102,6 +110,13 @@ struct Queue {
     /// The drains whose markers are in `chunks`: the worker takes them with
     /// its batch, to tell them if the batch's grace period fails.
     drains: Vec<Arc<Drain>>,
+    /// The batch the worker has taken, oldest first, while its grace period
+    /// runs; empty otherwise. The worker takes it out to run it once the
+    /// grace period is over, and gives it back to the head of `chunks` if
+    /// the grace period fails.
+    in_flight: Vec<Vec<Callback>>,
+    /// The drains whose markers are in `in_flight`.
+    in_flight_drains: Vec<Arc<Drain>>,
     /// Under loom the model must be able to end the worker.
     #[cfg(loom)]
     shutdown: bool,
@@ -117,6 +132,8 @@ global! {
         worker: Worker::NotStarted,
         urgent: false,
         drains: Vec::new(),
+        in_flight: Vec::new(),
+        in_flight_drains: Vec::new(),
         #[cfg(loom)]
         shutdown: false,
         #[cfg(loom)]
@@ -228,6 +245,7 @@ fn batch_window() -> Duration {
 /// Queues `callback`. An error means the worker could not be spawned; the
 /// callback stays queued.
 fn enqueue(callback: Callback) -> io::Result<()> {
+    fork::register_handlers();
     let mut queue = lock(&QUEUE);
     queue.push(callback);
     let backlog = queue.backlog;
@@ -253,6 +271,27 @@ impl Queue {
             }
         }
         self.backlog += 1;
+    }
+
+    /// Puts the in-flight batch back at the head of the queue, ahead of the
+    /// callbacks queued since, so that queue order is kept; `in_flight`
+    /// keeps its allocation for the next batch.
+    fn give_back_in_flight(&mut self) {
+        if self.in_flight.is_empty() {
+            return;
+        }
+        self.backlog += self.in_flight.iter().map(Vec::len).sum::<usize>();
+        let mut queued_since = mem::replace(&mut self.chunks, mem::take(&mut self.in_flight));
+        self.chunks.append(&mut queued_since);
+        self.in_flight = queued_since;
+    }
+
+    /// Tells the drains waiting for the in-flight batch that its grace period
+    /// failed (their markers are back in the queue and run later, unheard).
+    fn fail_in_flight_drains(&mut self, error: &Error) {
+        for drain in self.in_flight_drains.drain(..) {
+            drain.finish(Err(error.clone()));
+        }
     }
 
     /// Takes back an emptied chunk, for reuse or to free.
@@ -300,26 +339,21 @@ impl Queue {
     }
 }
 
-/// The batch the worker has taken from the queue, and the drains waiting
-/// for it.
+/// The batch the worker runs, its grace period over.
 ///
 /// Until its callbacks have run, it is the only owner of values that
 /// readers may still hold: if the worker unwinds, dropping it gives every
-/// callback that has not run back to the queue (never drops one), fails
-/// the drains and lets a new worker start.
+/// callback that has not run back to the queue (never drops one).
 struct Batch {
     /// Oldest first. A callback that has run is replaced by a no-op, and a
     /// chunk that has run is left empty.
     chunks: Vec<Vec<Callback>>,
-    drains: Vec<Arc<Drain>>,
 }
 
 impl Batch {
     /// Runs every callback, in order, handing emptied chunks to `spare`
     /// (up to `SPARE_CHUNKS`; the rest are freed as they empty).
     fn run(&mut self, spare: &mut Vec<Vec<Callback>>) {
-        // A drain's marker callback tells it; it needs nothing else.
-        self.drains.clear();
         for i in 0..self.chunks.len() {
             for j in 0..self.chunks[i].len() {
                 // A zero-sized closure: replacing allocates nothing.
@@ -346,27 +380,48 @@ impl Batch {
         chunks.append(&mut queue.chunks);
         queue.chunks = chunks;
     }
-
-    /// Tells the drains waiting for this batch that its grace period failed
-    /// (their markers are back in the queue and run later, unheard).
-    fn fail_drains(&mut self, error: &Error) {
-        for drain in self.drains.drain(..) {
-            drain.finish(Err(error.clone()));
-        }
-    }
 }
 
 impl Drop for Batch {
     fn drop(&mut self) {
-        if self.chunks.is_empty() && self.drains.is_empty() && !std::thread::panicking() {
+        if self.chunks.is_empty() {
             return;
         }
         // The worker is unwinding.
         let mut queue = lock(&QUEUE);
         self.give_back(&mut queue);
-        self.fail_drains(&Error::GracePeriodPanicked {
+    }
+}
+
+/// The worker's hold on the in-flight batch (`Queue::in_flight`) while its
+/// grace period runs: if the worker unwinds meanwhile, dropping it gives
+/// the batch back to the queue and fails its drains. The worker forgets it
+/// once it has taken the batch out.
+struct InFlight;
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut queue = lock(&QUEUE);
+        queue.give_back_in_flight();
+        queue.fail_in_flight_drains(&Error::GracePeriodPanicked {
             message: "the rcu-call thread panicked".to_owned(),
         });
+    }
+}
+
+/// The worker thread's life: if it unwinds (a bug: user callbacks are
+/// caught), dropping this, after the batch guards have given their
+/// callbacks back, lets a new worker start, and starts one at once if
+/// callbacks are queued. One guard per worker, so one restart.
+struct WorkerLife;
+
+impl Drop for WorkerLife {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            // Only a loom model ends the worker without unwinding.
+            return;
+        }
+        let mut queue = lock(&QUEUE);
         queue.worker = Worker::NotStarted;
         if !queue.chunks.is_empty() {
             if let Err(e) = queue.wake_worker() {
@@ -381,10 +436,9 @@ impl Drop for Batch {
 
 fn worker_loop() {
     ON_CALLBACK_THREAD.with(|on| on.set(true));
-    let mut batch = Batch {
-        chunks: Vec::new(),
-        drains: Vec::new(),
-    };
+    // Declared first, dropped last.
+    let _life = WorkerLife;
+    let mut batch = Batch { chunks: Vec::new() };
     let mut spare: Vec<Vec<Callback>> = Vec::new();
     // Grace periods that have failed in a row.
     let mut failures: u32 = 0;
@@ -411,19 +465,32 @@ fn worker_loop() {
             }
             queue = gather(queue);
             queue.urgent = false;
-            // Take the whole queue; the emptied list of chunks goes back to
-            // producers so that its allocation is reused.
-            mem::swap(&mut queue.chunks, &mut batch.chunks);
+            // Take the whole queue as the in-flight batch; the emptied list
+            // of chunks (the last batch's) goes back to producers so that its
+            // allocation is reused.
+            debug_assert!(queue.in_flight.is_empty() && queue.in_flight_drains.is_empty());
+            let queue = &mut *queue;
+            mem::swap(&mut queue.chunks, &mut queue.in_flight);
             queue.backlog = 0;
-            mem::swap(&mut queue.drains, &mut batch.drains);
+            mem::swap(&mut queue.drains, &mut queue.in_flight_drains);
         }
+        let in_flight = InFlight;
         #[cfg(test)]
         tests::maybe_die();
         // One grace period for the whole batch. The callback thread holds
         // no read section unless a callback leaked a guard, which the check
         // after each callback reports; the stall detector then names it.
-        match caught_grace_period() {
+        let outcome = caught_grace_period();
+        let mut queue = lock(&QUEUE);
+        mem::forget(in_flight);
+        match outcome {
             Ok(()) => {
+                // Take the batch out to run it (leaving `in_flight` the
+                // emptied list of the last run). A drain's marker callback
+                // tells it; it needs nothing else.
+                mem::swap(&mut queue.in_flight, &mut batch.chunks);
+                queue.in_flight_drains.clear();
+                drop(queue);
                 if failures > 0 {
                     report!(
                         "grace periods work again after {failures} failed attempt(s); the \
@@ -435,10 +502,9 @@ fn worker_loop() {
             }
             Err(error) => {
                 failures = failures.saturating_add(1);
-                let mut queue = lock(&QUEUE);
-                let pending = batch.chunks.iter().map(Vec::len).sum::<usize>() + queue.backlog;
-                batch.give_back(&mut queue);
-                batch.fail_drains(&error);
+                let pending = queue.in_flight.iter().map(Vec::len).sum::<usize>() + queue.backlog;
+                queue.give_back_in_flight();
+                queue.fail_in_flight_drains(&error);
                 drop(queue);
                 if failures == 1 {
                     report!(
@@ -540,11 +606,22 @@ struct Drain {
     /// has failed (`Err`).
     outcome: Mutex<Option<Result<(), Error>>>,
     done: Condvar,
+    /// `fork::generation()` when the drain began: in a fork's child, where
+    /// its waiting thread does not exist, the drain is of an older
+    /// generation.
+    generation: u64,
 }
 
 impl Drain {
     /// Records the outcome (the first one counts) and wakes the waiter.
+    ///
+    /// In a fork's child, a drain of the parent has no waiter, and its lock
+    /// may have been held by that waiter at the fork (and so stay locked
+    /// forever): its marker, which the child's worker runs, does nothing.
     fn finish(&self, outcome: Result<(), Error>) {
+        if self.generation != fork::generation() {
+            return;
+        }
         let mut slot = lock(&self.outcome);
         if slot.is_none() {
             *slot = Some(outcome);
@@ -643,10 +720,12 @@ fn drain(op: &'static str, until: Option<Instant>) -> Result<(), Error> {
         return Err(Error::InCallRcuCallback { op });
     }
     detect::check_may_wait(op)?;
+    fork::register_handlers();
     let called = Instant::now();
     let drain = Arc::new(Drain {
         outcome: Mutex::new(None),
         done: Condvar::new(),
+        generation: fork::generation(),
     });
     {
         let marker = Arc::clone(&drain);
@@ -669,6 +748,43 @@ fn drain(op: &'static str, until: Option<Instant>) -> Result<(), Error> {
             called.elapsed(),
             Waiter::Drain,
         ))),
+    }
+}
+
+/// The queue's lock, held by the forking thread across a `fork()` (see
+/// `fork`).
+#[cfg(not(loom))]
+pub(crate) struct QueueHeld(MutexGuard<'static, Queue>);
+
+/// Locks the queue for a fork.
+#[cfg(not(loom))]
+pub(crate) fn hold_for_fork() -> QueueHeld {
+    QueueHeld(lock(&QUEUE))
+}
+
+#[cfg(not(loom))]
+impl QueueHeld {
+    /// In the child of a fork, before the lock is released: only the
+    /// forking thread exists.
+    ///
+    /// Unless the forking thread is the worker itself (a callback or the
+    /// stall handler on the `rcu-call` thread forked), the worker does not
+    /// exist here: the next `call_rcu` or drain starts a new one, and the
+    /// in-flight batch, whose grace period had not ended, goes back to the
+    /// head of the queue for it. The batch that the worker had taken out to
+    /// run is not run here: it stays in the old worker's stack, which no
+    /// thread will run. No drain waits here (the forking thread was not in
+    /// one), so the queued drains are forgotten, and their markers, which
+    /// the new worker runs in their turn, do nothing (see `Drain::finish`).
+    pub(crate) fn after_fork_child(&mut self) {
+        let queue = &mut *self.0;
+        if !ON_CALLBACK_THREAD.with(Cell::get) {
+            queue.give_back_in_flight();
+            queue.worker = Worker::NotStarted;
+        }
+        queue.drains.clear();
+        queue.in_flight_drains.clear();
+        queue.urgent = false;
     }
 }
 

@@ -4,9 +4,15 @@
 
 use crate::call_rcu::{call_rcu, call_rcu_or_report};
 use crate::detect;
+use crate::fork;
 use crate::grace;
 use crate::reader::ReadGuard;
-use crate::sync::{lock, thread_local_const, AtomicPtr, AtomicUsize, Mutex, MutexGuard, Ordering};
+#[cfg(not(loom))]
+use crate::sync::MutexGuard;
+use crate::sync::{
+    global, lock, thread_local_const, AtomicPtr, AtomicU64, Condvar, Mutex, Ordering, MAY_SPIN,
+};
+use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -35,12 +41,13 @@ use std::marker::PhantomData;
 pub struct RcuCell<T: Send + Sync + 'static> {
     /// Always a pointer from `Box::into_raw`, owned by the cell.
     current: AtomicPtr<T>,
-    /// Serializes writers, so that `update` reads a value no other writer
-    /// can retire under it and no update is lost.
-    writer: Mutex<()>,
-    /// The thread holding `writer` (see `thread_token`), 0 if none: lets a
-    /// write from inside `update`'s own closure panic instead of hanging.
-    writer_thread: AtomicUsize,
+    /// The writer lock, which serializes writers so that `update` reads a
+    /// value no other writer can retire under it and no update is lost: 0
+    /// when free, else the holder's `writer_word`. Knowing the holder lets
+    /// a write from inside `update`'s own closure panic instead of hanging,
+    /// and lets a fork's child take over a lock held by a thread that does
+    /// not exist there (see `lock_writer`).
+    writer: AtomicU64,
     /// The cell owns a `T` (for drop check and auto traits).
     _owns: PhantomData<Box<T>>,
 }
@@ -50,8 +57,7 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
     pub fn new(value: T) -> Self {
         RcuCell {
             current: AtomicPtr::new(Box::into_raw(Box::new(value))),
-            writer: Mutex::new(()),
-            writer_thread: AtomicUsize::new(0),
+            writer: AtomicU64::new(0),
             _owns: PhantomData,
         }
     }
@@ -155,55 +161,179 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
     }
 }
 
-thread_local_const! {
-    /// Its address identifies the current thread among live threads.
-    static THREAD_TOKEN: u8 = 0;
+// The writer lock.
+//
+// A cell's lock word holds its holder's *writer word*: the fork generation
+// (`fork::generation()`) in the top `GENERATION_BITS` bits, and below them
+// the holder's *writer id*, a number no other thread of the process has had
+// (ids are handed out by one counter, which a fork's child inherits, so a
+// child's new threads never get the id of a thread of its parent). A thread
+// that finds the lock taken spins briefly, then sleeps on `WAIT`, which
+// every release wakes.
+//
+// In a fork's child, a lock word written before the fork (an older
+// generation) belongs to a thread that does not exist there, unless it is
+// the forking thread's own (the fork happened inside `update`'s closure):
+// such a lock is taken over. The value the vanished holder was replacing is
+// then never retired in the child (it is leaked, never freed under a
+// reader), and its new value, if published, is the current one.
+
+/// Bits of a writer word that hold the fork generation (which wraps).
+const GENERATION_BITS: u32 = 16;
+/// The writer id part of a writer word.
+const ID_MASK: u64 = (1 << (64 - GENERATION_BITS)) - 1;
+
+global! {
+    /// The next writer id (ids start at 1: 0 is a free lock).
+    static NEXT_WRITER_ID: AtomicU64 = AtomicU64::new(1);
 }
 
-fn thread_token() -> usize {
-    THREAD_TOKEN.with(|t| t as *const u8 as usize)
+global! {
+    /// The writer id of the thread that forked this process (0 in a process
+    /// that is not a fork's child): the one thread whose locks taken before
+    /// the fork are still held here.
+    static FORKER_ID: AtomicU64 = AtomicU64::new(0);
+}
+
+/// Where writers that find a lock taken sleep: the number of sleepers, and
+/// the condition variable every release signals when there are any.
+struct Wait {
+    sleepers: Mutex<usize>,
+    released: Condvar,
+}
+
+global! {
+    static WAIT: Wait = Wait { sleepers: Mutex::new(0), released: Condvar::new() };
+}
+
+thread_local_const! {
+    /// This thread's writer id, 0 until its first write.
+    static WRITER_ID: Cell<u64> = Cell::new(0);
+}
+
+/// The calling thread's writer id.
+fn writer_id() -> u64 {
+    WRITER_ID.with(|id| {
+        if id.get() == 0 {
+            // Relaxed: only uniqueness matters, which the read-modify-write
+            // gives.
+            id.set(NEXT_WRITER_ID.fetch_add(1, Ordering::Relaxed) & ID_MASK);
+        }
+        id.get()
+    })
+}
+
+/// The lock word of the calling thread: its generation and id.
+fn writer_word() -> u64 {
+    (fork::generation() << (64 - GENERATION_BITS)) | writer_id()
+}
+
+/// Whether a lock word `held` that is not the caller's belongs to a thread
+/// that does not exist in this process: one of the parent's, taken before
+/// the fork by a thread other than the one that forked.
+fn held_by_a_vanished_thread(held: u64) -> bool {
+    let this_generation = fork::generation() & ((1 << GENERATION_BITS) - 1);
+    // Relaxed: set in the child before its first other thread exists.
+    held >> (64 - GENERATION_BITS) != this_generation
+        && held & ID_MASK != FORKER_ID.load(Ordering::Relaxed)
 }
 
 /// The cell's writer lock, held by one thread.
 struct WriterGuard<'a> {
-    owner: &'a AtomicUsize,
-    _lock: MutexGuard<'a, ()>,
+    word: &'a AtomicU64,
 }
 
 impl Drop for WriterGuard<'_> {
     fn drop(&mut self) {
-        // Relaxed: only compared with the current thread's own token.
-        self.owner.store(0, Ordering::Relaxed);
+        // Release pairs with the Acquire of the next holder's compare-exchange:
+        // everything this writer did happens before what the next one does.
+        self.word.store(0, Ordering::Release);
+        // A sleeper checks the word under this lock before it sleeps, so
+        // it either sees the store above or is woken here.
+        let sleepers = lock(&WAIT.sleepers);
+        if *sleepers > 0 {
+            WAIT.released.notify_all();
+        }
     }
 }
 
 impl<T: Send + Sync + 'static> RcuCell<T> {
     fn lock_writer(&self, op: &str) -> WriterGuard<'_> {
-        let me = thread_token();
-        let guard = match self.writer.try_lock() {
-            Ok(guard) => guard,
-            // A panicking `update` closure poisons the lock but changes
-            // nothing: the value is consistent.
-            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => {
-                // Relaxed: a thread only ever finds its own token here if it
-                // stored it itself (program order).
-                if self.writer_thread.load(Ordering::Relaxed) == me {
-                    panic!(
-                        "rcu-defer: {op} from inside RcuCell::update's closure on the same \
-                         cell would wait for itself; compute the new value in the closure \
-                         instead"
-                    );
-                }
-                lock(&self.writer)
+        // The takeover in a fork's child relies on the handlers, which
+        // count the generations (and the release takes `WAIT`).
+        fork::register_handlers();
+        let me = writer_word();
+        let mut spins = 0;
+        loop {
+            // Acquire pairs with the Release store of the last holder's
+            // `WriterGuard::drop` (or, taking over a vanished holder's lock,
+            // with whatever the fork copied, which is all this thread sees).
+            let held =
+                match self
+                    .writer
+                    .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+                {
+                    Ok(_) => return WriterGuard { word: &self.writer },
+                    Err(held) => held,
+                };
+            if held & ID_MASK == me & ID_MASK {
+                panic!(
+                    "rcu-defer: {op} from inside RcuCell::update's closure on the same cell \
+                     would wait for itself; compute the new value in the closure instead"
+                );
             }
-        };
-        // Relaxed: see above.
-        self.writer_thread.store(me, Ordering::Relaxed);
-        WriterGuard {
-            owner: &self.writer_thread,
-            _lock: guard,
+            if held_by_a_vanished_thread(held) {
+                // Acquire: as above.
+                if self
+                    .writer
+                    .compare_exchange(held, me, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return WriterGuard { word: &self.writer };
+                }
+                continue;
+            }
+            if MAY_SPIN && spins < 100 {
+                spins += 1;
+                crate::sync::spin_loop();
+                continue;
+            }
+            let mut sleepers = lock(&WAIT.sleepers);
+            *sleepers += 1;
+            // Relaxed: ordered by the `WAIT` lock, which the releaser takes
+            // after its store.
+            while self.writer.load(Ordering::Relaxed) == held {
+                sleepers = WAIT
+                    .released
+                    .wait(sleepers)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+            *sleepers -= 1;
         }
+    }
+}
+
+/// The writers' wait lock, held by the forking thread across a `fork()`
+/// (see `fork`).
+#[cfg(not(loom))]
+pub(crate) struct WaitHeld(MutexGuard<'static, usize>);
+
+/// Locks the writers' wait lock for a fork.
+#[cfg(not(loom))]
+pub(crate) fn hold_for_fork() -> WaitHeld {
+    WaitHeld(lock(&WAIT.sleepers))
+}
+
+#[cfg(not(loom))]
+impl WaitHeld {
+    /// In the child of a fork, before the lock is released: nobody sleeps
+    /// (the sleepers were other threads), and the forking thread is the
+    /// one thread whose cell locks taken before the fork still have a
+    /// holder.
+    pub(crate) fn after_fork_child(&mut self) {
+        *self.0 = 0;
+        // Relaxed: the child runs this one thread until it spawns another.
+        FORKER_ID.store(WRITER_ID.with(Cell::get), Ordering::Relaxed);
     }
 }
 

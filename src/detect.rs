@@ -5,8 +5,11 @@
 //! waits. A grace period held up by a reader for longer than the stall
 //! timeout is reported, naming the readers.
 
+use crate::fork;
 use crate::reader::{current_section, Blocker, Registry};
 use crate::report::{panic_message, report};
+#[cfg(not(loom))]
+use crate::sync::MutexGuard;
 use crate::sync::{global, lock, thread_local_const, AtomicU64, Mutex, Ordering};
 use std::cell::Cell;
 use std::fmt;
@@ -110,10 +113,19 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// How many readers a report's text names in full; it counts the rest.
+const READERS_IN_FULL: usize = 8;
+
 /// A grace period that is held up, and the readers holding it up.
 ///
 /// Given to the stall handler (see [`set_stall_handler`]) and carried by
 /// [`Error::Timeout`].
+///
+/// Its text (`Display`) is a summary line with the number of readers, then
+/// one line for each of the first 8 readers, longest inside first, and,
+/// when more block, a last line that counts the rest: a thousand stalled
+/// readers make a report of ten lines. [`readers`](StallReport::readers)
+/// has them all.
 #[derive(Clone, Debug)]
 pub struct StallReport {
     waited: Duration,
@@ -137,7 +149,7 @@ impl StallReport {
         self.waited
     }
 
-    /// The readers that held the grace period up.
+    /// The readers that held the grace period up, longest inside first.
     pub fn readers(&self) -> &[StalledReader] {
         &self.readers
     }
@@ -172,8 +184,15 @@ impl fmt::Display for StallReport {
                 }
             }
         }
-        for reader in &self.readers {
+        for reader in self.readers.iter().take(READERS_IN_FULL) {
             write!(f, "\n  - {reader}")?;
+        }
+        if n > READERS_IN_FULL {
+            write!(
+                f,
+                "\n  ... and {} more (StallReport::readers lists them all)",
+                n - READERS_IN_FULL
+            )?;
         }
         Ok(())
     }
@@ -299,7 +318,20 @@ pub fn set_stall_timeout(limit: Option<Duration>) {
 /// rcu_defer::set_stall_handler(log_stall);
 /// ```
 pub fn set_stall_handler(handler: fn(&StallReport)) {
+    fork::register_handlers();
     *lock(&STALL_HANDLER) = handler;
+}
+
+/// The stall handler's lock, held by the forking thread across a `fork()`
+/// (see `fork`), so that a child never finds it locked. Nothing changes in
+/// the child: the handler stays set.
+#[cfg(not(loom))]
+pub(crate) struct HandlerHeld(#[allow(dead_code)] MutexGuard<'static, fn(&StallReport)>);
+
+/// Locks the stall handler for a fork.
+#[cfg(not(loom))]
+pub(crate) fn hold_for_fork() -> HandlerHeld {
+    HandlerHeld(lock(&STALL_HANDLER))
 }
 
 pub(crate) fn stall_timeout() -> Option<Duration> {
@@ -345,7 +377,7 @@ pub(crate) fn stall_report(
     waiter: Waiter,
 ) -> StallReport {
     let now = Instant::now();
-    let readers = registry
+    let mut readers: Vec<StalledReader> = registry
         .blockers(gp)
         .into_iter()
         .map(|b: Blocker| {
@@ -365,6 +397,8 @@ pub(crate) fn stall_report(
             }
         })
         .collect();
+    // Stable: readers seen for equally long keep the registry's order.
+    readers.sort_by_key(|r| std::cmp::Reverse(r.in_section));
     StallReport {
         waited,
         readers,

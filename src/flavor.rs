@@ -2,7 +2,10 @@
 //! fences. Chosen once per process, before the first reader registers.
 
 use crate::detect::Error;
+use crate::fork;
 use crate::report::report;
+#[cfg(not(loom))]
+use crate::sync::MutexGuard;
 use crate::sync::{compiler_fence, fence, global, lock, AtomicU8, Mutex, Ordering};
 use crate::sys;
 use std::fmt;
@@ -157,6 +160,7 @@ pub fn flavor() -> Flavor {
 /// [`Flavor::Membarrier`] is asked for where the kernel refuses it (the
 /// flavor stays undecided then).
 pub fn set_flavor(requested: Flavor) -> Result<(), FlavorError> {
+    fork::register_handlers();
     let _one_at_a_time = lock(&DECIDING);
     if let Some(decided) = decided() {
         return if decided == requested {
@@ -184,6 +188,7 @@ fn publish(flavor: Flavor) {
 
 #[cold]
 fn decide() -> Flavor {
+    fork::register_handlers();
     let _one_at_a_time = lock(&DECIDING);
     if let Some(flavor) = decided() {
         return flavor;
@@ -218,6 +223,19 @@ fn choose() -> Flavor {
             Err(_) => Flavor::Fence,
         },
     }
+}
+
+/// The flavor decision's lock, held by the forking thread across a `fork()`
+/// (see `fork`): a child must not find it locked by a thread that does not
+/// exist there. Nothing changes in the child: the decision (and the
+/// membarrier registration, which the child's memory map inherits) stands.
+#[cfg(not(loom))]
+pub(crate) struct DecidingHeld(#[allow(dead_code)] MutexGuard<'static, ()>);
+
+/// Locks the flavor decision for a fork.
+#[cfg(not(loom))]
+pub(crate) fn hold_for_fork() -> DecidingHeld {
+    DecidingHeld(lock(&DECIDING))
 }
 
 /// What `RCU_DEFER_FLAVOR` asks for.

@@ -11,8 +11,13 @@
 
 use crate::detect::{self, Error, Waiter};
 use crate::flavor::writer_fence;
+use crate::fork;
 use crate::reader::{gp_counter, registry, set_gp_counter, GP_STEP};
-use crate::sync::{fence, global, lock, spin_loop, Condvar, Mutex, MutexGuard, Ordering, MAY_SPIN};
+use crate::sync::{
+    fence, global, lock, spin_loop, thread_local_const, Condvar, Mutex, MutexGuard, Ordering,
+    MAY_SPIN,
+};
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 /// How many scans the leader makes, spinning between them, before it sleeps.
@@ -42,6 +47,13 @@ global! {
 global! {
     /// Signalled whenever a leader finishes or gives up.
     static LEADER_DONE: Condvar = Condvar::new();
+}
+
+thread_local_const! {
+    /// True on the thread that holds the `LeaderSlot`: a fork's child keeps
+    /// the grace period running only if the forking thread runs it (from
+    /// the stall handler).
+    static IS_LEADER: Cell<bool> = Cell::new(false);
 }
 
 /// Wakes a leader sleeping in `wait_for_readers`. Called by a reader leaving
@@ -153,6 +165,7 @@ pub fn synchronize_rcu_timeout(limit: Duration) -> Result<(), Error> {
 /// counted: the callers waiting for it are woken, and each runs its own
 /// attempt, which fails or succeeds on its own.
 pub(crate) fn grace_period(until: Option<Instant>) -> Result<(), Error> {
+    fork::register_handlers();
     let called = Instant::now();
     let mut leader = lock(&LEADER);
     // A grace period already running may have started before this call, so
@@ -165,7 +178,7 @@ pub(crate) fn grace_period(until: Option<Instant>) -> Result<(), Error> {
         if !leader.running {
             leader.running = true;
             drop(leader);
-            let slot = LeaderSlot;
+            let slot = LeaderSlot::take();
             let result = run_grace_period(until);
             leader = slot.release(result.is_ok());
             result?;
@@ -199,10 +212,17 @@ pub(crate) fn grace_period(until: Option<Instant>) -> Result<(), Error> {
 struct LeaderSlot;
 
 impl LeaderSlot {
+    /// The slot, for the thread that has just set `running`.
+    fn take() -> Self {
+        IS_LEADER.with(|is| is.set(true));
+        LeaderSlot
+    }
+
     /// Gives the slot back after an attempt that returned; counts it if it
     /// `completed`.
     fn release(self, completed: bool) -> MutexGuard<'static, Leader> {
         std::mem::forget(self);
+        IS_LEADER.with(|is| is.set(false));
         let mut leader = lock(&LEADER);
         leader.running = false;
         if completed {
@@ -217,9 +237,47 @@ impl Drop for LeaderSlot {
     /// The attempt unwound: not counted, but no longer running either, so a
     /// waiting caller takes over instead of waiting forever.
     fn drop(&mut self) {
+        IS_LEADER.with(|is| is.set(false));
         let mut leader = lock(&LEADER);
         leader.running = false;
         LEADER_DONE.notify_all();
+    }
+}
+
+/// The grace-period locks (leader election and the event), held by the
+/// forking thread across a `fork()` (see `fork`).
+#[cfg(not(loom))]
+pub(crate) struct LeaderHeld(MutexGuard<'static, Leader>);
+
+/// The event's lock, held across a `fork()` after every other lock (see
+/// `fork`).
+#[cfg(not(loom))]
+pub(crate) struct EventHeld(#[allow(dead_code)] MutexGuard<'static, bool>);
+
+/// Locks leader election for a fork.
+#[cfg(not(loom))]
+pub(crate) fn hold_leader_for_fork() -> LeaderHeld {
+    LeaderHeld(lock(&LEADER))
+}
+
+/// Locks the event for a fork.
+#[cfg(not(loom))]
+pub(crate) fn hold_event_for_fork() -> EventHeld {
+    EventHeld(lock(&EVENT.set))
+}
+
+#[cfg(not(loom))]
+impl LeaderHeld {
+    /// In the child of a fork, before the lock is released: a grace period
+    /// that another thread was running has no leader here, so none is
+    /// running (the next caller leads one; the completed count stays).
+    /// Nobody waits on `LEADER_DONE` or the event: those waiters were other
+    /// threads. If the forking thread is the leader (it forked from the
+    /// stall handler), its grace period goes on when the handler returns.
+    pub(crate) fn after_fork_child(&mut self) {
+        if !IS_LEADER.with(Cell::get) {
+            self.0.running = false;
+        }
     }
 }
 

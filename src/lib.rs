@@ -152,6 +152,35 @@
 //! try_synchronize_rcu().unwrap();
 //! ```
 
+//!
+//! # fork
+//!
+//! `fork()` at any moment is safe for both processes, with no call to make:
+//! on Linux, rcu-defer registers `pthread_atfork` handlers before it first
+//! takes one of its locks, and they hold those locks across the fork. The
+//! parent is unaffected. The child, which has only the forking thread,
+//! keeps that thread's reader state (an open read section, pending
+//! [`call_local`] calls) and none of the other threads' records, so their
+//! sections never hold up its grace periods and its stall reports never
+//! name them. Its next [`call_rcu`] or drain starts a new `rcu-call`
+//! thread, which runs the callbacks queued before the fork, the batch that
+//! was waiting for its grace period included; the batch the `rcu-call`
+//! thread was running at the fork is not run in the child (the parent runs
+//! it). An [`RcuCell`] that another thread was writing at the fork can be
+//! written in the child. Your own locks are not covered: one held by
+//! another thread at the fork stays locked in the child.
+//!
+//! # Signal handlers
+//!
+//! A read section entered in a signal handler is async-signal-safe only
+//! nested inside a section that the interrupted code holds (check
+//! [`in_read_section`] first): then [`read_lock`] and the guard's drop
+//! only change a counter, and [`RcuCell::read`] is one atomic load. A
+//! thread's first `read_lock` (registration allocates and takes a lock), an
+//! outermost section's end (it may take a lock to wake a writer, and runs
+//! deferred calls), and every writer-side function are not
+//! async-signal-safe.
+
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms)]
 
@@ -162,6 +191,7 @@ mod erased;
 #[cfg(loom)]
 mod fault;
 mod flavor;
+mod fork;
 mod grace;
 pub mod guide;
 mod local;
@@ -185,6 +215,9 @@ pub use flavor::{flavor, set_flavor, Flavor, FlavorError};
 pub use grace::{synchronize_rcu, synchronize_rcu_timeout, try_synchronize_rcu};
 pub use local::{call_local, call_local_fn, defer_scope, DeferScope};
 pub use reader::{in_read_section, read_depth, read_lock, ReadGuard};
+
+#[doc(hidden)]
+pub use reader::{registry_stats, RegistryStats};
 
 #[cfg(loom)]
 #[doc(hidden)]

@@ -269,11 +269,28 @@ impl Registry {
     }
 
     /// A stand-in record for `owner`: a free one, or a new leaked one.
+    ///
+    /// Stand-ins are never freed, and a new one is made only when none is
+    /// free: there are never more than the most that were ever in use at
+    /// once, that is, threads that were exiting or had exited inside a read
+    /// section at the same time.
     fn acquire_stand_in(&mut self, owner: Owner) -> &'static Record {
-        if let Some(entry) = self.entries.iter_mut().find(|e| e.owner.is_none()) {
+        let i = self.stand_in_index(owner);
+        self.entries[i].record
+    }
+
+    /// The index of a stand-in entry now owned by `owner`: a free one, or a
+    /// new leaked one. Its record is quiescent.
+    fn stand_in_index(&mut self, owner: Owner) -> usize {
+        let free = self
+            .entries
+            .iter()
+            .position(|e| !e.thread_local && e.owner.is_none());
+        if let Some(i) = free {
+            let entry = &mut self.entries[i];
             entry.owner = Some(owner);
             entry.blocked_since = None;
-            return entry.record;
+            return i;
         }
         let record: &'static Record = Box::leak(Box::new(Record {
             ctr: AtomicU64::new(0),
@@ -286,7 +303,19 @@ impl Registry {
             owner: Some(owner),
             blocked_since: None,
         });
-        record
+        self.entries.len() - 1
+    }
+
+    /// Removes the entry at `i` (a thread's own record), and gives memory
+    /// back once the registry is mostly empty: after many threads have come
+    /// and gone, it holds no more than a few times what the threads alive
+    /// now need.
+    fn remove(&mut self, i: usize) {
+        self.entries.swap_remove(i);
+        let capacity = self.entries.capacity();
+        if capacity > REGISTRY_KEEP && self.entries.len() <= capacity / 4 {
+            self.entries.shrink_to((capacity / 2).max(REGISTRY_KEEP));
+        }
     }
 
     fn position(&self, record: &Record) -> Option<usize> {
@@ -300,13 +329,17 @@ impl Registry {
     fn release(&mut self, record: &Record) {
         if let Some(i) = self.position(record) {
             if self.entries[i].thread_local {
-                self.entries.swap_remove(i);
+                self.remove(i);
             } else {
                 self.entries[i].owner = None;
             }
         }
     }
 }
+
+/// The registry's capacity (in entries) that it keeps however few threads
+/// are registered: below it, it never shrinks.
+const REGISTRY_KEEP: usize = 64;
 
 /// A section that published `ctr` blocks the grace period that set the
 /// counter to `gp` unless it is quiescent (0) or began after (`gp`).
@@ -333,6 +366,79 @@ fn flavor_signal() -> u8 {
 /// Locks the registry (writers scan it; registration and exit change it).
 pub(crate) fn registry() -> MutexGuard<'static, Registry> {
     lock(&REGISTRY)
+}
+
+/// The registry's lock, held by the forking thread across a `fork()` (see
+/// `fork`).
+#[cfg(not(loom))]
+pub(crate) struct RegistryHeld(MutexGuard<'static, Registry>);
+
+/// Locks the registry for a fork.
+#[cfg(not(loom))]
+pub(crate) fn hold_for_fork() -> RegistryHeld {
+    RegistryHeld(registry())
+}
+
+#[cfg(not(loom))]
+impl RegistryHeld {
+    /// In the child of a fork, before the lock is released: only the
+    /// forking thread exists, so only its records stay. The records of the
+    /// other threads leave the registry (their sections cannot end here,
+    /// and no stall report must name them), and the stand-ins they held
+    /// become free. The forking thread keeps its own record (and the
+    /// stand-in that publishes its section, if it forked while exiting
+    /// inside one), with its open section, if any.
+    pub(crate) fn after_fork_child(&mut self) {
+        let (own, own_stand_in) = LOCAL
+            .try_with(|local| {
+                let own: *const Record = &local.record;
+                (own, local.stand_in.get().map(|r| r as *const Record))
+            })
+            .unwrap_or((std::ptr::null(), None));
+        self.0.entries.retain_mut(|entry| {
+            let record: *const Record = entry.record;
+            if record == own || Some(record) == own_stand_in {
+                return true;
+            }
+            if entry.thread_local {
+                return false;
+            }
+            // Relaxed: the child runs one thread (this one), and it holds
+            // the registry lock.
+            entry.record.ctr.store(0, Ordering::Relaxed);
+            entry.record.signal.store(0, Ordering::Relaxed);
+            entry.owner = None;
+            entry.blocked_since = None;
+            true
+        });
+    }
+}
+
+/// What the registry holds, for tests of its memory use.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegistryStats {
+    /// Registered records: threads' own records and stand-ins.
+    pub entries: usize,
+    /// Entries the registry has room for without allocating.
+    pub capacity: usize,
+    /// Stand-ins, free or in use (each a leaked record).
+    pub stand_ins: usize,
+    /// Stand-ins free for reuse.
+    pub free_stand_ins: usize,
+}
+
+/// What the registry holds now. Not part of the API: for tests.
+#[doc(hidden)]
+pub fn registry_stats() -> RegistryStats {
+    let registry = registry();
+    let stand_ins = registry.entries.iter().filter(|e| !e.thread_local);
+    RegistryStats {
+        entries: registry.entries.len(),
+        capacity: registry.entries.capacity(),
+        stand_ins: stand_ins.clone().count(),
+        free_stand_ins: stand_ins.filter(|e| e.owner.is_none()).count(),
+    }
 }
 
 /// The current grace-period counter value.
@@ -743,7 +849,7 @@ impl Drop for Registration {
         };
         let ctr = record.ctr();
         if ctr == 0 {
-            registry.entries.swap_remove(i);
+            registry.remove(i);
             // Relaxed: owner-only from now on (off the registry).
             record.signal.store(STAND_IN, Ordering::Relaxed);
             return;
@@ -758,23 +864,30 @@ impl Drop for Registration {
         // registry lock. If the guard's drop does come, it ends the section
         // through the stand-in; a leaked guard blocks grace periods for
         // good, and stall reports name it.
-        let stand_in: &'static Record = Box::leak(Box::new(Record {
-            // Relaxed: published to writers by the registry lock.
-            ctr: AtomicU64::new(ctr & !DEFERRED),
-            entered_at: AtomicPtr::new(record.entered_at.load(Ordering::Relaxed)),
-            // A writer's pending wake-up request moves with the section.
-            signal: AtomicU8::new(record.signal.load(Ordering::Relaxed) & WAITING),
-        }));
-        let entry = &mut registry.entries[i];
-        entry.record = stand_in;
-        entry.thread_local = false;
-        let who = match entry.owner.as_mut() {
-            Some(owner) => {
-                owner.exited = true;
-                owner.to_string()
-            }
-            None => "a thread".to_owned(),
-        };
+        let mut owner = registry.entries[i].owner.clone().unwrap_or_else(|| Owner {
+            name: None,
+            id: "a thread".to_owned(),
+            exited: true,
+        });
+        owner.exited = true;
+        let who = owner.to_string();
+        let blocked_since = registry.entries[i].blocked_since;
+        let s = registry.stand_in_index(owner);
+        let stand_in = registry.entries[s].record;
+        registry.entries[s].blocked_since = blocked_since;
+        // Relaxed: published to writers by the registry lock.
+        stand_in
+            .entered_at
+            .store(record.entered_at.load(Ordering::Relaxed), Ordering::Relaxed);
+        // A writer's pending wake-up request moves with the section.
+        stand_in.signal.store(
+            record.signal.load(Ordering::Relaxed) & WAITING,
+            Ordering::Relaxed,
+        );
+        stand_in.ctr.store(ctr & !DEFERRED, Ordering::Relaxed);
+        // `s` is not `i` (that entry is owned): this swaps the thread's entry
+        // out, and may move the stand-in's, which is done with.
+        registry.remove(i);
         drop(registry);
         local.stand_in.set(Some(stand_in));
         record.signal.store(STAND_IN, Ordering::Relaxed);
@@ -837,7 +950,8 @@ pub(crate) fn with_local<R>(f: impl FnOnce(&Local) -> R) -> Option<R> {
 /// registration function. The caller's location is kept for deadlock and
 /// stall reports.
 ///
-/// Never blocks.
+/// Never blocks. Not async-signal-safe, except nested inside a section the
+/// interrupted code holds (see the crate documentation).
 ///
 /// Keep the guard in a named variable for as long as the section must last:
 /// `let _ = read_lock();` drops it at once (the section is over before the

@@ -6,16 +6,14 @@
 
 #[cfg(not(loom))]
 pub(crate) use std::{
-    sync::atomic::{
-        compiler_fence, fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize,
-    },
+    sync::atomic::{compiler_fence, fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8},
     sync::{Arc, Condvar, Mutex, MutexGuard},
     thread,
 };
 
 #[cfg(loom)]
 pub(crate) use loom::{
-    sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize},
+    sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8},
     sync::{Arc, Condvar, Mutex, MutexGuard},
     thread,
 };

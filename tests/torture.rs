@@ -54,6 +54,14 @@
 //!   must have panicked at least once. (The threads that wait for grace periods and drains time
 //!   their waits instead: one that took `STALL_LIMIT` fails the run.)
 //!
+//! - (Linux) a forker: every `FORK_EVERY` it forks the whole tortured
+//!   process. The child, which has only the forker thread, must find no
+//!   record of the parent's other threads in the registry, and must finish
+//!   a grace period, a `call_rcu` + drain and an `RcuCell::replace_sync` of
+//!   the run's cell (whose writer lock the updater may have held at the
+//!   fork) within `FORK_CHILD_LIMIT`, after which it exits; the parent
+//!   checks its exit status, and the run goes on.
+//!
 //! Thread counts scale with `std::thread::available_parallelism` (at least
 //! two of each kind). The default run takes about 2 s per flavor (the
 //! default flavor in this process, the fence flavor in a child process, at
@@ -233,6 +241,8 @@ struct Stats {
     flood_bursts: AtomicU64,
     flood_bursts_in_section: AtomicU64,
     flood_drains: AtomicU64,
+    /// Children forked and checked.
+    forks: AtomicU64,
     /// The longest wait for a grace period or a drain, in microseconds.
     longest_wait_us: AtomicU64,
 }
@@ -525,6 +535,98 @@ fn thread_churn(shared: &Arc<Shared>, at_once: usize) {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// The forker.
+
+/// How often the forker forks.
+const FORK_EVERY: Duration = Duration::from_millis(100);
+/// How long a forked child may take for its checks.
+const FORK_CHILD_LIMIT: Duration = Duration::from_secs(10);
+
+/// Forks every `FORK_EVERY` until the run stops; each child checks that it
+/// works (`in_forked_child`) and exits; a child that fails or hangs fails
+/// the run.
+#[cfg(target_os = "linux")]
+fn forker(shared: &Shared) {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    while !shared.stop.load(Ordering::Relaxed) {
+        thread::sleep(FORK_EVERY);
+        // SAFETY: `fork` has no memory-safety preconditions. In the child
+        // only this thread exists; it runs its checks and leaves with
+        // `_exit`, never returning into code that expects the parent's
+        // other threads.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            let outcome = catch_unwind(AssertUnwindSafe(|| in_forked_child(shared)))
+                .unwrap_or_else(|_| Err("the child's checks panicked".to_owned()));
+            let code = match outcome {
+                Ok(()) => 0,
+                Err(why) => {
+                    use std::io::Write;
+                    let _ = writeln!(std::io::stderr(), "torture: forked child: {why}");
+                    1
+                }
+            };
+            // SAFETY: ends the child at once, running nothing of the
+            // parent's (no atexit handlers, no destructors).
+            unsafe { libc::_exit(code) };
+        }
+        let deadline = Instant::now() + FORK_CHILD_LIMIT;
+        let status = loop {
+            let mut status = 0;
+            // SAFETY: `pid` is our child; `status` is a valid out-pointer.
+            let waited = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if waited == pid {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                // SAFETY: `pid` is our unreaped child: the signal goes to
+                // it, and waiting reaps it.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                panic!("a forked child did not finish within {FORK_CHILD_LIMIT:?}: hang");
+            }
+            thread::sleep(Duration::from_millis(2));
+        };
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "a forked child failed its checks (wait status {status:#x}; its reason is on stderr)"
+        );
+        shared.stats.forks.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A forked child's checks (see the module documentation).
+#[cfg(target_os = "linux")]
+fn in_forked_child(shared: &Shared) -> Result<(), String> {
+    let stats = rcu_defer::registry_stats();
+    if stats.entries - stats.free_stand_ins > 1 {
+        return Err(format!("records of the parent's threads: {stats:?}"));
+    }
+    let limit = FORK_CHILD_LIMIT / 3;
+    rcu_defer::synchronize_rcu_timeout(limit).map_err(|e| format!("synchronize_rcu: {e}"))?;
+    let seq = shared.latest.load(Ordering::SeqCst) + 1_000_000;
+    // The old slot is dropped here, in the child, after the grace period.
+    drop(
+        shared
+            .cell
+            .replace_sync(new_slot(seq, &shared.retired, &shared.live)),
+    );
+    {
+        let guard = read_lock();
+        let item = &shared.cell.read(&guard).item;
+        if item.dead.load(Ordering::SeqCst) || item.seq != seq {
+            return Err("the cell does not hold the value just published".to_owned());
+        }
+    }
+    call_rcu(|| ());
+    rcu_defer::drain_call_rcu_timeout(limit).map_err(|e| format!("drain_call_rcu: {e}"))?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -825,6 +927,8 @@ fn torture(duration: Duration) {
             thread_churn(s, short_at_once);
         },
     ));
+    #[cfg(target_os = "linux")]
+    workers.push(spawn(&shared, "torture-forker".to_owned(), |s| forker(s)));
     let updater_thread = spawn(&shared, "torture-updater".to_owned(), |s| updater(s));
 
     let started = Instant::now();
@@ -885,7 +989,7 @@ fn torture(duration: Duration) {
          {} cell updates ({} replace, {} replace_sync, {} update, {} replace+synchronize_rcu), \
          ring: {} synchronize_rcu + {} call_rcu retirements, \
          flood: {} call_rcu callbacks in {} bursts ({} queued inside a section), {} drains, \
-         call_local: {} recorded, {} ran; \
+         call_local: {} recorded, {} ran; {} forked children checked; \
          stall handler: {} calls, {} panicked; longest wait for a grace period or drain: \
          {longest_wait:.1?}; \
          reader grace-period age (pipe) [0, 1, 2+]: {pipe:?}; \
@@ -908,6 +1012,7 @@ fn torture(duration: Duration) {
         get(&stats.flood_drains),
         get(&stats.local_recorded),
         get(&stats.local_ran),
+        get(&stats.forks),
         STALL_CALLS.load(Ordering::SeqCst),
         STALL_PANICS.load(Ordering::SeqCst),
     );
@@ -929,6 +1034,10 @@ fn torture(duration: Duration) {
     // comes after they were started).
     assert!(get(&stats.reads) > 0 && published > 0);
     assert!(get(&stats.flood_callbacks) > 0 && get(&stats.short_threads) > 0);
+    assert!(
+        get(&stats.forks) > 0 || cfg!(not(target_os = "linux")),
+        "no child was forked"
+    );
 }
 
 #[test]

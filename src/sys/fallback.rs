@@ -15,3 +15,13 @@ pub(crate) fn membarrier_register() -> io::Result<()> {
 pub(crate) fn membarrier() -> io::Result<()> {
     membarrier_register()
 }
+
+/// Does nothing: fork handlers are registered on Linux only (and never
+/// under loom, which has no processes).
+pub(crate) fn register_atfork(
+    _prepare: extern "C" fn(),
+    _parent: extern "C" fn(),
+    _child: extern "C" fn(),
+) -> io::Result<()> {
+    Ok(())
+}

@@ -1,16 +1,16 @@
 //! Platform code: the process-wide memory barrier behind the membarrier
-//! flavor, and (Linux) the eventfd behind `virtio::EventFd`. One
-//! cfg-selected file per platform, and a fallback that always compiles (and
-//! that loom uses).
+//! flavor, the registration of the fork handlers, and (Linux) the eventfd
+//! behind `virtio::EventFd`. One cfg-selected file per platform, and a
+//! fallback that always compiles (and that loom uses).
 
 #[cfg(all(target_os = "linux", not(loom)))]
 mod linux;
 #[cfg(all(target_os = "linux", not(loom)))]
-pub(crate) use linux::{membarrier, membarrier_register};
+pub(crate) use linux::{membarrier, membarrier_register, register_atfork};
 #[cfg(target_os = "linux")]
 pub(crate) mod eventfd;
 
 #[cfg(not(all(target_os = "linux", not(loom))))]
 mod fallback;
 #[cfg(not(all(target_os = "linux", not(loom))))]
-pub(crate) use fallback::{membarrier, membarrier_register};
+pub(crate) use fallback::{membarrier, membarrier_register, register_atfork};
