@@ -55,11 +55,10 @@ mod handlers {
     use crate::grace::{self, EventHeld, LeaderHeld};
     use crate::reader::{self, RegistryHeld};
     use crate::report::report;
-    use crate::sync::{thread_local_const, AtomicU64, Ordering};
+    use crate::sync::{thread_local_const, AtomicU64, Once, Ordering};
     use crate::sys;
     use std::cell::RefCell;
     use std::mem::ManuallyDrop;
-    use std::sync::Once;
 
     /// Every lock of rcu-defer, held across a fork. Dropping it releases
     /// them.
