@@ -18,6 +18,7 @@ pub(crate) fn membarrier() -> io::Result<()> {
 
 /// Does nothing: fork handlers are registered on Linux only (and never
 /// under loom, which has no processes).
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) fn register_atfork(
     _prepare: extern "C" fn(),
     _parent: extern "C" fn(),

@@ -13,4 +13,7 @@ pub(crate) mod eventfd;
 #[cfg(not(all(target_os = "linux", not(loom))))]
 mod fallback;
 #[cfg(not(all(target_os = "linux", not(loom))))]
-pub(crate) use fallback::{membarrier, membarrier_register, register_atfork};
+pub(crate) use fallback::{membarrier, membarrier_register};
+// Under loom nothing registers fork handlers (`fork.rs`).
+#[cfg(all(not(target_os = "linux"), not(loom)))]
+pub(crate) use fallback::register_atfork;
