@@ -200,6 +200,7 @@ mod report;
 mod section_calls;
 mod sync;
 mod sys;
+mod thread_bound;
 pub mod virtio;
 #[cfg(feature = "vm-memory")]
 pub mod vm;

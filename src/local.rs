@@ -31,6 +31,7 @@ use crate::reader::{with_local, Local};
 use crate::report::{panic_message, report};
 use crate::section_calls::RawFn;
 use crate::sync::thread_local_lazy;
+use crate::thread_bound::ThreadBound;
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
@@ -537,6 +538,11 @@ pub fn call_local_fn<F: FnOnce() + 'static>(f: F) {
 /// fn needs_send<T: Send>(_: T) {}
 /// needs_send(rcu_defer::defer_scope());
 /// ```
+///
+/// ```compile_fail,E0277
+/// let scope = rcu_defer::defer_scope();
+/// std::thread::spawn(move || drop(scope));
+/// ```
 pub fn defer_scope() -> DeferScope {
     let _ = with_local(|local| {
         let scopes = &local.defer.scopes;
@@ -558,8 +564,9 @@ pub fn defer_scope() -> DeferScope {
 #[must_use = "calls are batched only while the scope is alive"]
 #[derive(Debug)]
 pub struct DeferScope {
-    /// `!Send` and `!Sync`: the scope belongs to its thread.
-    _not_send: PhantomData<*const ()>,
+    /// `!Send` and `!Sync`: the scope belongs to its thread (the error
+    /// names `DeferScope`).
+    _not_send: PhantomData<ThreadBound<DeferScope>>,
 }
 
 impl Drop for DeferScope {
