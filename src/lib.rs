@@ -175,7 +175,7 @@
 //! the `rcu-call` thread keeps its callbacks queued and retries.
 //!
 //! A thread that exits while it still holds a read section (a guard leaked
-//! with `mem::forget`) is reported on stderr at exit, with the location
+//! with `mem::forget`) is reported at exit, with the location
 //! where the section was entered. The section is *not* closed for it: the
 //! guard might live in another thread-local whose destructor still reads
 //! through it, so closing it would be unsound. Grace periods then wait for
@@ -196,6 +196,25 @@
 //! try_synchronize_rcu().unwrap();
 //! ```
 
+//!
+//! # Reports
+//!
+//! What goes wrong where no caller can be given an error (a [`call_rcu`]
+//! callback that panics, a failed guest notification, a thread that exits
+//! inside a read section, a stalled grace period under the default stall
+//! handler, an unusable `RCU_DEFER_FLAVOR`) is a [`Report`], with a
+//! [`ReportKind`] and a [`Severity`]. Reports go to the handler set with
+//! [`set_report_handler`]; without one, to the `log` facade (feature `log`)
+//! or to `tracing` (feature `tracing`) when a logger or subscriber takes
+//! their level at target `rcu_defer`, and to stderr otherwise. A handler
+//! runs with none of rcu-defer's locks held, and a panic in it is caught.
+//!
+//! ```
+//! // Route rcu-defer's reports into the program's own log.
+//! rcu_defer::set_report_handler(|report| {
+//!     eprintln!("[{:?}] rcu-defer: {report}", report.severity());
+//! });
+//! ```
 //!
 //! # fork
 //!
@@ -260,6 +279,7 @@ pub use flavor::{flavor, set_flavor, Flavor, FlavorError};
 pub use grace::{synchronize_rcu, synchronize_rcu_timeout, try_synchronize_rcu};
 pub use local::{call_local, call_local_fn, defer_scope, DeferScope};
 pub use reader::{in_read_section, read_depth, read_lock, ReadGuard};
+pub use report::{set_report_handler, Report, ReportKind, Severity};
 
 #[doc(hidden)]
 pub use reader::{registry_stats, RegistryStats};

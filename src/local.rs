@@ -343,6 +343,7 @@ impl DeferState {
         let scopes = self.scopes.get();
         if count > 0 && scopes > 0 && !local.in_section() {
             report!(
+                ExitInSection,
                 "a thread is exiting inside a defer scope ({scopes} open) with {count} \
                  deferred call(s) pending; they run when the scope is dropped, which for a \
                  leaked scope is never"
@@ -357,6 +358,7 @@ impl DeferState {
 #[cold]
 fn report_dropped_panic(payload: &(dyn std::any::Any + Send)) {
     report!(
+        CallbackPanicked,
         "a deferred call panicked while the thread was already unwinding: {}; the \
          panic is dropped",
         panic_message(payload)
@@ -560,7 +562,7 @@ pub fn defer_scope() -> DeferScope {
 ///
 /// Dropping it resumes the first panic of a pending call, after all of them
 /// have run (unless the thread is already unwinding; then such panics are
-/// reported on stderr and dropped).
+/// reported and dropped).
 #[must_use = "calls are batched only while the scope is alive"]
 #[derive(Debug)]
 pub struct DeferScope {

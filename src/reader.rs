@@ -896,6 +896,7 @@ impl Drop for Registration {
             .entered_at()
             .map_or_else(|| "an unknown location".to_owned(), |l| l.to_string());
         report!(
+            ExitInSection,
             "{who} is exiting inside a read section (depth {}, entered at {at}); \
              grace periods wait until its guard is dropped: a guard held by a thread-local \
              that is destroyed later ends the section then (and runs its deferred calls), a \
@@ -1030,8 +1031,8 @@ pub struct ReadGuard {
 /// # Panics
 ///
 /// Resumes the first panic of a pending call after all of them have run
-/// (unless the thread is already unwinding; then such panics are reported on
-/// stderr and dropped).
+/// (unless the thread is already unwinding; then such panics are reported
+/// and dropped).
 impl Drop for ReadGuard {
     #[inline]
     fn drop(&mut self) {
