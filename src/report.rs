@@ -137,7 +137,12 @@ thread_local_const! {
 /// thread that makes the report (often the `rcu-call` thread, or a thread
 /// that is exiting), with none of rcu-defer's locks held, so it may use
 /// rcu-defer; it should return soon, as the work that made the report waits
-/// for it. A report made while the handler (or a logger it calls) runs on
+/// for it. It must not wait for a grace period: it may run inside a read
+/// section (a batched guest notification that fails is reported as its
+/// section ends) or inside a stalled grace period (the default stall
+/// handler's report), where such a wait is refused
+/// ([`try_synchronize_rcu`](crate::try_synchronize_rcu) returns an error,
+/// the plain forms panic). A report made while the handler (or a logger it calls) runs on
 /// the same thread goes to stderr instead of back to the handler, and if
 /// the handler panics, the panic is caught and the report is printed to
 /// stderr with a note: a handler can neither recurse without end nor
@@ -191,10 +196,11 @@ pub(crate) fn emit(kind: ReportKind, args: fmt::Arguments<'_>) {
     if cfg!(loom) {
         return;
     }
-    let report = Report {
-        kind,
-        message: fmt::format(args),
-    };
+    let mut message = String::new();
+    // Ignores a `Display` that fails (`fmt::format` would panic): the rest
+    // of the message is still worth reporting.
+    let _ = fmt::Write::write_fmt(&mut message, args);
+    let report = Report { kind, message };
     // The flag has no destructor, so it works in thread-local destructors
     // too (a thread exiting inside a section reports from one).
     if DELIVERING.with(|d| d.replace(true)) {
@@ -214,18 +220,27 @@ pub(crate) fn emit(kind: ReportKind, args: fmt::Arguments<'_>) {
     let _delivered = Delivered;
     // AssertUnwindSafe: the handler gets a shared report, and the handler
     // `Arc` is dropped inside (its drop may be the last and run user code).
+    let mut by_handler = false;
     let delivery = catch_unwind(AssertUnwindSafe(|| {
         fork::register_handlers();
         let handler = lock(&HANDLER).clone();
         match handler {
-            Some(handler) => handler(&report),
+            Some(handler) => {
+                by_handler = true;
+                handler(&report);
+            }
             None => deliver_by_default(&report),
         }
     }));
     if let Err(payload) = delivery {
         to_stderr(&report);
+        let who = if by_handler {
+            "the report handler"
+        } else {
+            "the logger or subscriber"
+        };
         emit_to_stderr(format_args!(
-            "the report handler panicked: {}; the report above was printed here instead",
+            "{who} panicked: {}; the report above was printed here instead",
             panic_message(&*payload)
         ));
         // A payload whose drop panics must not unwind from here either.

@@ -348,3 +348,36 @@ fn a_report_displays_as_its_message() {
     }
     run_child(TEST, &[]);
 }
+
+/// An error whose `Display` fails.
+#[derive(Debug)]
+struct BadDisplay;
+
+impl std::fmt::Display for BadDisplay {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        Err(std::fmt::Error)
+    }
+}
+
+impl std::error::Error for BadDisplay {}
+
+#[test]
+fn a_report_whose_message_fails_to_format_is_made_with_what_was_formatted() {
+    const TEST: &str = "a_report_whose_message_fails_to_format_is_made_with_what_was_formatted";
+    if is_child(TEST) {
+        struct FailsBadly;
+        impl Notify for FailsBadly {
+            fn signal(&self) -> io::Result<()> {
+                Err(io::Error::other(BadDisplay))
+            }
+        }
+        set_report_handler(mark);
+        IrqNotifier::new(FailsBadly).notify_now(); // returns: nothing panics
+        return;
+    }
+    let output = run_child(TEST, &[]);
+    assert_eq!(
+        markers(&output),
+        ["NotifyFailed|Error|a guest notification failed: "]
+    );
+}

@@ -44,8 +44,12 @@ impl log::Log for MarkingLogger {
             record.level(),
             record.args()
         );
-        if record.args().to_string().contains("again") {
+        let message = record.args().to_string();
+        if message.contains("again") {
             fail_a_notification();
+        }
+        if message.contains("boom") {
+            panic!("a logger that fails");
         }
     }
 
@@ -136,4 +140,38 @@ fn a_report_made_while_the_logger_runs_goes_to_stderr() {
     let lines = report_lines(&output);
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert!(lines[0].contains("the irqfd is gone"), "{lines:#?}");
+}
+
+#[test]
+fn a_logger_that_panics_is_caught_and_the_report_printed_on_stderr() {
+    const TEST: &str = "a_logger_that_panics_is_caught_and_the_report_printed_on_stderr";
+    if is_child(TEST) {
+        std::panic::set_hook(Box::new(|_| {}));
+        log::set_logger(&LOGGER).unwrap();
+        log::set_max_level(log::LevelFilter::Info);
+        struct Boom;
+        impl Notify for Boom {
+            fn signal(&self) -> io::Result<()> {
+                Err(io::Error::other("boom"))
+            }
+        }
+        IrqNotifier::new(Boom).notify_now(); // returns: nothing unwinds
+        println!("{MARKER}survived");
+        return;
+    }
+    let output = run_child(TEST);
+    assert_eq!(
+        markers(&output).last().map(String::as_str),
+        Some("survived")
+    );
+    let lines = report_lines(&output);
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(
+        lines[0].contains("a guest notification failed: boom"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[1].contains("the logger or subscriber panicked: a logger that fails"),
+        "{lines:#?}"
+    );
 }
