@@ -156,8 +156,9 @@ thread_local_const! {
 /// Never blocks and never runs `f` on the calling thread. The callback
 /// thread is started by the first call. Callbacks queued together share one
 /// grace period and run in the order they were queued. A callback that
-/// panics is reported on stderr with its message; the thread goes on with
-/// the next one.
+/// panics is reported with its message (see
+/// [`set_report_handler`](crate::set_report_handler); stderr by default);
+/// the thread goes on with the next one.
 ///
 /// If grace periods cannot end (see
 /// [`Error::MembarrierFailed`](crate::Error::MembarrierFailed)), callbacks
@@ -193,6 +194,7 @@ pub fn call_rcu<F: FnOnce() + Send + 'static>(f: F) {
 pub(crate) fn call_rcu_or_report<F: FnOnce() + Send + 'static>(f: F) {
     if let Err(e) = enqueue(Box::new(f)) {
         report!(
+            CallRcuThread,
             "cannot start the rcu-call thread: {e}; a retired value stays queued until the \
              next call_rcu starts it"
         );
@@ -425,7 +427,10 @@ impl Drop for WorkerLife {
         queue.worker = Worker::NotStarted;
         if !queue.chunks.is_empty() {
             if let Err(e) = queue.wake_worker() {
+                // Reports are made with no lock held.
+                drop(queue);
                 report!(
+                    CallRcuThread,
                     "cannot restart the rcu-call thread: {e}; its callbacks stay queued until \
                      the next call_rcu starts it"
                 );
@@ -493,6 +498,7 @@ fn worker_loop() {
                 drop(queue);
                 if failures > 0 {
                     report!(
+                        CallRcuThreadRecovered,
                         "grace periods work again after {failures} failed attempt(s); the \
                          rcu-call thread runs its queued callbacks"
                     );
@@ -508,6 +514,7 @@ fn worker_loop() {
                 drop(queue);
                 if failures == 1 {
                     report!(
+                        CallRcuThread,
                         "the rcu-call thread's grace period failed: {error}; its {pending} \
                          callback(s) stay queued, uncalled, and it retries at most a second \
                          apart"
@@ -587,6 +594,7 @@ fn wait_for_work(
 fn run_callback(callback: Callback) {
     if let Err(payload) = catch_unwind(AssertUnwindSafe(callback)) {
         report!(
+            CallbackPanicked,
             "a call_rcu callback panicked: {}; the rcu-call thread goes on",
             panic_message(&*payload)
         );
@@ -594,6 +602,7 @@ fn run_callback(callback: Callback) {
     let depth = read_depth();
     if depth > 0 {
         report!(
+            CallRcuThread,
             "a call_rcu callback returned inside a read section (depth {depth}); the rcu-call \
              thread cannot run grace periods until it ends"
         );

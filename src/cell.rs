@@ -6,15 +6,19 @@ use crate::call_rcu::{call_rcu, call_rcu_or_report};
 use crate::detect;
 use crate::fork;
 use crate::grace;
-use crate::reader::ReadGuard;
+use crate::reader::{read_lock, ReadGuard};
 #[cfg(not(loom))]
 use crate::sync::MutexGuard;
 use crate::sync::{
     global, lock, thread_local_const, AtomicPtr, AtomicU64, Condvar, Mutex, Ordering, MAY_SPIN,
 };
 use std::cell::Cell;
+use std::convert::Infallible;
 use std::fmt;
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
+use std::ptr;
+use std::sync::Arc;
 
 /// An RCU-protected value: the replacement for an `RwLock<T>` whose readers
 /// are hot and whose writers are rare.
@@ -38,6 +42,44 @@ use std::marker::PhantomData;
 /// let guard = read_lock();
 /// assert_eq!(config.read(&guard), "queue-size=256");
 /// ```
+///
+/// # Choosing a writer
+///
+/// | writer | when |
+/// | --- | --- |
+/// | [`replace`](RcuCell::replace) | publish a new value; the old one is dropped later on the `rcu-call` thread |
+/// | [`update`](RcuCell::update) | compute the new value from the current one (read-copy-update) |
+/// | [`try_update`](RcuCell::try_update) | the same, where the closure may decline or fail with an error |
+/// | [`compare_exchange`](RcuCell::compare_exchange) | publish only if the value is still the one a read returned |
+/// | [`replace_retired`](RcuCell::replace_retired) | publish now, and get the old value back after a grace period ([`Retired::wait`]) or let it go |
+/// | [`replace_sync`](RcuCell::replace_sync) | publish, wait for a grace period, and get the old value back |
+///
+/// A value that must outlive the read section (kept across blocking I/O
+/// or an `.await`) is copied out: [`get_cloned`](RcuCell::get_cloned), or
+/// for an `RcuCell<Arc<U>>`, [`load_full`](RcuCell::load_full), which
+/// clones the `Arc`.
+///
+/// # In a `static`
+///
+/// [`new`](RcuCell::new) is not a `const fn`: the value lives in its own
+/// heap allocation from the start, so that a reader always follows one
+/// pointer and every value, the first one included, is retired the same
+/// way; a `const fn` cannot allocate. A `static` cell is built on first
+/// use with [`LazyLock`](std::sync::LazyLock) (or
+/// [`OnceLock`](std::sync::OnceLock)), which costs readers one more load
+/// and a predictable branch:
+///
+/// ```
+/// use rcu_defer::{read_lock, RcuCell};
+/// use std::sync::LazyLock;
+///
+/// static LOG_LEVEL: LazyLock<RcuCell<String>> =
+///     LazyLock::new(|| RcuCell::new(String::from("info")));
+///
+/// LOG_LEVEL.replace(String::from("debug"));
+/// let guard = read_lock();
+/// assert_eq!(LOG_LEVEL.read(&guard), "debug");
+/// ```
 pub struct RcuCell<T: Send + Sync + 'static> {
     /// Always a pointer from `Box::into_raw`, owned by the cell.
     current: AtomicPtr<T>,
@@ -53,7 +95,8 @@ pub struct RcuCell<T: Send + Sync + 'static> {
 }
 
 impl<T: Send + Sync + 'static> RcuCell<T> {
-    /// Creates a cell holding `value`.
+    /// Creates a cell holding `value` (moved to the heap; see "In a
+    /// `static`" above for a `static` cell).
     pub fn new(value: T) -> Self {
         RcuCell {
             current: AtomicPtr::new(Box::into_raw(Box::new(value))),
@@ -86,20 +129,75 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
     /// Publishes `value`; the old value is dropped on the `rcu-call` thread
     /// after a grace period (see [`call_rcu`](crate::call_rcu)). Never waits
     /// for readers.
+    ///
+    /// To get the old value back, use
+    /// [`replace_retired`](RcuCell::replace_retired) (without waiting) or
+    /// [`replace_sync`](RcuCell::replace_sync) (waiting).
+    ///
+    /// # Panics
+    ///
+    /// As [`call_rcu`](crate::call_rcu), if the `rcu-call` thread cannot be
+    /// started (the new value is published then, and the old one stays
+    /// queued); and if called from inside the closure of an
+    /// [`update`](RcuCell::update) of the same cell.
     pub fn replace(&self, value: T) {
         let old = self.swap(value);
         call_rcu(move || drop(old));
+    }
+
+    /// Publishes `value` and returns the old value as a [`Retired`]: a
+    /// handle that gives the value back after a grace period
+    /// ([`Retired::wait`]), or, dropped, retires it like
+    /// [`replace`](RcuCell::replace). Never waits for readers.
+    ///
+    /// This splits [`replace_sync`](RcuCell::replace_sync) in two: the
+    /// writer publishes at once (inside a read section too) and waits, if it
+    /// must, later and elsewhere, for instance to close a file the old value
+    /// owns once no reader can use it.
+    ///
+    /// ```
+    /// use rcu_defer::{read_lock, RcuCell};
+    ///
+    /// let backing = RcuCell::new(String::from("disk-a.img"));
+    /// let old = {
+    ///     let guard = read_lock();
+    ///     let old = backing.replace_retired(String::from("disk-b.img"));
+    ///     // Readers see the new value at once; a section that read the
+    ///     // old one keeps it until the section ends.
+    ///     assert_eq!(backing.read(&guard), "disk-b.img");
+    ///     old
+    /// };
+    /// // Outside the section: wait for the grace period, then own the value.
+    /// assert_eq!(old.wait(), "disk-a.img");
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If called from inside the closure of an
+    /// [`update`](RcuCell::update) of the same cell.
+    pub fn replace_retired(&self, value: T) -> Retired<T> {
+        Retired {
+            value: Some(self.swap(value)),
+        }
     }
 
     /// Publishes `value`, waits for a grace period, and returns the old
     /// value, which no reader can still see.
     ///
     /// Only the value this call replaced is returned: versions retired
-    /// earlier with [`replace`](RcuCell::replace) or
-    /// [`update`](RcuCell::update) may still be queued for their own grace
-    /// periods, holding whatever they hold (a file, a mapping). To know that
-    /// every retired version is gone, call
+    /// earlier with [`replace`](RcuCell::replace),
+    /// [`update`](RcuCell::update) or a dropped [`Retired`] may still be
+    /// queued for their own grace periods, holding whatever they hold (a
+    /// file, a mapping). To know that every retired version is gone, call
     /// [`drain_call_rcu`](crate::drain_call_rcu) afterwards.
+    ///
+    /// ```
+    /// use rcu_defer::RcuCell;
+    ///
+    /// let backing = RcuCell::new(String::from("disk-a.img"));
+    /// let old = backing.replace_sync(String::from("disk-b.img"));
+    /// assert_eq!(old, "disk-a.img"); // no reader can see it any more
+    /// ```
     ///
     /// # Panics
     ///
@@ -112,11 +210,7 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
     #[track_caller]
     pub fn replace_sync(&self, value: T) -> T {
         detect::assert_may_block("RcuCell::replace_sync");
-        let old = RetireOnUnwind(Some(self.swap(value)));
-        if let Err(e) = grace::grace_period(None) {
-            panic!("rcu-defer: RcuCell::replace_sync: {e}");
-        }
-        old.into_inner()
+        self.replace_retired(value).wait_as("RcuCell::replace_sync")
     }
 
     /// Read-copy-update: computes a new value from the current one and
@@ -125,39 +219,250 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
     ///
     /// Writers are serialized, so concurrent updates never lose each other's
     /// changes; readers are never blocked. If `f` panics, nothing changes.
+    /// [`try_update`](RcuCell::try_update) lets `f` decline.
     ///
     /// # Panics
     ///
-    /// If `f` writes to this same cell (`update`, `replace` or
-    /// `replace_sync` from inside the closure), which would otherwise wait
-    /// for itself; and whatever `f` panics with.
+    /// If `f` writes to this same cell (any of its writers called from
+    /// inside the closure), which would otherwise wait for itself; and
+    /// whatever `f` panics with.
     pub fn update(&self, f: impl FnOnce(&T) -> T) {
-        let _writer = self.lock_writer("RcuCell::update");
+        let updated = self.update_as("RcuCell::update", |value| Ok::<T, Infallible>(f(value)));
+        match updated {
+            Ok(()) => {}
+            Err(never) => match never {},
+        }
+    }
+
+    /// Read-copy-update that may decline: `f` computes the new value from
+    /// the current one, or returns an error, which leaves the cell as it is
+    /// and is returned. Like [`update`](RcuCell::update) otherwise: writers
+    /// are serialized, and the old value is dropped after a grace period.
+    ///
+    /// ```
+    /// use rcu_defer::{read_lock, RcuCell};
+    ///
+    /// #[derive(Clone, Debug)]
+    /// struct Queue { size: u16 }
+    ///
+    /// let queue = RcuCell::new(Queue { size: 128 });
+    /// let resize = |size: u16| {
+    ///     queue.try_update(|old| {
+    ///         if !size.is_power_of_two() {
+    ///             return Err(format!("queue size {size} is not a power of two"));
+    ///         }
+    ///         Ok(Queue { size, ..old.clone() })
+    ///     })
+    /// };
+    /// assert!(resize(100).is_err());
+    /// assert_eq!(queue.read(&read_lock()).size, 128); // unchanged
+    /// resize(256).unwrap();
+    /// assert_eq!(queue.read(&read_lock()).size, 256);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Whatever `f` returns as an error; nothing changed then.
+    ///
+    /// # Panics
+    ///
+    /// As [`update`](RcuCell::update): if `f` writes to this same cell, and
+    /// whatever `f` panics with (nothing changes then either).
+    pub fn try_update<E>(&self, f: impl FnOnce(&T) -> Result<T, E>) -> Result<(), E> {
+        self.update_as("RcuCell::try_update", f)
+    }
+
+    /// Publishes `new` if the cell still holds the value `current` refers
+    /// to, and retires that value like [`replace`](RcuCell::replace);
+    /// otherwise changes nothing and gives `new` back.
+    ///
+    /// `current` is a reference that [`read`](RcuCell::read) returned, and
+    /// the comparison is by identity (address), not by `==`: it succeeds
+    /// only if no writer has published since that read. The reference
+    /// borrows the read guard, so its section is still open, and a value
+    /// read in an open section is not freed before the section ends: no
+    /// newer value can have been given the same address meanwhile (no ABA). For a zero-sized `T` every value
+    /// has the same address, so any `current` read from the cell matches.
+    ///
+    /// Unlike with [`update`](RcuCell::update), the new value is computed
+    /// without the writer lock held: a writer that loses the race reads
+    /// again and retries (or gives up).
+    ///
+    /// ```
+    /// use rcu_defer::{read_lock, RcuCell};
+    ///
+    /// let counter = RcuCell::new(0u64);
+    /// let guard = read_lock();
+    /// let seen = counter.read(&guard);
+    /// counter.replace(10); // another writer gets in first
+    /// assert_eq!(counter.compare_exchange(seen, *seen + 1), Err(1));
+    ///
+    /// // The retry loop of a lock-free writer:
+    /// let mut seen = counter.read(&guard);
+    /// while counter.compare_exchange(seen, *seen + 1).is_err() {
+    ///     seen = counter.read(&guard);
+    /// }
+    /// assert_eq!(*counter.read(&guard), 11);
+    /// ```
+    ///
+    /// A reference cannot outlive its section, so it cannot be compared
+    /// after the value it points to may have been freed:
+    ///
+    /// ```compile_fail,E0597
+    /// use rcu_defer::{read_lock, RcuCell};
+    ///
+    /// let counter = RcuCell::new(0u64);
+    /// let seen = {
+    ///     let guard = read_lock();
+    ///     counter.read(&guard)
+    /// }; // error: `guard` does not live long enough
+    /// counter.compare_exchange(seen, 1);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `Err(new)` if the cell holds another value than `current`.
+    ///
+    /// # Panics
+    ///
+    /// As [`replace`](RcuCell::replace).
+    pub fn compare_exchange(&self, current: &T, new: T) -> Result<(), T> {
+        let writer = self.lock_writer("RcuCell::compare_exchange");
+        // Relaxed: only the address is compared, and writers are serialized
+        // by the lock, whose Acquire orders the last writer's store before
+        // this load.
+        let ptr = self.current.load(Ordering::Relaxed);
+        if !ptr::eq(ptr, current) {
+            return Err(new);
+        }
+        // Release publishes the new value's contents with the pointer.
+        self.current
+            .store(Box::into_raw(Box::new(new)), Ordering::Release);
+        drop(writer);
+        let old = Unpublished::new(ptr);
+        call_rcu(move || drop(old));
+        Ok(())
+    }
+
+    /// A clone of the current value, for code that must keep it after the
+    /// read section (blocking I/O, an `.await`): it takes a read section for
+    /// the clone.
+    ///
+    /// For a large value, hold it as an `RcuCell<Arc<U>>` and use
+    /// [`load_full`](RcuCell::load_full), which clones only the `Arc`.
+    ///
+    /// ```
+    /// use rcu_defer::RcuCell;
+    ///
+    /// let path = RcuCell::new(String::from("/var/lib/disk.img"));
+    /// let owned: String = path.get_cloned();
+    /// path.replace(String::from("/srv/disk.img"));
+    /// assert_eq!(owned, "/var/lib/disk.img"); // a copy: unaffected
+    /// ```
+    #[track_caller]
+    pub fn get_cloned(&self) -> T
+    where
+        T: Clone,
+    {
+        let guard = read_lock();
+        self.read(&guard).clone()
+    }
+
+    /// A mutable reference to the current value. The `&mut self` borrow
+    /// proves that no reader holds a reference into this cell, so no read
+    /// section and no grace period is involved.
+    ///
+    /// ```
+    /// use rcu_defer::{read_lock, RcuCell};
+    ///
+    /// let mut config = RcuCell::new(vec![128_u16]);
+    /// config.get_mut().push(256); // set-up, before the cell is shared
+    /// assert_eq!(config.read(&read_lock()), &[128, 256]);
+    /// ```
+    pub fn get_mut(&mut self) -> &mut T {
+        // Relaxed: `&mut self` is exclusive; whatever gave us the exclusive
+        // borrow ordered the last store before it.
+        let ptr = self.current.load(Ordering::Relaxed);
+        // SAFETY: the current value is owned by the cell (from
+        // `Box::into_raw`), and `&mut self` means no `read` borrow (they
+        // borrow the cell) and no writer is alive: the reference is
+        // exclusive for as long as it borrows `self`.
+        unsafe { &mut *ptr }
+    }
+
+    /// Consumes the cell and returns its current value. Values replaced
+    /// earlier are not affected: they are retired as before.
+    ///
+    /// ```
+    /// use rcu_defer::RcuCell;
+    ///
+    /// let cell = RcuCell::new(String::from("last"));
+    /// cell.replace(String::from("final"));
+    /// assert_eq!(cell.into_inner(), "final");
+    /// ```
+    pub fn into_inner(self) -> T {
+        // The cell's `Drop` must not free the value handed out here; its
+        // other fields have nothing to drop.
+        let this = ManuallyDrop::new(self);
+        // Relaxed: as in `get_mut`.
+        Unpublished::new(this.current.load(Ordering::Relaxed)).into_inner()
+    }
+
+    /// Runs `f` on the current value under the writer lock, and publishes
+    /// its `Ok` value; `op` names the write for the re-entrancy panic.
+    fn update_as<E>(&self, op: &str, f: impl FnOnce(&T) -> Result<T, E>) -> Result<(), E> {
+        let writer = self.lock_writer(op);
         // Acquire is enough: writers are serialized by the lock, and the
         // value was published with Release.
         let ptr = self.current.load(Ordering::Acquire);
         // SAFETY: only writers retire the current value, and they are
         // serialized by `self.writer`, which we hold: `ptr` stays valid
         // until we replace it below.
-        let next = f(unsafe { &*ptr });
+        let next = f(unsafe { &*ptr })?;
         let new = Box::into_raw(Box::new(next));
         // Release publishes the new value's contents with the pointer.
         self.current.store(new, Ordering::Release);
-        let old = Retired(ptr);
-        drop(_writer);
+        drop(writer);
+        let old = Unpublished::new(ptr);
         call_rcu(move || drop(old));
+        Ok(())
     }
 
     /// Swaps in `value` under the writer lock and takes ownership of the
     /// old value.
-    fn swap(&self, value: T) -> Retired<T> {
+    fn swap(&self, value: T) -> Unpublished<T> {
         let new = Box::new(value);
         // If this panics (a write from inside `update`'s closure), `new`
         // was never published and is dropped with the unwind.
         let _writer = self.lock_writer("a write to an RcuCell");
         // AcqRel: Release publishes `value`; Acquire takes ownership of the
         // old value's contents.
-        Retired(self.current.swap(Box::into_raw(new), Ordering::AcqRel))
+        Unpublished::new(self.current.swap(Box::into_raw(new), Ordering::AcqRel))
+    }
+}
+
+impl<U: Send + Sync + 'static> RcuCell<Arc<U>> {
+    /// The current `Arc`, cloned: an owned snapshot that stays valid after
+    /// the read section, across blocking calls or `.await`s, for as long as
+    /// it is held (arc-swap's `load_full`). It costs a reference-count
+    /// increment; inside a read section, [`read`](RcuCell::read) costs none.
+    ///
+    /// ```
+    /// use rcu_defer::RcuCell;
+    /// use std::sync::Arc;
+    ///
+    /// struct Backend { path: String }
+    ///
+    /// let backend = RcuCell::new(Arc::new(Backend { path: "/srv/a.img".into() }));
+    /// let snapshot: Arc<Backend> = backend.load_full(); // no guard held from here
+    /// backend.replace(Arc::new(Backend { path: "/srv/b.img".into() }));
+    /// // ... blocking I/O, or an .await, with `snapshot` ...
+    /// assert_eq!(snapshot.path, "/srv/a.img");
+    /// ```
+    #[track_caller]
+    pub fn load_full(&self) -> Arc<U> {
+        let guard = read_lock();
+        Arc::clone(self.read(&guard))
     }
 }
 
@@ -278,8 +583,9 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
                 };
             if held & ID_MASK == me & ID_MASK {
                 panic!(
-                    "rcu-defer: {op} from inside RcuCell::update's closure on the same cell \
-                     would wait for itself; compute the new value in the closure instead"
+                    "rcu-defer: {op} from inside RcuCell::update's (or try_update's) closure \
+                     on the same cell would wait for itself; compute the new value in the \
+                     closure instead"
                 );
             }
             if held_by_a_vanished_thread(held) {
@@ -337,62 +643,127 @@ impl WaitHeld {
     }
 }
 
-/// A value unpublished from a cell, owned by whoever holds this.
-struct Retired<T>(*mut T);
+/// A value taken out of a cell (unpublished by a writer, or the cell's own
+/// at its end), owned by whoever holds this: dropping it frees the value.
+/// The pointer comes from `Box::into_raw` and has no other owner. Whoever
+/// drops it or calls `into_inner` makes sure first that no reader can still
+/// hold a reference to the value: a grace period has passed since it was
+/// unpublished, or the cell is exclusively borrowed.
+struct Unpublished<T>(*mut T);
 
-// SAFETY: `Retired<T>` owns a `Box<T>` (see `into_inner` and `Drop`), so it
-// may move to another thread exactly when `Box<T>` may: `T: Send`.
-unsafe impl<T: Send> Send for Retired<T> {}
+// SAFETY: `Unpublished<T>` owns a `Box<T>` (see `into_inner` and `Drop`), so
+// it may move to another thread exactly when `Box<T>` may: `T: Send`.
+unsafe impl<T: Send> Send for Unpublished<T> {}
 
-impl<T> Retired<T> {
+impl<T> Unpublished<T> {
+    fn new(ptr: *mut T) -> Self {
+        Unpublished(ptr)
+    }
+
     fn into_inner(self) -> T {
         let ptr = self.0;
         std::mem::forget(self);
-        // SAFETY: `ptr` came from `Box::into_raw`, was unpublished from its
-        // cell, and `self` was its only owner (now forgotten).
+        // SAFETY: `ptr` came from `Box::into_raw` and `self` was its only
+        // owner (now forgotten); the caller has made sure that no reader
+        // holds a reference (see the type).
         *unsafe { Box::from_raw(ptr) }
     }
 }
 
-/// A retired value on its way out of `replace_sync`: if the grace period
-/// fails or unwinds, dropping this hands the value to `call_rcu` (freed
-/// after a later grace period that succeeds, or never) rather than freeing
-/// it under readers that may still hold it.
-struct RetireOnUnwind<T: Send + 'static>(Option<Retired<T>>);
+impl<T> Drop for Unpublished<T> {
+    fn drop(&mut self) {
+        // SAFETY: as in `into_inner`.
+        drop(unsafe { Box::from_raw(self.0) });
+    }
+}
 
-impl<T: Send + 'static> RetireOnUnwind<T> {
-    fn into_inner(mut self) -> T {
-        self.0
+/// An old value of an [`RcuCell`], unpublished by
+/// [`replace_retired`](RcuCell::replace_retired): readers that entered their
+/// sections before may still be using it, so it is not the caller's until a
+/// grace period has passed.
+///
+/// [`wait`](Retired::wait) waits for one and gives the value back. Dropped
+/// without waiting, a `Retired` hands its value to
+/// [`call_rcu`](crate::call_rcu), which drops it after a grace period, as
+/// [`RcuCell::replace`] does. That holds on every path, a panic's unwinding
+/// included: the value is never dropped while a reader may hold it.
+///
+/// It can be sent to another thread and waited for there (a grace period
+/// that starts after the value was unpublished covers every reader that
+/// could have seen it, whichever thread waits).
+///
+/// ```
+/// use rcu_defer::RcuCell;
+/// use std::thread;
+///
+/// let table = RcuCell::new(vec![1, 2, 3]);
+/// let old = table.replace_retired(vec![4, 5, 6]);
+/// // Free it off the writer's thread, once no reader can see it.
+/// let freer = thread::spawn(move || drop(old.wait()));
+/// freer.join().unwrap();
+/// ```
+pub struct Retired<T: Send + 'static> {
+    /// The value; `None` only once `wait` has taken it.
+    value: Option<Unpublished<T>>,
+}
+
+impl<T: Send + 'static> Retired<T> {
+    /// Waits for a grace period, then returns the value, which no reader
+    /// can still see.
+    ///
+    /// # Panics
+    ///
+    /// Inside a read section of the calling thread (it would wait for
+    /// itself) or from the stall handler, as
+    /// [`synchronize_rcu`](crate::synchronize_rcu) does; and if the grace
+    /// period fails ([`Error::MembarrierFailed`](crate::Error::MembarrierFailed)).
+    /// The value is then handed to [`call_rcu`](crate::call_rcu), as if the
+    /// `Retired` had been dropped, never dropped while a reader may hold it.
+    #[track_caller]
+    pub fn wait(self) -> T {
+        self.wait_as("Retired::wait")
+    }
+
+    /// `wait`, with `op` naming the operation in a panic's message.
+    #[track_caller]
+    fn wait_as(mut self, op: &'static str) -> T {
+        // A panic here or in the grace period drops `self`, which retires
+        // the value through `call_rcu`.
+        detect::assert_may_block(op);
+        if let Err(e) = grace::grace_period(None) {
+            panic!("rcu-defer: {op}: {e}");
+        }
+        self.value
             .take()
-            .expect("a retired value is taken once")
+            .expect("a Retired holds its value until it is taken here")
             .into_inner()
     }
 }
 
-impl<T: Send + 'static> Drop for RetireOnUnwind<T> {
+impl<T: Send + 'static> Drop for Retired<T> {
     fn drop(&mut self) {
-        if let Some(old) = self.0.take() {
+        if let Some(old) = self.value.take() {
+            // Never panics (a drop may run during an unwind): a callback
+            // thread that cannot be started is reported, and the value
+            // stays queued.
             call_rcu_or_report(move || drop(old));
         }
     }
 }
 
-impl<T> Drop for Retired<T> {
-    fn drop(&mut self) {
-        // SAFETY: as in `into_inner`; the caller dropped it only after a
-        // grace period, so no reader still holds a reference.
-        drop(unsafe { Box::from_raw(self.0) });
+impl<T: Send + 'static> fmt::Debug for Retired<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retired").finish_non_exhaustive()
     }
 }
 
 impl<T: Send + Sync + 'static> Drop for RcuCell<T> {
     fn drop(&mut self) {
         // Relaxed: `&mut self` is exclusive; whatever gave us ownership
-        // already ordered the last store before this.
-        let ptr = self.current.load(Ordering::Relaxed);
-        // SAFETY: `&mut self` means no `read` borrow is alive (they borrow
-        // the cell), so the current value is ours to free now.
-        drop(unsafe { Box::from_raw(ptr) });
+        // already ordered the last store before this. `&mut self` also means
+        // no `read` borrow is alive (they borrow the cell), so the current
+        // value is ours to free now.
+        drop(Unpublished::new(self.current.load(Ordering::Relaxed)));
     }
 }
 

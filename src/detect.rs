@@ -14,6 +14,7 @@ use crate::sync::{global, lock, thread_local_const, AtomicU64, Mutex, Ordering};
 use std::cell::Cell;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe, Location};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Why a grace-period wait or a drain did not (or would never) complete.
@@ -279,8 +280,12 @@ const STALL_DEFAULT_MS: u64 = 21_000;
 global! {
     static STALL_TIMEOUT_MS: AtomicU64 = AtomicU64::new(STALL_DEFAULT_MS);
 }
+/// A stall handler, as `set_stall_handler` stores it.
+type StallHandler = dyn Fn(&StallReport) + Send + Sync;
+
 global! {
-    static STALL_HANDLER: Mutex<fn(&StallReport)> = Mutex::new(print_stall_report);
+    /// The user's stall handler; `None` for the default, `print_stall_report`.
+    static STALL_HANDLER: Mutex<Option<Arc<StallHandler>>> = Mutex::new(None);
 }
 
 /// Sets how long a grace period may wait before the stall handler is called
@@ -299,7 +304,11 @@ pub fn set_stall_timeout(limit: Option<Duration>) {
 }
 
 /// Sets the function called (on the waiting writer's thread) with a report
-/// when a grace period stalls. The default prints the report to stderr.
+/// when a grace period stalls: a function or a closure (one that sends the
+/// report to the program's logger, say). The default makes a
+/// [`ReportKind::Stall`](crate::ReportKind::Stall) report, which goes to the
+/// report handler ([`set_report_handler`](crate::set_report_handler); by
+/// default `log`, `tracing` or stderr).
 ///
 /// The handler runs in the middle of the stalled grace period, with none of
 /// rcu-defer's locks held. It may log, take read sections and use
@@ -307,26 +316,39 @@ pub fn set_stall_timeout(limit: Option<Duration>) {
 /// [`call_rcu`](crate::call_rcu) callbacks. It must not wait for a grace
 /// period: `synchronize_rcu` and `drain_call_rcu` called from it are
 /// refused with [`Error::InStallHandler`] (the plain forms panic). If the
-/// handler panics, the panic is caught and reported on stderr, and the grace
-/// period goes on waiting as if the handler had returned: a handler cannot
-/// make a grace period end early.
+/// handler panics, the panic is caught and reported (a
+/// [`ReportKind::CallbackPanicked`](crate::ReportKind::CallbackPanicked)
+/// report), and the grace period goes on waiting as if the handler had
+/// returned: a handler cannot make a grace period end early.
 ///
 /// ```
 /// fn log_stall(report: &rcu_defer::StallReport) {
 ///     eprintln!("device thread stuck: {report}");
 /// }
 /// rcu_defer::set_stall_handler(log_stall);
+///
+/// // A closure, with what it captures:
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+/// let stalls = Arc::new(AtomicU64::new(0));
+/// let counter = Arc::clone(&stalls);
+/// rcu_defer::set_stall_handler(move |report| {
+///     counter.fetch_add(1, Ordering::Relaxed);
+///     eprintln!("stall #{}: {report}", counter.load(Ordering::Relaxed));
+/// });
 /// ```
-pub fn set_stall_handler(handler: fn(&StallReport)) {
+pub fn set_stall_handler(handler: impl Fn(&StallReport) + Send + Sync + 'static) {
     fork::register_handlers();
-    *lock(&STALL_HANDLER) = handler;
+    let old = lock(&STALL_HANDLER).replace(Arc::new(handler));
+    // Outside the lock: dropping the old handler runs user code.
+    drop(old);
 }
 
 /// The stall handler's lock, held by the forking thread across a `fork()`
 /// (see `fork`), so that a child never finds it locked. Nothing changes in
 /// the child: the handler stays set.
 #[cfg(not(loom))]
-pub(crate) struct HandlerHeld(#[allow(dead_code)] MutexGuard<'static, fn(&StallReport)>);
+pub(crate) struct HandlerHeld(#[allow(dead_code)] MutexGuard<'static, Option<Arc<StallHandler>>>);
 
 /// Locks the stall handler for a fork.
 #[cfg(not(loom))]
@@ -343,7 +365,7 @@ pub(crate) fn stall_timeout() -> Option<Duration> {
 }
 
 fn print_stall_report(report: &StallReport) {
-    report!("stall: {report}");
+    report!(Stall, "stall: {report}");
 }
 
 /// Calls the stall handler.
@@ -355,14 +377,21 @@ pub(crate) fn report_stall(report: &StallReport) {
             IN_STALL_HANDLER.with(|h| h.set(false));
         }
     }
-    let handler = *lock(&STALL_HANDLER);
+    let handler = lock(&STALL_HANDLER).clone();
     IN_STALL_HANDLER.with(|h| h.set(true));
     let _in_handler = InHandler;
     // A panic must not unwind through the grace period: the caller's
     // retired values would be dropped while the stalled readers still use
-    // them. AssertUnwindSafe: the handler only gets a shared report.
-    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| handler(report))) {
+    // them. AssertUnwindSafe: the handler only gets a shared report, and
+    // the `Arc` is dropped inside (its drop may be the last, running user
+    // code).
+    let outcome = catch_unwind(AssertUnwindSafe(move || match handler {
+        Some(handler) => handler(report),
+        None => print_stall_report(report),
+    }));
+    if let Err(payload) = outcome {
         report!(
+            CallbackPanicked,
             "the stall handler panicked: {}; the grace period goes on waiting",
             panic_message(&*payload)
         );

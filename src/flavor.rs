@@ -122,7 +122,8 @@ fn decided() -> Option<Flavor> {
 ///
 /// Never panics. An unusable `RCU_DEFER_FLAVOR` (a value other than `fence`
 /// or `membarrier`, or `membarrier` on a kernel that cannot provide it) is
-/// reported once on stderr and the default is used instead; call
+/// reported once (see [`set_report_handler`](crate::set_report_handler);
+/// stderr by default) and the default is used instead; call
 /// [`set_flavor`] to get such a choice refused with an error.
 pub fn flavor() -> Flavor {
     match decided() {
@@ -189,39 +190,58 @@ fn publish(flavor: Flavor) {
 #[cold]
 fn decide() -> Flavor {
     fork::register_handlers();
-    let _one_at_a_time = lock(&DECIDING);
+    let one_at_a_time = lock(&DECIDING);
     if let Some(flavor) = decided() {
         return flavor;
     }
-    let chosen = choose();
+    let (chosen, unusable) = choose();
     publish(chosen);
+    // Reports are made with no lock held (the report handler may use
+    // rcu-defer, and so decide the flavor).
+    drop(one_at_a_time);
+    if let Some(unusable) = unusable {
+        report!(Config, "{unusable}");
+    }
     chosen
 }
 
-/// The flavor for a process that did not call `set_flavor`. Never panics:
-/// it runs inside the first `read_lock` of the process, whose section must
-/// not be left half entered.
-fn choose() -> Flavor {
+/// The flavor for a process that did not call `set_flavor`, and what to
+/// report about an unusable `RCU_DEFER_FLAVOR`. Never panics: it runs
+/// inside the first `read_lock` of the process, whose section must not be
+/// left half entered.
+fn choose() -> (Flavor, Option<String>) {
     if cfg!(loom) {
         // loom has no compiler fence and cannot model membarrier.
-        return Flavor::Fence;
+        return (Flavor::Fence, None);
     }
     match requested() {
-        Requested::Fence => Flavor::Fence,
+        Requested::Fence => (Flavor::Fence, None),
         Requested::Membarrier => match sys::membarrier_register() {
-            Ok(()) => Flavor::Membarrier,
-            Err(e) => {
-                report!(
-                    "RCU_DEFER_FLAVOR=membarrier was requested, but membarrier(2) \
-                     cannot be used here ({e}); using the fence flavor"
-                );
-                Flavor::Fence
-            }
+            Ok(()) => (Flavor::Membarrier, None),
+            Err(e) => (
+                Flavor::Fence,
+                Some(format!(
+                    "RCU_DEFER_FLAVOR=membarrier was requested, but membarrier(2) cannot be \
+                     used here ({e}); using the fence flavor"
+                )),
+            ),
         },
-        Requested::Default => match sys::membarrier_register() {
-            Ok(()) => Flavor::Membarrier,
-            Err(_) => Flavor::Fence,
-        },
+        Requested::Default => (default_flavor(), None),
+        Requested::Unusable(value) => (
+            default_flavor(),
+            Some(format!(
+                "RCU_DEFER_FLAVOR must be `fence` or `membarrier`, not {value:?}; ignoring it \
+                 and using the default flavor"
+            )),
+        ),
+    }
+}
+
+/// Membarrier if the kernel lets this process use it, else fence.
+fn default_flavor() -> Flavor {
+    match sys::membarrier_register() {
+        Ok(()) => Flavor::Membarrier,
+        Err(_) => Flavor::Fence,
     }
 }
 
@@ -242,8 +262,10 @@ pub(crate) fn hold_for_fork() -> DecidingHeld {
 enum Requested {
     Fence,
     Membarrier,
-    /// Unset, empty, or unusable (reported).
+    /// Unset or empty.
     Default,
+    /// Another value: the default is used, and the value reported.
+    Unusable(std::ffi::OsString),
 }
 
 fn requested() -> Requested {
@@ -254,13 +276,7 @@ fn requested() -> Requested {
         Some("fence") => Requested::Fence,
         Some("membarrier") => Requested::Membarrier,
         Some("") => Requested::Default,
-        _ => {
-            report!(
-                "RCU_DEFER_FLAVOR must be `fence` or `membarrier`, not {value:?}; \
-                 ignoring it and using the default flavor"
-            );
-            Requested::Default
-        }
+        _ => Requested::Unusable(value),
     }
 }
 

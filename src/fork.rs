@@ -25,15 +25,16 @@
 //! lock, then the flavor decision's (`flavor_signal` under the registry
 //! lock; the flavor is always decided by then, so it is an order on paper).
 //! Besides that, leader election (`LEADER`), the `call_rcu` queue, the
-//! grace-period event, the stall handler's lock and the `RcuCell` writers'
-//! wait lock are each held alone: `LEADER` is released before a grace
+//! grace-period event, the stall handler's lock, the `RcuCell` writers'
+//! wait lock and the report handler's lock are each held alone: `LEADER` is released before a grace
 //! period scans the registry, the queue's lock is released before the
 //! worker's grace period, the others are held for a few instructions (or
 //! released by a condition variable's wait) and nothing is taken under
 //! them. The queue's lock is taken with a drain's own lock under it (to
 //! fail a drain), which prepare does not take. Prepare takes `LEADER`, the
 //! registry, the flavor decision, the queue, the event, the stall
-//! handler's lock and the writers' wait lock, in that order: the registry
+//! handler's lock, the writers' wait lock and the report handler's lock, in
+//! that order: the registry
 //! before the flavor decision, as the library does, and no lock it takes is
 //! ever held by a thread waiting for one that comes earlier. No user code
 //! runs under any of them, and a second thread that forks at the same time
@@ -54,7 +55,7 @@ mod handlers {
     use crate::flavor::{self, DecidingHeld};
     use crate::grace::{self, EventHeld, LeaderHeld};
     use crate::reader::{self, RegistryHeld};
-    use crate::report::report;
+    use crate::report::{self, report};
     use crate::sync::{thread_local_const, AtomicU64, Once, Ordering};
     use crate::sys;
     use std::cell::RefCell;
@@ -70,6 +71,7 @@ mod handlers {
         _event: EventHeld,
         _handler: HandlerHeld,
         cell_wait: WaitHeld,
+        _report_handler: report::HandlerHeld,
     }
 
     thread_local_const! {
@@ -95,14 +97,28 @@ mod handlers {
     /// inherits them.
     #[inline]
     pub(crate) fn register_handlers() {
+        if !REGISTER.is_completed() {
+            register_once();
+        }
+    }
+
+    #[cold]
+    fn register_once() {
+        let mut failed = None;
         REGISTER.call_once(|| {
             if let Err(e) = sys::register_atfork(prepare, parent, child) {
-                report!(
-                    "cannot register the fork handlers ({e}); a child process forked while \
-                     another thread holds one of rcu-defer's locks may hang"
-                );
+                failed = Some(e);
             }
         });
+        if let Some(e) = failed {
+            // After `call_once` has returned: making a report registers the
+            // handlers, which must not wait for this `call_once`.
+            report!(
+                ForkHandlers,
+                "cannot register the fork handlers ({e}); a child process forked while \
+                 another thread holds one of rcu-defer's locks may hang"
+            );
+        }
     }
 
     /// The current generation (see `GENERATION`).
@@ -124,6 +140,7 @@ mod handlers {
             _event: grace::hold_event_for_fork(),
             _handler: detect::hold_for_fork(),
             cell_wait: cell::hold_for_fork(),
+            _report_handler: report::hold_for_fork(),
         };
         HELD.with(|slot| **slot.borrow_mut() = Some(held));
     }

@@ -53,7 +53,12 @@
 //! What changes for readers: nothing blocks, nothing is poisoned, and two
 //! reads in one section may see two different versions if a writer
 //! published in between (read once and keep the reference if the request
-//! needs one consistent view). The guard cannot leave the thread.
+//! needs one consistent view). The guard cannot leave the thread, and a
+//! section should not last across blocking I/O or an `.await`: a request
+//! that needs the value after its section takes an owned copy,
+//! [`RcuCell::get_cloned`], or, with the value kept as an `Arc`
+//! (`RcuCell<Arc<Config>>`), [`RcuCell::load_full`], which clones only the
+//! `Arc` (the crate documentation has more on async code).
 //!
 //! # 2. Writers
 //!
@@ -78,22 +83,89 @@
 //! assert!(config.read(&guard).read_only);
 //! ```
 //!
+//! A write that may be refused (a value that fails validation) is
+//! [`RcuCell::try_update`]: the closure returns `Err` and nothing changes.
+//!
+//! ```
+//! use rcu_defer::{read_lock, RcuCell};
+//!
+//! #[derive(Clone)]
+//! struct Config { queue_size: u16, read_only: bool }
+//!
+//! let config = RcuCell::new(Config { queue_size: 128, read_only: false });
+//!
+//! // Before:
+//! //     let mut config = config.write().unwrap();
+//! //     if !size.is_power_of_two() { return Err(..) }
+//! //     config.queue_size = size;
+//! let set_queue_size = |size: u16| {
+//!     config.try_update(|old| {
+//!         if !size.is_power_of_two() {
+//!             return Err("the queue size must be a power of two");
+//!         }
+//!         Ok(Config { queue_size: size, ..old.clone() })
+//!     })
+//! };
+//! assert!(set_queue_size(100).is_err());
+//! set_queue_size(256).unwrap();
+//! assert_eq!(config.read(&read_lock()).queue_size, 256);
+//! ```
+//!
 //! [`RcuCell::replace`] publishes a whole new value without looking at the
-//! old one. Both return at once: the old value is dropped later on the
-//! `rcu-call` thread (call [`drain_call_rcu`](crate::drain_call_rcu) to wait
-//! for that, e.g. before checking that a file was closed).
-//! [`RcuCell::replace_sync`] waits for the grace period and hands the old
-//! value back, for when the writer must finish with it itself (close a
-//! backing file, return buffers to a pool):
+//! old one. All of these return at once, and the old value is dropped later
+//! on the `rcu-call` thread. When the writer must finish with the old value
+//! itself (return buffers to a pool, flush a backing file and close it on a
+//! thread of its choosing), [`RcuCell::replace_retired`] hands it back as a
+//! [`Retired`] to [`wait`](crate::Retired::wait) for where blocking is
+//! allowed, and [`RcuCell::replace_sync`] does both in one call:
 //!
 //! ```
 //! use rcu_defer::RcuCell;
 //!
 //! let backing = RcuCell::new(String::from("disk-a.img"));
-//! let old = backing.replace_sync(String::from("disk-b.img"));
-//! // No reader can still see `old`: release what it owns here.
-//! assert_eq!(old, "disk-a.img");
+//! let old = backing.replace_retired(String::from("disk-b.img"));
+//! // The writer goes on; readers already see "disk-b.img".
+//! let old = old.wait(); // after a grace period: no reader can still see it
+//! assert_eq!(old, "disk-a.img"); // release what it owns here
+//!
+//! assert_eq!(backing.replace_sync(String::from("disk-c.img")), "disk-b.img");
 //! ```
+//!
+//! Either way, what comes back is the value *that call* replaced. Versions
+//! retired earlier by `replace` or `update` (or by a dropped `Retired`) may
+//! still be queued, each for its own grace period, holding what it holds.
+//! Before anything that needs every old version gone (checking that a
+//! backing file is closed, unmapping memory, shutting down), call
+//! [`drain_call_rcu`](crate::drain_call_rcu): it returns once every callback
+//! queued before it has run, and with them every version retired before.
+//!
+//! ```
+//! use rcu_defer::{drain_call_rcu, RcuCell};
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::sync::Arc;
+//!
+//! struct Backing { open_files: Arc<AtomicUsize> }
+//! impl Drop for Backing {
+//!     fn drop(&mut self) { self.open_files.fetch_sub(1, Ordering::SeqCst); } // close(2)
+//! }
+//! let open_files = Arc::new(AtomicUsize::new(0));
+//! let open = || {
+//!     open_files.fetch_add(1, Ordering::SeqCst);
+//!     Backing { open_files: Arc::clone(&open_files) }
+//! };
+//!
+//! let backing = RcuCell::new(open());
+//! backing.replace(open()); // the first file is closed after a grace period
+//! drop(backing.replace_sync(open())); // closes the second one only
+//! drain_call_rcu(); // now the first one is closed too
+//! assert_eq!(open_files.load(Ordering::SeqCst), 1);
+//! ```
+//!
+//! Set-up and teardown phases, where one owner holds the cell, need no
+//! grace period: [`RcuCell::get_mut`] and [`RcuCell::into_inner`] replace
+//! `RwLock::get_mut` and `RwLock::into_inner` (with no poisoning to
+//! unwrap). A `static` cell is a `LazyLock<RcuCell<T>>` (see
+//! [`RcuCell`]'s documentation).
 //!
 //! Fields that readers themselves update (statistics counters) do not fit
 //! the copy-and-publish model; keep them outside the cell, or make them
@@ -103,9 +175,9 @@
 //!
 //! A read section must not wait for a grace period: the grace period waits
 //! for the section, so the thread would wait for itself. `synchronize_rcu`,
-//! `drain_call_rcu` and `RcuCell::replace_sync` check for this and panic
-//! with the place where the section was entered (the `try_` forms return
-//! [`Error::InReadSection`](crate::Error::InReadSection)). Keep sections
+//! `drain_call_rcu`, `RcuCell::replace_sync` and `Retired::wait` check for
+//! this and panic with the place where the section was entered (the `try_`
+//! forms return [`Error::InReadSection`](crate::Error::InReadSection)). Keep sections
 //! short and free of blocking calls in general: a long section delays every
 //! writer's grace period, and one that lasts longer than the stall timeout
 //! is reported. Put [`assert_may_block`](crate::assert_may_block) at the
@@ -183,4 +255,11 @@
 //! [`RcuCell::update`]: crate::RcuCell::update
 //! [`RcuCell::replace`]: crate::RcuCell::replace
 //! [`RcuCell::replace_sync`]: crate::RcuCell::replace_sync
+//! [`RcuCell::replace_retired`]: crate::RcuCell::replace_retired
+//! [`RcuCell::try_update`]: crate::RcuCell::try_update
+//! [`RcuCell::get_mut`]: crate::RcuCell::get_mut
+//! [`RcuCell::get_cloned`]: crate::RcuCell::get_cloned
+//! [`RcuCell::load_full`]: crate::RcuCell::load_full
+//! [`RcuCell::into_inner`]: crate::RcuCell::into_inner
+//! [`Retired`]: crate::Retired
 //! [`virtio::IrqNotifier`]: crate::virtio::IrqNotifier

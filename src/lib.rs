@@ -31,7 +31,8 @@
 //! [`RcuCell`] packages the pattern for one value: readers get a `&T` for the
 //! length of their section, writers [`replace`](RcuCell::replace) or
 //! [`update`](RcuCell::update) it, and old values are dropped after a grace
-//! period.
+//! period (or handed back after one: [`RcuCell::replace_retired`] and
+//! [`Retired::wait`]).
 //!
 //! ```
 //! use rcu_defer::{read_lock, RcuCell};
@@ -55,6 +56,49 @@
 //! config.replace(Config { queue_size: 256 }); // the old value is dropped after a grace period
 //! reader.join().unwrap();
 //! rcu_defer::drain_call_rcu(); // wait for the old value to be dropped
+//! ```
+//!
+//! # Async code, and values that must leave the section
+//!
+//! A read section belongs to its thread: a [`ReadGuard`] is not `Send`, so a
+//! future that holds one across an `.await` is not `Send` either, and a
+//! multi-threaded executor will not spawn it. That is on purpose: the task
+//! could resume on another thread, and a section held while the task is
+//! suspended would hold up every grace period for as long as it sleeps. So
+//! in async code (and around blocking I/O):
+//!
+//! - read in a block with no `.await` in it, and take out what the rest
+//!   needs: a copy of a field, [`RcuCell::get_cloned`], or, for an
+//!   `RcuCell<Arc<U>>`, [`RcuCell::load_full`], an `Arc` that stays valid
+//!   for as long as it is held, with no section open;
+//! - write with [`RcuCell::replace`], [`RcuCell::update`] and [`call_rcu`],
+//!   which never wait; what waits for a grace period ([`synchronize_rcu`],
+//!   [`RcuCell::replace_sync`], [`Retired::wait`], [`drain_call_rcu`])
+//!   blocks its thread, so run it where blocking is allowed (tokio's
+//!   `spawn_blocking`, a thread of your own).
+//!
+//! ```
+//! use rcu_defer::{read_lock, RcuCell};
+//! use std::sync::Arc;
+//!
+//! struct Backend { path: String, read_only: bool }
+//!
+//! async fn write_request(backend: &RcuCell<Arc<Backend>>) -> Result<(), String> {
+//!     {
+//!         let guard = read_lock();
+//!         if backend.read(&guard).read_only {
+//!             return Err("read-only".into());
+//!         }
+//!     } // the section ends here, before any .await
+//!     let snapshot = backend.load_full(); // owned: it may cross an .await
+//!     submit(&snapshot.path).await;
+//!     Ok(())
+//! }
+//! # async fn submit(_path: &str) {}
+//!
+//! fn spawnable<F: std::future::Future + Send>(_: F) {}
+//! let backend = RcuCell::new(Arc::new(Backend { path: "/srv/a.img".into(), read_only: false }));
+//! spawnable(write_request(&backend)); // the future is Send
 //! ```
 //!
 //! # Deferred local calls
@@ -131,7 +175,7 @@
 //! the `rcu-call` thread keeps its callbacks queued and retries.
 //!
 //! A thread that exits while it still holds a read section (a guard leaked
-//! with `mem::forget`) is reported on stderr at exit, with the location
+//! with `mem::forget`) is reported at exit, with the location
 //! where the section was entered. The section is *not* closed for it: the
 //! guard might live in another thread-local whose destructor still reads
 //! through it, so closing it would be unsound. Grace periods then wait for
@@ -152,6 +196,25 @@
 //! try_synchronize_rcu().unwrap();
 //! ```
 
+//!
+//! # Reports
+//!
+//! What goes wrong where no caller can be given an error (a [`call_rcu`]
+//! callback that panics, a failed guest notification, a thread that exits
+//! inside a read section, a stalled grace period under the default stall
+//! handler, an unusable `RCU_DEFER_FLAVOR`) is a [`Report`], with a
+//! [`ReportKind`] and a [`Severity`]. Reports go to the handler set with
+//! [`set_report_handler`]; without one, to the `log` facade (feature `log`)
+//! or to `tracing` (feature `tracing`) when a logger or subscriber takes
+//! their level at target `rcu_defer`, and to stderr otherwise. A handler
+//! runs with none of rcu-defer's locks held, and a panic in it is caught.
+//!
+//! ```
+//! // Route rcu-defer's reports into the program's own log.
+//! rcu_defer::set_report_handler(|report| {
+//!     eprintln!("[{:?}] rcu-defer: {report}", report.severity());
+//! });
+//! ```
 //!
 //! # fork
 //!
@@ -200,6 +263,7 @@ mod report;
 mod section_calls;
 mod sync;
 mod sys;
+mod thread_bound;
 pub mod virtio;
 #[cfg(feature = "vm-memory")]
 pub mod vm;
@@ -207,7 +271,7 @@ pub mod vm;
 pub use call_rcu::{
     call_rcu, drain_call_rcu, drain_call_rcu_timeout, set_call_rcu_batch_window, try_drain_call_rcu,
 };
-pub use cell::RcuCell;
+pub use cell::{RcuCell, Retired};
 pub use detect::{
     assert_may_block, set_stall_handler, set_stall_timeout, Error, StallReport, StalledReader,
 };
@@ -215,6 +279,7 @@ pub use flavor::{flavor, set_flavor, Flavor, FlavorError};
 pub use grace::{synchronize_rcu, synchronize_rcu_timeout, try_synchronize_rcu};
 pub use local::{call_local, call_local_fn, defer_scope, DeferScope};
 pub use reader::{in_read_section, read_depth, read_lock, ReadGuard};
+pub use report::{set_report_handler, Report, ReportKind, Severity};
 
 #[doc(hidden)]
 pub use reader::{registry_stats, RegistryStats};

@@ -31,6 +31,7 @@ use crate::reader::{with_local, Local};
 use crate::report::{panic_message, report};
 use crate::section_calls::RawFn;
 use crate::sync::thread_local_lazy;
+use crate::thread_bound::ThreadBound;
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
@@ -342,6 +343,7 @@ impl DeferState {
         let scopes = self.scopes.get();
         if count > 0 && scopes > 0 && !local.in_section() {
             report!(
+                ExitInSection,
                 "a thread is exiting inside a defer scope ({scopes} open) with {count} \
                  deferred call(s) pending; they run when the scope is dropped, which for a \
                  leaked scope is never"
@@ -356,6 +358,7 @@ impl DeferState {
 #[cold]
 fn report_dropped_panic(payload: &(dyn std::any::Any + Send)) {
     report!(
+        CallbackPanicked,
         "a deferred call panicked while the thread was already unwinding: {}; the \
          panic is dropped",
         panic_message(payload)
@@ -537,6 +540,11 @@ pub fn call_local_fn<F: FnOnce() + 'static>(f: F) {
 /// fn needs_send<T: Send>(_: T) {}
 /// needs_send(rcu_defer::defer_scope());
 /// ```
+///
+/// ```compile_fail,E0277
+/// let scope = rcu_defer::defer_scope();
+/// std::thread::spawn(move || drop(scope));
+/// ```
 pub fn defer_scope() -> DeferScope {
     let _ = with_local(|local| {
         let scopes = &local.defer.scopes;
@@ -554,12 +562,13 @@ pub fn defer_scope() -> DeferScope {
 ///
 /// Dropping it resumes the first panic of a pending call, after all of them
 /// have run (unless the thread is already unwinding; then such panics are
-/// reported on stderr and dropped).
+/// reported and dropped).
 #[must_use = "calls are batched only while the scope is alive"]
 #[derive(Debug)]
 pub struct DeferScope {
-    /// `!Send` and `!Sync`: the scope belongs to its thread.
-    _not_send: PhantomData<*const ()>,
+    /// `!Send` and `!Sync`: the scope belongs to its thread (the error
+    /// names `DeferScope`).
+    _not_send: PhantomData<ThreadBound<DeferScope>>,
 }
 
 impl Drop for DeferScope {

@@ -28,6 +28,7 @@ use crate::sync::{
     global, lock, thread, thread_local_lazy, thread_local_pinned, AtomicPtr, AtomicU64, AtomicU8,
     Mutex, MutexGuard, Ordering,
 };
+use crate::thread_bound::ThreadBound;
 use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
@@ -895,6 +896,7 @@ impl Drop for Registration {
             .entered_at()
             .map_or_else(|| "an unknown location".to_owned(), |l| l.to_string());
         report!(
+            ExitInSection,
             "{who} is exiting inside a read section (depth {}, entered at {at}); \
              grace periods wait until its guard is dropped: a guard held by a thread-local \
              that is destroyed later ends the section then (and runs its deferred calls), a \
@@ -1006,11 +1008,20 @@ pub fn read_depth() -> usize {
 /// fn needs_sync<T: Sync>(_: &T) {}
 /// needs_sync(&rcu_defer::read_lock());
 /// ```
+///
+/// Moving one into another thread fails with "`ReadGuard` cannot be sent to
+/// or shared with another thread: read sections and defer scopes belong to
+/// the thread that entered them":
+///
+/// ```compile_fail,E0277
+/// let guard = rcu_defer::read_lock();
+/// std::thread::spawn(move || drop(guard));
+/// ```
 #[must_use = "the read section ends as soon as the guard is dropped"]
 pub struct ReadGuard {
-    /// A raw pointer makes the guard `!Send` and `!Sync`: the section
-    /// belongs to the thread that entered it.
-    _not_send: PhantomData<*const ()>,
+    /// Makes the guard `!Send` and `!Sync` (the section belongs to the
+    /// thread that entered it), with an error that names `ReadGuard`.
+    _not_send: PhantomData<ThreadBound<ReadGuard>>,
 }
 
 /// Dropping the outermost guard runs the thread's pending
@@ -1020,8 +1031,8 @@ pub struct ReadGuard {
 /// # Panics
 ///
 /// Resumes the first panic of a pending call after all of them have run
-/// (unless the thread is already unwinding; then such panics are reported on
-/// stderr and dropped).
+/// (unless the thread is already unwinding; then such panics are reported
+/// and dropped).
 impl Drop for ReadGuard {
     #[inline]
     fn drop(&mut self) {

@@ -127,6 +127,7 @@ impl SectionCalls {
             if let Err(payload) = outcome {
                 if std::thread::panicking() {
                     report!(
+                        CallbackPanicked,
                         "a call deferred to the end of a read section panicked while the \
                          thread was already unwinding: {}; the panic is dropped",
                         panic_message(&*payload)

@@ -184,7 +184,8 @@ pub struct NotifyStats {
     pub requested: u64,
     /// Signals actually sent (e.g. eventfd writes that succeeded).
     pub signalled: u64,
-    /// Signals that failed; the first failure is also printed to stderr.
+    /// Signals that failed; the first failure is also reported (see
+    /// [`set_report_handler`](crate::set_report_handler)).
     pub failed: u64,
 }
 
@@ -429,6 +430,7 @@ impl<N: Notify> State<N> {
                 );
                 if !self.failure_reported.swap(true, Ordering::Relaxed) {
                     report!(
+                        NotifyFailed,
                         "a guest notification failed: {e} (further failures of this notifier \
                          are counted in IrqNotifier::stats().failed)"
                     );

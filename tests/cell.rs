@@ -362,3 +362,317 @@ fn default_and_from_build_a_cell_holding_the_value() {
     assert_eq!(cell.read(&read_lock()), "from");
     assert!(format!("{cell:?}").contains("from"));
 }
+
+#[test]
+fn into_inner_returns_the_current_value_and_leaves_replaced_ones_to_their_grace_periods() {
+    within("into_inner", || {
+        let (first, first_dropped) = Tracked::new(1);
+        let (second, second_dropped) = Tracked::new(2);
+        let cell = RcuCell::new(first);
+        cell.replace(second);
+        let inner = cell.into_inner();
+        assert_eq!(inner.value, 2);
+        assert_eq!(
+            second_dropped.load(Ordering::SeqCst),
+            0,
+            "into_inner dropped its value"
+        );
+        drain_call_rcu();
+        assert_eq!(
+            first_dropped.load(Ordering::SeqCst),
+            1,
+            "the replaced value"
+        );
+        drop(inner);
+        assert_eq!(
+            second_dropped.load(Ordering::SeqCst),
+            1,
+            "dropped once, by its owner"
+        );
+    });
+}
+
+#[test]
+fn get_mut_changes_the_current_value_in_place_and_retires_nothing() {
+    within("get_mut", || {
+        let (value, dropped) = Tracked::new(1);
+        let mut cell = RcuCell::new(value);
+        cell.get_mut().value = 2;
+        assert_eq!(cell.read(&read_lock()).value, 2);
+        drain_call_rcu();
+        assert_eq!(dropped.load(Ordering::SeqCst), 0);
+        drop(cell);
+        assert_eq!(dropped.load(Ordering::SeqCst), 1);
+    });
+}
+
+#[test]
+fn try_update_that_fails_returns_the_error_and_changes_and_retires_nothing() {
+    within("try_update declines", || {
+        let (value, dropped) = Tracked::new(1);
+        let cell = RcuCell::new(value);
+        let result = cell.try_update(|old| Err::<Tracked, _>(format!("refused {}", old.value)));
+        assert_eq!(result.unwrap_err(), "refused 1");
+        drain_call_rcu();
+        assert_eq!(cell.read(&read_lock()).value, 1);
+        assert_eq!(
+            dropped.load(Ordering::SeqCst),
+            0,
+            "a declined update retired the value"
+        );
+        // The writer lock was released: the next write goes through.
+        cell.try_update(|old| Ok::<_, String>(Tracked::new(old.value + 1).0))
+            .unwrap();
+        assert_eq!(cell.read(&read_lock()).value, 2);
+        drain_call_rcu();
+        assert_eq!(
+            dropped.load(Ordering::SeqCst),
+            1,
+            "the updated value is retired once"
+        );
+    });
+}
+
+#[test]
+fn try_update_from_inside_its_own_closure_panics_instead_of_hanging() {
+    within("try_update re-entrant", || {
+        let cell = RcuCell::new(1u32);
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            cell.try_update(|v| {
+                cell.try_update(|w| Ok::<_, ()>(w + 1)).unwrap();
+                Ok::<_, ()>(v + 1)
+            })
+        }));
+        let message = common::panic_text(&*result.unwrap_err());
+        assert!(
+            message.contains("RcuCell::try_update from inside"),
+            "{message}"
+        );
+        assert_eq!(*cell.read(&read_lock()), 1);
+    });
+}
+
+#[test]
+fn compare_exchange_publishes_only_against_the_value_it_was_given() {
+    within("compare_exchange", || {
+        let (first, first_dropped) = Tracked::new(1);
+        let cell = RcuCell::new(first);
+        let guard = read_lock();
+        let seen = cell.read(&guard);
+        let (second, second_dropped) = Tracked::new(2);
+        assert!(cell.compare_exchange(seen, second).is_ok());
+        assert_eq!(cell.read(&guard).value, 2);
+
+        // `seen` is stale now: the exchange fails and hands `new` back.
+        let (third, third_dropped) = Tracked::new(3);
+        let back = cell.compare_exchange(seen, third).unwrap_err();
+        assert_eq!(back.value, 3);
+        assert_eq!(
+            third_dropped.load(Ordering::SeqCst),
+            0,
+            "the refused value was dropped"
+        );
+        drop(back);
+        assert_eq!(cell.read(&guard).value, 2);
+        // The replaced value is retired after a grace period, which waits for
+        // this section.
+        assert_eq!(first_dropped.load(Ordering::SeqCst), 0);
+        drop(guard);
+        drain_call_rcu();
+        assert_eq!(first_dropped.load(Ordering::SeqCst), 1);
+        assert_eq!(second_dropped.load(Ordering::SeqCst), 0);
+    });
+}
+
+#[test]
+fn a_value_read_in_an_open_section_never_compares_equal_to_a_later_value() {
+    // ABA: a later value allocated at the address of the one this section
+    // read would make a stale `compare_exchange` succeed. The section keeps
+    // that value allocated, so no later one can have its address, however
+    // many values are published and retired meanwhile.
+    within("no ABA", || {
+        let cell = Arc::new(RcuCell::new(0u64));
+        let guard = read_lock();
+        let seen = cell.read(&guard);
+        let writer = {
+            let cell = Arc::clone(&cell);
+            thread::spawn(move || {
+                for i in 1..=1000 {
+                    cell.replace(i);
+                }
+            })
+        };
+        writer.join().unwrap();
+        let current: *const u64 = cell.read(&guard);
+        assert!(!std::ptr::eq(current, seen));
+        assert_eq!(cell.compare_exchange(seen, 7), Err(7));
+        assert_eq!((*seen, *cell.read(&guard)), (0, 1000));
+        drop(guard);
+        drain_call_rcu();
+    });
+}
+
+#[test]
+fn concurrent_compare_exchange_loops_lose_no_increment() {
+    within("compare_exchange loops", || {
+        const EACH: u64 = 5_000;
+        let cell = Arc::new(RcuCell::new(0u64));
+        let writers: Vec<_> = (0..2)
+            .map(|_| {
+                let cell = Arc::clone(&cell);
+                thread::spawn(move || {
+                    for _ in 0..EACH {
+                        let guard = read_lock();
+                        let mut seen = cell.read(&guard);
+                        while cell.compare_exchange(seen, *seen + 1).is_err() {
+                            seen = cell.read(&guard);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert_eq!(*cell.read(&read_lock()), 2 * EACH);
+        drain_call_rcu();
+    });
+}
+
+#[test]
+fn replace_retired_publishes_at_once_and_wait_returns_the_old_value_after_readers_left() {
+    within("replace_retired", || {
+        let cell = Arc::new(RcuCell::new(String::from("old")));
+        let left = Arc::new(AtomicBool::new(false));
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let reader = {
+            let cell = Arc::clone(&cell);
+            let left = Arc::clone(&left);
+            thread::spawn(move || {
+                let guard = read_lock();
+                entered_tx.send(cell.read(&guard).clone()).unwrap();
+                thread::sleep(Duration::from_millis(200));
+                left.store(true, Ordering::SeqCst);
+                drop(guard);
+            })
+        };
+        assert_eq!(recv(&entered_rx, "the reader to read"), "old");
+        let retired = cell.replace_retired(String::from("new"));
+        assert_eq!(cell.read(&read_lock()), "new", "published before any wait");
+        assert!(
+            !left.load(Ordering::SeqCst),
+            "replace_retired waited for the reader"
+        );
+        assert_eq!(retired.wait(), "old");
+        assert!(
+            left.load(Ordering::SeqCst),
+            "wait returned while a reader that could see the old value was in its section"
+        );
+        reader.join().unwrap();
+    });
+}
+
+#[test]
+fn a_dropped_retired_value_is_dropped_after_the_readers_that_saw_it_have_left() {
+    within("dropped Retired", || {
+        let (old, old_dropped) = Tracked::new(1);
+        let cell = Arc::new(RcuCell::new(old));
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (leave_tx, leave_rx) = mpsc::channel::<()>();
+        let reader = {
+            let cell = Arc::clone(&cell);
+            thread::spawn(move || {
+                let guard = read_lock();
+                let seen = cell.read(&guard);
+                entered_tx.send(()).unwrap();
+                leave_rx.recv().unwrap();
+                let alive = seen.dropped.load(Ordering::SeqCst) == 0 && seen.value == 1;
+                drop(guard);
+                alive
+            })
+        };
+        recv(&entered_rx, "the reader to read");
+        drop(cell.replace_retired(Tracked::new(2).0));
+        // Give the callback thread every chance to drop it too early.
+        thread::sleep(Duration::from_millis(200));
+        assert_eq!(old_dropped.load(Ordering::SeqCst), 0);
+        leave_tx.send(()).unwrap();
+        assert!(
+            reader.join().unwrap(),
+            "the value was dropped under its reader"
+        );
+        drain_call_rcu();
+        assert_eq!(old_dropped.load(Ordering::SeqCst), 1);
+    });
+}
+
+#[test]
+fn retired_wait_inside_a_read_section_panics_and_the_value_is_retired_not_dropped() {
+    within("Retired::wait in a section", || {
+        let (old, old_dropped) = Tracked::new(1);
+        let cell = RcuCell::new(old);
+        let entered_at = format!("{}:{}", file!(), line!() + 1);
+        let guard = read_lock();
+        let seen = cell.read(&guard);
+        let retired = cell.replace_retired(Tracked::new(2).0);
+        let result = catch_unwind(AssertUnwindSafe(|| drop(retired.wait())));
+        let message = common::panic_text(&*result.unwrap_err());
+        assert!(
+            message.contains("Retired::wait was called inside a read section"),
+            "{message}"
+        );
+        assert!(message.contains(&entered_at), "{message}");
+        // This section still reads the old value: the panic did not drop it.
+        assert_eq!((seen.value, old_dropped.load(Ordering::SeqCst)), (1, 0));
+        drop(guard);
+        drain_call_rcu();
+        assert_eq!(
+            old_dropped.load(Ordering::SeqCst),
+            1,
+            "retired through call_rcu"
+        );
+    });
+}
+
+#[test]
+fn a_retired_value_can_be_waited_for_on_another_thread() {
+    within("Retired sent", || {
+        let cell = RcuCell::new(vec![1, 2, 3]);
+        let retired = cell.replace_retired(vec![4]);
+        let old = thread::spawn(move || retired.wait()).join().unwrap();
+        assert_eq!(old, [1, 2, 3]);
+    });
+}
+
+#[test]
+fn load_full_returns_an_arc_that_outlives_its_section_and_the_value_s_replacement() {
+    within("load_full", || {
+        let cell = RcuCell::new(Arc::new(String::from("first")));
+        let snapshot = cell.load_full();
+        assert!(
+            !rcu_defer::in_read_section(),
+            "load_full left a section open"
+        );
+        cell.replace(Arc::new(String::from("second")));
+        drain_call_rcu(); // the cell's old Arc is gone
+        assert_eq!(*snapshot, "first");
+        assert_eq!(Arc::strong_count(&snapshot), 1);
+        assert_eq!(*cell.load_full(), "second");
+    });
+}
+
+#[test]
+fn get_cloned_returns_a_copy_that_later_writes_do_not_change() {
+    within("get_cloned", || {
+        let cell = RcuCell::new(vec![1, 2]);
+        let copy = cell.get_cloned();
+        assert!(
+            !rcu_defer::in_read_section(),
+            "get_cloned left a section open"
+        );
+        cell.update(|v| v.iter().map(|x| x * 10).collect());
+        assert_eq!(copy, [1, 2]);
+        assert_eq!(cell.get_cloned(), [10, 20]);
+        drain_call_rcu();
+    });
+}

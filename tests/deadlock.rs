@@ -442,6 +442,9 @@ fn deadlock_panics_are_located_at_the_callers_line_not_inside_the_library() {
         let replace_sync = || drop(cell.replace_sync(2).to_string());
         let line = line!() - 1;
         assert_eq!(panic_location_of(replace_sync), here(line));
+        let retired = cell.replace_retired(3);
+        let line = line!() + 1;
+        assert_eq!(panic_location_of(|| _ = retired.wait()), here(line));
         let line = line!() + 1;
         assert_eq!(panic_location_of(|| assert_may_block("io")), here(line));
         #[cfg(target_os = "linux")]

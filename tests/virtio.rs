@@ -262,20 +262,24 @@ mod tracing_events {
     use super::Counter;
     use rcu_defer::read_lock;
     use rcu_defer::virtio::IrqNotifier;
+    use std::sync::atomic::Ordering;
     use std::sync::{Arc, Mutex};
     use tracing::field::{Field, Visit};
     use tracing::span::{Attributes, Id, Record};
     use tracing::{Event, Metadata, Subscriber};
 
-    /// Records the message of every event.
+    /// Records the message of every event (followed by ` [kind=...]` if
+    /// it has a `kind` field).
     struct Messages(Arc<Mutex<Vec<String>>>);
 
-    struct MessageOf<'a>(&'a mut Option<String>);
+    struct MessageOf<'a>(&'a mut Option<String>, Option<String>);
 
     impl Visit for MessageOf<'_> {
         fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-            if field.name() == "message" {
-                *self.0 = Some(format!("{value:?}"));
+            match field.name() {
+                "message" => *self.0 = Some(format!("{value:?}")),
+                "kind" => self.1 = Some(format!("{value:?}")),
+                _ => {}
             }
         }
     }
@@ -291,11 +295,31 @@ mod tracing_events {
         fn record_follows_from(&self, _: &Id, _: &Id) {}
         fn event(&self, event: &Event<'_>) {
             let mut message = None;
-            event.record(&mut MessageOf(&mut message));
+            let mut visitor = MessageOf(&mut message, None);
+            event.record(&mut visitor);
+            let kind = visitor.1;
+            if let (Some(message), Some(kind)) = (&mut message, kind) {
+                message.push_str(&format!(" [kind={kind}]"));
+            }
             self.0.lock().unwrap().extend(message);
         }
         fn enter(&self, _: &Id) {}
         fn exit(&self, _: &Id) {}
+    }
+
+    #[test]
+    fn a_failed_notification_s_report_is_a_tracing_event_when_a_subscriber_listens() {
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let irq = IrqNotifier::new(Counter::default());
+        irq.notifier().fail.store(true, Ordering::SeqCst);
+        tracing::subscriber::with_default(Messages(messages.clone()), || irq.notify_now());
+        let messages = messages.lock().unwrap();
+        assert!(
+            messages.iter().any(|m| m.starts_with(
+                "a guest notification failed: test failure (further failures of this notifier"
+            ) && m.ends_with(" [kind=NotifyFailed]")),
+            "{messages:#?}"
+        );
     }
 
     #[test]

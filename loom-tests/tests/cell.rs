@@ -242,3 +242,69 @@ fn concurrent_updates_are_not_lost_and_not_dropped_under_reader() {
         );
     });
 }
+
+/// Property: `RcuCell::compare_exchange` racing an `update`, each adding
+/// one to the value's id: neither is lost (the exchange that finds another
+/// value reads again and retries, and the cell ends up with id 2), the
+/// exchanger's value stays alive for its whole read section, the exchanged
+/// one included (retired through `call_rcu`, it waits for that section),
+/// and no value is dropped twice or while it is current. Both old values
+/// are dropped once the `rcu-call` thread has run its callbacks.
+///
+/// Three threads (the updater, the exchanger, the `rcu-call` worker, which
+/// the model stops with `loom_stop_call_rcu_thread`): bounded to 3
+/// preemptions, as the concurrent-updates model. The flavor is decided
+/// before the threads start.
+#[test]
+fn compare_exchange_racing_an_update_loses_neither_and_frees_nothing_early() {
+    loom_tests::bounded(3).check(|| {
+        rcu_defer::flavor();
+        let log = DropLog::new();
+        let cell = Arc::new(RcuCell::new(Tracked::new(&log, 0)));
+        let exchanger = {
+            let cell = Arc::clone(&cell);
+            let log = Arc::clone(&log);
+            thread::spawn(move || {
+                let guard = read_lock();
+                let mut seen = cell.read(&guard);
+                let mut next = Tracked::new(&log, seen.id + 1);
+                loop {
+                    log.assert_alive(seen.id);
+                    match cell.compare_exchange(seen, next) {
+                        Ok(()) => break,
+                        Err(back) => {
+                            // Reused rather than dropped: a dropped value
+                            // with the next id would mark that id dropped.
+                            next = back;
+                            seen = cell.read(&guard);
+                            next.id = seen.id + 1;
+                        }
+                    }
+                }
+                // The exchanged value is retired, but not before this
+                // section ends.
+                log.assert_alive(seen.id);
+                drop(guard);
+            })
+        };
+        cell.update(|value| {
+            log.assert_alive(value.id);
+            Tracked::new(&log, value.id + 1)
+        });
+        loom_tests::join([exchanger]);
+        rcu_defer::loom_stop_call_rcu_thread();
+        log.caught.rethrow();
+        assert_eq!(
+            log.dropped(),
+            [true, true, false],
+            "after both writes only the value with id 2 is left (dropped: [id 0, id 1, id 2])"
+        );
+        let cell = Arc::try_unwrap(cell)
+            .ok()
+            .expect("the model's threads have dropped their references");
+        let last = cell.into_inner();
+        assert_eq!(last.id, 2, "a write was lost");
+        drop(last);
+        log.caught.rethrow();
+    });
+}
