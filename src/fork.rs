@@ -143,6 +143,7 @@ mod handlers {
         held.leader.after_fork_child();
         held.queue.after_fork_child();
         held.cell_wait.after_fork_child();
+        crate::poll::after_fork_child();
         drop(held);
     }
 

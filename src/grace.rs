@@ -12,10 +12,10 @@
 use crate::detect::{self, Error, Waiter};
 use crate::flavor::writer_fence;
 use crate::fork;
-use crate::reader::{gp_counter, registry, set_gp_counter, GP_STEP};
+use crate::reader::{gp_counter, offline_while, registry, set_gp_counter, GP_STEP};
 use crate::sync::{
-    fence, global, lock, spin_loop, thread_local_const, Condvar, Mutex, MutexGuard, Ordering,
-    MAY_SPIN,
+    fence, global, lock, spin_loop, thread_local_const, AtomicU64, Condvar, Mutex, MutexGuard,
+    Ordering, MAY_SPIN,
 };
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -47,6 +47,40 @@ global! {
 global! {
     /// Signalled whenever a leader finishes or gives up.
     static LEADER_DONE: Condvar = Condvar::new();
+}
+
+global! {
+    /// Grace-period attempts begun since the process started: attempt `n`
+    /// is the one that raised it to `n`. Changed only by read-modify-writes,
+    /// so that a polled cookie's read-modify-write (see `poll`) is ordered
+    /// against the next attempt's.
+    static STARTED: AtomicU64 = AtomicU64::new(0);
+}
+
+global! {
+    /// The number of the last grace-period attempt that completed: every
+    /// read section that began before it began has ended. Attempts run one
+    /// at a time, so it only grows.
+    static DONE: AtomicU64 = AtomicU64::new(0);
+}
+
+/// The number the next grace-period attempt will get. A read-modify-write
+/// (of nothing): it reads the latest value, and its Release half pairs with
+/// the Acquire increment of that attempt's leader in `LeaderSlot::take`,
+/// so whatever the caller did before (unpublishing a value) happens before
+/// that attempt's first fence.
+pub(crate) fn next_attempt() -> u64 {
+    // Release as above (a read-modify-write reads the latest value whatever
+    // its ordering).
+    STARTED.fetch_add(0, Ordering::Release) + 1
+}
+
+/// The number of the last grace-period attempt that completed.
+pub(crate) fn done() -> u64 {
+    // Acquire pairs with the Release store in `grace_period` after the
+    // attempt's own Acquire fence: the read sections it waited for happen
+    // before whatever the caller does once it sees the attempt done.
+    DONE.load(Ordering::Acquire)
 }
 
 thread_local_const! {
@@ -165,6 +199,12 @@ pub fn synchronize_rcu_timeout(limit: Duration) -> Result<(), Error> {
 /// counted: the callers waiting for it are woken, and each runs its own
 /// attempt, which fails or succeeds on its own.
 pub(crate) fn grace_period(until: Option<Instant>) -> Result<(), Error> {
+    // An online caller outside any read section goes offline for the wait,
+    // or it would wait for its own quiescent state.
+    offline_while(|| grace_period_offline(until))
+}
+
+fn grace_period_offline(until: Option<Instant>) -> Result<(), Error> {
     fork::register_handlers();
     let called = Instant::now();
     let mut leader = lock(&LEADER);
@@ -178,8 +218,13 @@ pub(crate) fn grace_period(until: Option<Instant>) -> Result<(), Error> {
         if !leader.running {
             leader.running = true;
             drop(leader);
-            let slot = LeaderSlot::take();
+            let (slot, attempt) = LeaderSlot::take();
             let result = run_grace_period(until);
+            if result.is_ok() {
+                // Release pairs with the Acquire load in `done`; after the
+                // attempt's Acquire fence in `run_grace_period`.
+                DONE.store(attempt, Ordering::Release);
+            }
             leader = slot.release(result.is_ok());
             result?;
             continue;
@@ -212,10 +257,16 @@ pub(crate) fn grace_period(until: Option<Instant>) -> Result<(), Error> {
 struct LeaderSlot;
 
 impl LeaderSlot {
-    /// The slot, for the thread that has just set `running`.
-    fn take() -> Self {
+    /// The slot, for the thread that has just set `running`, and the
+    /// attempt's number.
+    fn take() -> (Self, u64) {
         IS_LEADER.with(|is| is.set(true));
-        LeaderSlot
+        // AcqRel: Acquire pairs with the Release half of `next_attempt` (a
+        // cookie taken before this attempt began is ordered before its
+        // first fence); Release keeps the chain of read-modify-writes one
+        // release sequence.
+        let attempt = STARTED.fetch_add(1, Ordering::AcqRel) + 1;
+        (LeaderSlot, attempt)
     }
 
     /// Gives the slot back after an attempt that returned; counts it if it

@@ -195,6 +195,8 @@ mod fork;
 mod grace;
 pub mod guide;
 mod local;
+mod online;
+mod poll;
 mod reader;
 mod report;
 mod section_calls;
@@ -214,6 +216,11 @@ pub use detect::{
 pub use flavor::{flavor, set_flavor, Flavor, FlavorError};
 pub use grace::{synchronize_rcu, synchronize_rcu_timeout, try_synchronize_rcu};
 pub use local::{call_local, call_local_fn, defer_scope, DeferScope};
+pub use online::{online, Online};
+pub use poll::{
+    cond_synchronize_rcu, get_state_synchronize_rcu, poll_state_synchronize_rcu,
+    start_poll_synchronize_rcu, PollState,
+};
 pub use reader::{in_read_section, read_depth, read_lock, ReadGuard};
 
 #[doc(hidden)]
