@@ -939,7 +939,11 @@ impl Local {
         // Relaxed: owner-only read of its own word.
         let ctr = record.ctr.load(Ordering::Relaxed);
         if ctr & (NEST_MASK | ONLINE) != ONLINE {
-            return if ctr & NEST_MASK != 0 { Err(()) } else { Ok(()) };
+            return if ctr & NEST_MASK != 0 {
+                Err(())
+            } else {
+                Ok(())
+            };
         }
         // Relaxed: read by writers only in reports.
         record.quiescent_at.store(as_ptr(at), Ordering::Relaxed);
