@@ -380,6 +380,10 @@ const REGISTRY_KEEP: usize = 64;
 /// unless its last quiescent state was reported at `gp`, that is, after the
 /// grace period began; whether it is inside a read section does not matter.
 fn blocks(ctr: u64, gp: u64) -> bool {
+    #[cfg(loom)]
+    if ctr & ONLINE != 0 && crate::fault::active(crate::fault::LoomFault::WriterIgnoresOnline) {
+        return false;
+    }
     ctr != 0 && ctr & !LOW_MASK != gp
 }
 
