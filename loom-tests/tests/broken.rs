@@ -108,7 +108,7 @@ fn reader_without_exit_fence_is_caught_as_a_lost_wake_up() {
 /// (`LoomFault::WriterIgnoresOnline`) is caught by the online-reader model
 /// (tests/online.rs): the writer frees the object while the online thread,
 /// which has not reported a quiescent state, still uses it. Bounded to 3
-/// preemptions, as that model.
+/// preemptions (under a second; the failure needs none).
 #[test]
 #[should_panic(expected = "Causality violation")]
 fn writer_that_ignores_online_records_is_caught() {
