@@ -609,11 +609,12 @@ impl Local {
         } else {
             // A nested entry, or the outermost entry of an online thread
             // (whose `ctr` is never 0): neither publishes anything, so both
-            // only store the depth. One compare sends both the online
-            // outermost entry (depth 0 to 1) and an overflow (to 0) off the
-            // nested path.
+            // only store the depth. One test (of the depth bits but the
+            // lowest) sends both the online outermost entry (new depth 1)
+            // and an overflow (new depth 0) off the nested path, which so
+            // costs what it did before online threads existed.
             let next = ctr + 1;
-            if next & NEST_MASK <= 1 {
+            if next & (NEST_MASK - 1) == 0 {
                 if next & NEST_MASK == 0 {
                     depth_overflow();
                 }
