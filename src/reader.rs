@@ -1109,7 +1109,8 @@ impl Drop for Registration {
             return;
         };
         let mut ctr = record.ctr();
-        if ctr & ONLINE != 0 {
+        let was_online = ctr & ONLINE != 0;
+        if was_online {
             // The thread exits online (its `Online` handle leaked, or lives
             // in a thread-local destroyed later): it goes offline here. Inside
             // a section it becomes an ordinary reader whose section began at
@@ -1122,11 +1123,13 @@ impl Drop for Registration {
         }
         if ctr == 0 {
             registry.remove(i);
-            // A writer may be asleep waiting for this thread (if it was
-            // online): it asked under the registry lock, so it asked before
-            // this removal, and the flag is seen here. Relaxed: ordered by
-            // the lock.
-            let waited_for = record.signal.load(Ordering::Relaxed) & WAITING != 0;
+            // A writer may be asleep waiting for this thread if it was
+            // online (an ordinary thread outside any section blocks
+            // nothing): it asked under the registry lock, so before this
+            // removal, and the flag is seen here. Relaxed: ordered by the
+            // lock.
+            let waited_for =
+                was_online && record.signal.load(Ordering::Relaxed) & WAITING != 0;
             // Relaxed: owner-only from now on (off the registry).
             record.signal.store(STAND_IN, Ordering::Relaxed);
             drop(registry);
