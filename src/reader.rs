@@ -1128,8 +1128,7 @@ impl Drop for Registration {
             // nothing): it asked under the registry lock, so before this
             // removal, and the flag is seen here. Relaxed: ordered by the
             // lock.
-            let waited_for =
-                was_online && record.signal.load(Ordering::Relaxed) & WAITING != 0;
+            let waited_for = was_online && record.signal.load(Ordering::Relaxed) & WAITING != 0;
             // Relaxed: owner-only from now on (off the registry).
             record.signal.store(STAND_IN, Ordering::Relaxed);
             drop(registry);
