@@ -105,6 +105,7 @@ thread_local_pinned! {
         stand_in: Cell::new(None),
         thread_id: Cell::new(None),
         online_handle: Cell::new(None),
+        online: Cell::new(false),
         defer: DeferState::new(),
         section_calls: SectionCalls::new(),
     };
@@ -156,6 +157,10 @@ pub(crate) struct Local {
     /// Where the thread's live `Online` handle was made, if it has one
     /// (online, or offline inside `Online::offline`).
     pub(crate) online_handle: Cell<Option<&'static Location<'static>>>,
+    /// Whether the thread is online: `ONLINE` is set in `ctr` outside read
+    /// sections, and inside them unless the section deferred a call (see
+    /// `mark_deferred`).
+    online: Cell<bool>,
     /// `call_local`'s state (in the same thread-local, so that recording a
     /// call finds the read depth and the pending calls together).
     pub(crate) defer: DeferState,
@@ -633,20 +638,16 @@ impl Local {
         let record = &self.record;
         let ctr = record.ctr.load(Ordering::Relaxed);
         let next = ctr - 1;
-        if next & NEST_MASK != 0 {
-            // Relaxed: nested exit publishes nothing.
+        if next & (NEST_MASK | ONLINE) != 0 {
+            // A nested exit, or the outermost exit of an online thread that
+            // deferred nothing (deferring clears `ONLINE` for the rest of
+            // the section, see `mark_deferred`): the record keeps its
+            // grace-period value, and the exit stores the depth. Relaxed:
+            // publishes nothing. One test, as for a nested exit alone.
             record.ctr.store(next, Ordering::Relaxed);
             return;
         }
-        if ctr & (DEFERRED | ONLINE) != 0 {
-            if ctr & DEFERRED == 0 {
-                // The outermost exit of an online thread, with nothing
-                // deferred: the record keeps its grace-period value, so the
-                // exit, like the entry, only stores the depth (Relaxed:
-                // publishes nothing).
-                record.ctr.store(next, Ordering::Relaxed);
-                return;
-            }
+        if ctr & DEFERRED != 0 {
             return self.exit_deferred();
         }
         self.publish_exit();
@@ -664,11 +665,11 @@ impl Local {
     /// any other thread the end is published.
     fn end_outermost(&self) {
         let ctr = self.record.ctr();
-        if ctr & ONLINE != 0 {
-            // Relaxed: publishes nothing (owner-only bits).
+        if self.online.get() {
+            // Relaxed: publishes nothing (the grace-period value is kept).
             self.record
                 .ctr
-                .store(ctr & !(DEFERRED | NEST_MASK), Ordering::Relaxed);
+                .store((ctr & !(DEFERRED | NEST_MASK)) | ONLINE, Ordering::Relaxed);
         } else {
             self.publish_exit();
         }
@@ -869,25 +870,38 @@ impl Local {
             return false;
         }
         if ctr & DEFERRED == 0 {
-            // Relaxed: owner-only bit, read back by this thread's exit.
-            self.record.ctr.store(ctr | DEFERRED, Ordering::Relaxed);
+            // Relaxed: owner-only bits, read back by this thread's exit (see
+            // `mark_deferred` for `ONLINE`).
+            self.record
+                .ctr
+                .store((ctr | DEFERRED) & !ONLINE, Ordering::Relaxed);
         }
         true
     }
 
     /// Inside a read section: the outermost exit must run deferred calls.
+    ///
+    /// On an online thread this also clears `ONLINE` until the section
+    /// ends (`end_outermost` sets it again, from `Local::online`), so that
+    /// the outermost exit leaves the one-test path that an online
+    /// section's exit shares with a nested exit. The value blocks the same
+    /// grace periods with or without `ONLINE` (only the low bits change):
+    /// for the rest of the section the thread looks to writers like an
+    /// ordinary reader whose section began at its last quiescent state.
     #[inline(always)]
     pub(crate) fn mark_deferred(&self) {
         let ctr = self.record.ctr();
         if depth_of(ctr) > 0 {
-            // Relaxed: owner-only bit, read back by this thread's exit.
-            self.record.ctr.store(ctr | DEFERRED, Ordering::Relaxed);
+            // Relaxed: owner-only bits, read back by this thread's exit.
+            self.record
+                .ctr
+                .store((ctr | DEFERRED) & !ONLINE, Ordering::Relaxed);
         }
     }
 
     /// Whether the thread is online now (not inside `Online::offline`).
     pub(crate) fn is_online(&self) -> bool {
-        self.record.ctr() & ONLINE != 0
+        self.online.get()
     }
 
     /// Makes the thread an online reader, registering it first if it has
@@ -915,6 +929,7 @@ impl Local {
             .quiescent_at
             .store(std::ptr::null_mut(), Ordering::Relaxed);
         self.publish_online();
+        self.online.set(true);
         true
     }
 
@@ -976,7 +991,7 @@ impl Local {
         if ctr & NEST_MASK != 0 {
             return Err(());
         }
-        if ctr & ONLINE == 0 {
+        if !self.online.replace(false) {
             return Ok(false);
         }
         self.publish_quiescent(0);
@@ -990,6 +1005,7 @@ impl Local {
         // away meanwhile (it is exiting) stays offline.
         if self.record.signal.load(Ordering::Relaxed) & STAND_IN == 0 {
             self.publish_online();
+            self.online.set(true);
         }
     }
 
@@ -1000,10 +1016,10 @@ impl Local {
     /// outermost exit publishes its end as any ordinary section's does.
     pub(crate) fn drop_online(&self) {
         self.online_handle.set(None);
-        let ctr = self.record.ctr();
-        if ctr & ONLINE == 0 {
+        if !self.online.replace(false) {
             return;
         }
+        let ctr = self.record.ctr();
         if ctr & NEST_MASK == 0 {
             self.publish_quiescent(0);
         } else {
@@ -1109,7 +1125,7 @@ impl Drop for Registration {
             return;
         };
         let mut ctr = record.ctr();
-        let was_online = ctr & ONLINE != 0;
+        let was_online = local.online.replace(false);
         if was_online {
             // The thread exits online (its `Online` handle leaked, or lives
             // in a thread-local destroyed later): it goes offline here. Inside

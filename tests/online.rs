@@ -367,5 +367,22 @@ fn call_local_on_an_online_thread_runs_once_at_the_end_of_the_outermost_section(
             assert_eq!(count.load(Ordering::SeqCst), pass);
             online.quiescent();
         }
+        // A section that deferred a call leaves the thread online: a grace
+        // period that begins after the section still waits for the
+        // thread's next quiescent state, and only for that.
+        {
+            let _pass = read_lock();
+            call_local(bump, &count);
+        }
+        let held = thread::spawn(|| synchronize_rcu_timeout(SHORT))
+            .join()
+            .unwrap();
+        assert!(
+            matches!(held, Err(Error::Timeout(_))),
+            "the thread went offline at the end of a section that deferred a call: {held:?}"
+        );
+        online.quiescent();
+        let writer = thread::spawn(synchronize_rcu);
+        online.offline(|| writer.join().unwrap());
     });
 }
