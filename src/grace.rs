@@ -25,12 +25,25 @@ const SPIN_SCANS: u32 = 100;
 
 /// A resettable event: the leader sleeps on it, readers set it.
 struct Event {
-    set: Mutex<bool>,
+    state: Mutex<EventState>,
     cv: Condvar,
 }
 
+/// What `Event::state` guards.
+pub(crate) struct EventState {
+    /// Set by a reader; the leader resets it before it asks readers to
+    /// set it.
+    set: bool,
+    /// Whether the leader is asleep on `cv`: a reader that sets the event
+    /// while the leader is still scanning makes no system call.
+    sleeping: bool,
+}
+
 global! {
-    static EVENT: Event = Event { set: Mutex::new(false), cv: Condvar::new() };
+    static EVENT: Event = Event {
+        state: Mutex::new(EventState { set: false, sleeping: false }),
+        cv: Condvar::new(),
+    };
 }
 
 /// Leader election and completion count.
@@ -93,33 +106,41 @@ thread_local_const! {
 /// Wakes a leader sleeping in `wait_for_readers`. Called by a reader leaving
 /// its section after a leader set its `waiting` flag.
 pub(crate) fn wake_writer() {
-    let mut set = lock(&EVENT.set);
-    *set = true;
-    EVENT.cv.notify_all();
+    let mut state = lock(&EVENT.state);
+    state.set = true;
+    // A leader that is not asleep sees `set` before it sleeps (it tests
+    // it under this lock): only a sleeping one needs the notification,
+    // which is a system call.
+    if state.sleeping {
+        EVENT.cv.notify_all();
+    }
 }
 
 fn reset_event() {
-    *lock(&EVENT.set) = false;
+    lock(&EVENT.state).set = false;
 }
 
 /// Sleeps until the event is set (true) or `until` passes (false).
 fn wait_event(until: Option<Instant>) -> bool {
-    let mut set = lock(&EVENT.set);
-    while !*set {
-        match until {
-            None => set = EVENT.cv.wait(set).unwrap_or_else(|p| p.into_inner()),
+    let mut state = lock(&EVENT.state);
+    while !state.set {
+        state.sleeping = true;
+        state = match until {
+            None => EVENT.cv.wait(state).unwrap_or_else(|p| p.into_inner()),
             Some(until) => {
                 let now = Instant::now();
                 if now >= until {
+                    state.sleeping = false;
                     return false;
                 }
-                set = EVENT
+                EVENT
                     .cv
-                    .wait_timeout(set, until - now)
+                    .wait_timeout(state, until - now)
                     .unwrap_or_else(|p| p.into_inner())
-                    .0;
+                    .0
             }
-        }
+        };
+        state.sleeping = false;
     }
     true
 }
@@ -303,7 +324,7 @@ pub(crate) struct LeaderHeld(MutexGuard<'static, Leader>);
 /// The event's lock, held across a `fork()` after every other lock (see
 /// `fork`).
 #[cfg(not(loom))]
-pub(crate) struct EventHeld(#[allow(dead_code)] MutexGuard<'static, bool>);
+pub(crate) struct EventHeld(MutexGuard<'static, EventState>);
 
 /// Locks leader election for a fork.
 #[cfg(not(loom))]
@@ -314,7 +335,17 @@ pub(crate) fn hold_leader_for_fork() -> LeaderHeld {
 /// Locks the event for a fork.
 #[cfg(not(loom))]
 pub(crate) fn hold_event_for_fork() -> EventHeld {
-    EventHeld(lock(&EVENT.set))
+    EventHeld(lock(&EVENT.state))
+}
+
+#[cfg(not(loom))]
+impl EventHeld {
+    /// In the child of a fork: no leader sleeps on the event there (a
+    /// sleeping one was another thread), so a reader's wake-up makes no
+    /// system call until the child's own leader sleeps.
+    pub(crate) fn after_fork_child(&mut self) {
+        self.0.sleeping = false;
+    }
 }
 
 #[cfg(not(loom))]
