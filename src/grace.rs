@@ -106,12 +106,18 @@ thread_local_const! {
 /// Wakes a leader sleeping in `wait_for_readers`. Called by a reader leaving
 /// its section after a leader set its `waiting` flag.
 pub(crate) fn wake_writer() {
-    let mut state = lock(&EVENT.state);
-    state.set = true;
+    let sleeping = {
+        let mut state = lock(&EVENT.state);
+        state.set = true;
+        state.sleeping
+    };
     // A leader that is not asleep sees `set` before it sleeps (it tests
-    // it under this lock): only a sleeping one needs the notification,
-    // which is a system call.
-    if state.sleeping {
+    // it under the lock): only a sleeping one needs the notification, a
+    // system call. Made after the lock is released, so that the leader it
+    // wakes does not block at once on the lock this thread holds; the
+    // leader was asleep in the wait when `sleeping` was read, so it cannot
+    // miss it.
+    if sleeping {
         EVENT.cv.notify_all();
     }
 }
