@@ -176,6 +176,7 @@ pub mod liburcu {
         fn peers_urcu_qsbr_thread_offline();
         fn peers_urcu_qsbr_thread_online();
         fn peers_urcu_qsbr_synchronize_rcu();
+        fn peers_urcu_qsbr_reads_under_writer(nanos: u64, writes: *mut u64) -> u64;
     }
 
     thread_local! {
@@ -235,6 +236,25 @@ pub mod liburcu {
             unsafe { peers_urcu_qsbr_thread_offline() };
             let _online = Online;
             f()
+        }
+
+        /// Reads for `duration` on this (online) thread, a quiescent state
+        /// every 1024 reads, while a writer thread of the shim swaps a
+        /// pointer and calls `synchronize_rcu()` back to back: returns
+        /// (reads, grace periods).
+        ///
+        /// # Panics
+        ///
+        /// If a read saw a value other than the one every published
+        /// pointer leads to (the shim then returns 0 reads).
+        pub fn reads_under_writer(self, duration: std::time::Duration) -> (u64, u64) {
+            let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+            let mut writes = 0;
+            // SAFETY: registered thread; `writes` is a valid out-pointer
+            // for the call.
+            let reads = unsafe { peers_urcu_qsbr_reads_under_writer(nanos, &mut writes) };
+            assert!(reads > 0, "a urcu-qsbr read saw a wrong value");
+            (reads, writes)
         }
 
         /// `synchronize_rcu()`; liburcu takes the online caller offline for
