@@ -7,9 +7,16 @@
 //! period in a loop. One reader, one writer (the machine this was written
 //! on has 2 cores).
 //!
+//! rcu-defer runs in the fence flavor unless `RCU_DEFER_FLAVOR` says
+//! otherwise, as `examples/urcu_workload.rs --flavor qsbr` does: online
+//! readers pay no fence for their sections in either flavor, and the fence
+//! flavor's writer issues plain fences where the membarrier flavor's
+//! interrupts every running thread, the online reader included, twice per
+//! grace period; urcu-qsbr's writer issues plain fences too.
+//!
 //! ```text
 //! cargo bench -p peers --bench qsbr_under_writer            # 3 rounds of 2 s each
-//! RCU_DEFER_FLAVOR=fence cargo bench -p peers --bench qsbr_under_writer
+//! RCU_DEFER_FLAVOR=membarrier cargo bench -p peers --bench qsbr_under_writer
 //! cargo bench -p peers --bench qsbr_under_writer -- --test  # one short round
 //! ```
 //!
@@ -76,6 +83,10 @@ fn loadavg() -> String {
 }
 
 fn main() {
+    if std::env::var_os("RCU_DEFER_FLAVOR").is_none() {
+        rcu_defer::set_flavor(rcu_defer::Flavor::Fence)
+            .expect("nothing has decided the flavor yet");
+    }
     let quick = std::env::args().any(|a| a == "--test");
     let (rounds, duration) = if quick {
         (1, Duration::from_millis(200))
