@@ -62,6 +62,24 @@ fn read_sections(c: &mut Criterion) {
         assert_eq!(rcu_defer::read_depth(), 1);
         drop(outer);
     });
+
+    // An online thread's outermost section: the depth counter and the
+    // entry location, nothing published, no fence (compare with
+    // `baseline/tls_depth_counter_inc_dec_no_fence`). Nothing else runs a
+    // grace period while it is measured, and the thread goes offline after.
+    group.bench_function("online_outermost_read_lock_drop", |b| {
+        let online = rcu_defer::online();
+        b.iter(|| drop(read_lock()));
+        drop(online);
+    });
+
+    // `quiescent()` when no grace period has begun since the last one: a
+    // load of the counter, a compare and the location store.
+    group.bench_function("online_quiescent_no_grace_period", |b| {
+        let online = rcu_defer::online();
+        b.iter(|| online.quiescent());
+        drop(online);
+    });
     group.finish();
 }
 
@@ -78,6 +96,25 @@ fn writer(c: &mut Criterion) {
     group.bench_function("synchronize_rcu_no_reader_in_section", |b| {
         assert!(!rcu_defer::in_read_section());
         b.iter(synchronize_rcu);
+    });
+
+    // A polled cookie: take one (a read-modify-write of the attempt count,
+    // and a load that finds the grace period already asked for) and poll
+    // it (a load), with nothing else running grace periods: after the
+    // first iteration's request completes, one iteration per grace period
+    // asks for the next (queues one call_rcu), the rest make no system
+    // call (tests/poll.rs checks that with a seccomp filter).
+    group.bench_function("start_poll_then_poll_cookie", |b| {
+        b.iter(|| {
+            let cookie = rcu_defer::start_poll_synchronize_rcu();
+            black_box(rcu_defer::poll_state_synchronize_rcu(cookie))
+        });
+    });
+    group.bench_function("get_state_then_poll_cookie", |b| {
+        b.iter(|| {
+            let cookie = rcu_defer::get_state_synchronize_rcu();
+            black_box(rcu_defer::poll_state_synchronize_rcu(cookie))
+        });
     });
 
     // Enqueue-to-run: queue CALLBACKS callbacks, then drain_call_rcu(),

@@ -5,7 +5,8 @@
 //!
 //! Detection: `c/probe.c` (which includes `<urcu/urcu-memb.h>` and
 //! `<urcu/urcu-mb.h>` and calls both flavors' `register_thread`) is compiled
-//! and linked against `-lurcu-memb -lurcu-mb` with the C compiler the `cc`
+//! and linked against `-lurcu-memb -lurcu-mb -lurcu-qsbr` (the last for the
+//! urcu-qsbr shim) with the C compiler the `cc`
 //! crate would use. Only if that succeeds is the shim compiled, linked, and
 //! `cfg(peers_liburcu)` set for the crate's library, tests and benches.
 //!
@@ -35,6 +36,7 @@ fn main() {
         "c/shim_body.h",
         "c/urcu_memb_shim.c",
         "c/urcu_mb_shim.c",
+        "c/urcu_qsbr_shim.c",
     ] {
         println!("cargo:rerun-if-changed={file}");
     }
@@ -57,6 +59,7 @@ fn main() {
         Ok(()) => {
             println!("cargo:rustc-link-lib=dylib=urcu-memb");
             println!("cargo:rustc-link-lib=dylib=urcu-mb");
+            println!("cargo:rustc-link-lib=dylib=urcu-qsbr");
             println!("cargo:rustc-cfg={CFG}");
         }
         Err(why) if required => {
@@ -103,7 +106,7 @@ fn probe() -> Result<(), String> {
         .arg("c/probe.c")
         .arg("-o")
         .arg(out_dir.join("liburcu_probe"))
-        .args(["-lurcu-memb", "-lurcu-mb"])
+        .args(["-lurcu-memb", "-lurcu-mb", "-lurcu-qsbr"])
         .output()
         .map_err(|e| format!("cannot run {:?}: {e}", compiler.path()))?;
     if output.status.success() {
@@ -121,11 +124,12 @@ fn probe() -> Result<(), String> {
     Err(first_error)
 }
 
-/// Compiles the two shims into one static library that Cargo links.
+/// Compiles the three shims into one static library that Cargo links.
 fn build_shim() -> Result<(), String> {
     shim_build()
         .file("c/urcu_memb_shim.c")
         .file("c/urcu_mb_shim.c")
+        .file("c/urcu_qsbr_shim.c")
         .try_compile("peers_urcu_shim")
         .map_err(|e| format!("the shim did not compile: {e}"))
 }

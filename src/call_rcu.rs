@@ -34,7 +34,7 @@
 use crate::detect::{self, Error, Waiter};
 use crate::fork;
 use crate::grace;
-use crate::reader::{gp_counter, read_depth, registry};
+use crate::reader::{gp_counter, offline_while, read_depth, registry};
 pub(crate) use crate::report::panic_message;
 use crate::report::report;
 use crate::sync::{
@@ -749,7 +749,9 @@ fn drain(op: &'static str, until: Option<Instant>) -> Result<(), Error> {
             panic!("rcu-defer: {op} cannot start the rcu-call thread: {e}");
         }
     }
-    match drain.wait(until) {
+    // An online caller goes offline for the wait: the callbacks' grace
+    // period would otherwise wait for this thread's quiescent state.
+    match offline_while(|| drain.wait(until)) {
         Some(outcome) => outcome,
         None => Err(Error::Timeout(detect::stall_report(
             &mut registry(),

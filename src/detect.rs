@@ -208,6 +208,17 @@ pub struct StalledReader {
     depth: usize,
     entered_at: Option<&'static Location<'static>>,
     in_section: Duration,
+    /// For an online thread: where it went online and where it last
+    /// reported a quiescent state.
+    online: Option<OnlineStall>,
+}
+
+/// Where a stalled online thread went online and last reported a
+/// quiescent state.
+#[derive(Clone, Copy, Debug)]
+struct OnlineStall {
+    online_at: Option<&'static Location<'static>>,
+    quiescent_at: Option<&'static Location<'static>>,
 }
 
 impl StalledReader {
@@ -227,6 +238,25 @@ impl StalledReader {
         self.thread_exited
     }
 
+    /// Whether the reader is an online thread (see
+    /// [`online`](crate::online())) that has not reported a quiescent state
+    /// since the grace period began; it may be inside a read section or not
+    /// ([`depth`](StalledReader::depth) says).
+    pub fn is_online(&self) -> bool {
+        self.online.is_some()
+    }
+
+    /// For an online thread, where it went online.
+    pub fn went_online_at(&self) -> Option<&'static Location<'static>> {
+        self.online.and_then(|o| o.online_at)
+    }
+
+    /// For an online thread, where it last reported a quiescent state
+    /// (`None` if it has not since it went online).
+    pub fn last_quiescent_at(&self) -> Option<&'static Location<'static>> {
+        self.online.and_then(|o| o.quiescent_at)
+    }
+
     /// The reader's read-section depth.
     pub fn depth(&self) -> usize {
         self.depth
@@ -242,7 +272,9 @@ impl StalledReader {
     /// Entering a section records no time (that would slow the read side),
     /// so this is measured from the moment a writer first found the section
     /// in its way, or from the start of the reported grace period,
-    /// whichever is earlier.
+    /// whichever is earlier. For an online thread outside any section, how
+    /// long it has held the grace period up without reporting a quiescent
+    /// state, measured the same way.
     pub fn in_section(&self) -> Duration {
         self.in_section
     }
@@ -258,6 +290,21 @@ impl fmt::Display for StalledReader {
         match &self.thread_name {
             Some(name) => write!(f, "thread '{name}' ({}{exited})", self.thread_id)?,
             None => write!(f, "unnamed thread ({}{exited})", self.thread_id)?,
+        }
+        if let Some(online) = self.online {
+            match online.online_at {
+                Some(at) => write!(f, ", online since {at}")?,
+                None => f.write_str(", online")?,
+            }
+            match online.quiescent_at {
+                Some(at) => write!(f, ", last quiescent state reported at {at}")?,
+                None => f.write_str(", no quiescent state reported since it went online")?,
+            }
+            write!(f, ", none for at least {:.1?}", self.in_section)?;
+            if self.depth == 0 {
+                return Ok(());
+            }
+            f.write_str("; now")?;
         }
         write!(f, ", depth {}, ", self.depth)?;
         match self.entered_at {
@@ -423,6 +470,10 @@ pub(crate) fn stall_report(
                 depth: b.depth,
                 entered_at: b.entered_at,
                 in_section: seen.max(waited),
+                online: b.online.map(|o| OnlineStall {
+                    online_at: o.online_at,
+                    quiescent_at: o.quiescent_at,
+                }),
             }
         })
         .collect();

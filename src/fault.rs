@@ -23,6 +23,9 @@ pub enum LoomFault {
     /// filter does. Not a broken protocol: the models check that the
     /// library fails safe (nothing retired is freed, nothing hangs).
     WriterFenceFails = 3,
+    /// The writer's scan treats every online record as quiescent: grace
+    /// periods wait for ordinary read sections only.
+    WriterIgnoresOnline = 4,
 }
 
 /// The active fault. A plain `std` atomic on purpose: it is a test switch,

@@ -68,7 +68,7 @@ mod handlers {
         registry: RegistryHeld,
         _deciding: DecidingHeld,
         queue: QueueHeld,
-        _event: EventHeld,
+        event: EventHeld,
         _handler: HandlerHeld,
         cell_wait: WaitHeld,
         _report_handler: report::HandlerHeld,
@@ -137,7 +137,7 @@ mod handlers {
             registry: reader::hold_for_fork(),
             _deciding: flavor::hold_for_fork(),
             queue: call_rcu::hold_for_fork(),
-            _event: grace::hold_event_for_fork(),
+            event: grace::hold_event_for_fork(),
             _handler: detect::hold_for_fork(),
             cell_wait: cell::hold_for_fork(),
             _report_handler: report::hold_for_fork(),
@@ -160,6 +160,8 @@ mod handlers {
         held.leader.after_fork_child();
         held.queue.after_fork_child();
         held.cell_wait.after_fork_child();
+        held.event.after_fork_child();
+        crate::poll::after_fork_child();
         drop(held);
     }
 

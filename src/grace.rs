@@ -12,10 +12,10 @@
 use crate::detect::{self, Error, Waiter};
 use crate::flavor::writer_fence;
 use crate::fork;
-use crate::reader::{gp_counter, registry, set_gp_counter, GP_STEP};
+use crate::reader::{gp_counter, offline_while, registry, set_gp_counter, GP_STEP};
 use crate::sync::{
-    fence, global, lock, spin_loop, thread_local_const, Condvar, Mutex, MutexGuard, Ordering,
-    MAY_SPIN,
+    fence, global, lock, spin_loop, thread_local_const, AtomicU64, Condvar, Mutex, MutexGuard,
+    Ordering, MAY_SPIN,
 };
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -25,12 +25,25 @@ const SPIN_SCANS: u32 = 100;
 
 /// A resettable event: the leader sleeps on it, readers set it.
 struct Event {
-    set: Mutex<bool>,
+    state: Mutex<EventState>,
     cv: Condvar,
 }
 
+/// What `Event::state` guards.
+pub(crate) struct EventState {
+    /// Set by a reader; the leader resets it before it asks readers to
+    /// set it.
+    set: bool,
+    /// Whether the leader is asleep on `cv`: a reader that sets the event
+    /// while the leader is still scanning makes no system call.
+    sleeping: bool,
+}
+
 global! {
-    static EVENT: Event = Event { set: Mutex::new(false), cv: Condvar::new() };
+    static EVENT: Event = Event {
+        state: Mutex::new(EventState { set: false, sleeping: false }),
+        cv: Condvar::new(),
+    };
 }
 
 /// Leader election and completion count.
@@ -49,6 +62,40 @@ global! {
     static LEADER_DONE: Condvar = Condvar::new();
 }
 
+global! {
+    /// Grace-period attempts begun since the process started: attempt `n`
+    /// is the one that raised it to `n`. Changed only by read-modify-writes,
+    /// so that a polled cookie's read-modify-write (see `poll`) is ordered
+    /// against the next attempt's.
+    static STARTED: AtomicU64 = AtomicU64::new(0);
+}
+
+global! {
+    /// The number of the last grace-period attempt that completed: every
+    /// read section that began before it began has ended. Attempts run one
+    /// at a time, so it only grows.
+    static DONE: AtomicU64 = AtomicU64::new(0);
+}
+
+/// The number the next grace-period attempt will get. A read-modify-write
+/// (of nothing): it reads the latest value, and its Release half pairs with
+/// the Acquire increment of that attempt's leader in `LeaderSlot::take`,
+/// so whatever the caller did before (unpublishing a value) happens before
+/// that attempt's first fence.
+pub(crate) fn next_attempt() -> u64 {
+    // Release as above (a read-modify-write reads the latest value whatever
+    // its ordering).
+    STARTED.fetch_add(0, Ordering::Release) + 1
+}
+
+/// The number of the last grace-period attempt that completed.
+pub(crate) fn done() -> u64 {
+    // Acquire pairs with the Release store in `grace_period` after the
+    // attempt's own Acquire fence: the read sections it waited for happen
+    // before whatever the caller does once it sees the attempt done.
+    DONE.load(Ordering::Acquire)
+}
+
 thread_local_const! {
     /// True on the thread that holds the `LeaderSlot`: a fork's child keeps
     /// the grace period running only if the forking thread runs it (from
@@ -59,33 +106,47 @@ thread_local_const! {
 /// Wakes a leader sleeping in `wait_for_readers`. Called by a reader leaving
 /// its section after a leader set its `waiting` flag.
 pub(crate) fn wake_writer() {
-    let mut set = lock(&EVENT.set);
-    *set = true;
-    EVENT.cv.notify_all();
+    let sleeping = {
+        let mut state = lock(&EVENT.state);
+        state.set = true;
+        state.sleeping
+    };
+    // A leader that is not asleep sees `set` before it sleeps (it tests
+    // it under the lock): only a sleeping one needs the notification, a
+    // system call. Made after the lock is released, so that the leader it
+    // wakes does not block at once on the lock this thread holds; the
+    // leader was asleep in the wait when `sleeping` was read, so it cannot
+    // miss it.
+    if sleeping {
+        EVENT.cv.notify_all();
+    }
 }
 
 fn reset_event() {
-    *lock(&EVENT.set) = false;
+    lock(&EVENT.state).set = false;
 }
 
 /// Sleeps until the event is set (true) or `until` passes (false).
 fn wait_event(until: Option<Instant>) -> bool {
-    let mut set = lock(&EVENT.set);
-    while !*set {
-        match until {
-            None => set = EVENT.cv.wait(set).unwrap_or_else(|p| p.into_inner()),
+    let mut state = lock(&EVENT.state);
+    while !state.set {
+        state.sleeping = true;
+        state = match until {
+            None => EVENT.cv.wait(state).unwrap_or_else(|p| p.into_inner()),
             Some(until) => {
                 let now = Instant::now();
                 if now >= until {
+                    state.sleeping = false;
                     return false;
                 }
-                set = EVENT
+                EVENT
                     .cv
-                    .wait_timeout(set, until - now)
+                    .wait_timeout(state, until - now)
                     .unwrap_or_else(|p| p.into_inner())
-                    .0;
+                    .0
             }
-        }
+        };
+        state.sleeping = false;
     }
     true
 }
@@ -165,6 +226,12 @@ pub fn synchronize_rcu_timeout(limit: Duration) -> Result<(), Error> {
 /// counted: the callers waiting for it are woken, and each runs its own
 /// attempt, which fails or succeeds on its own.
 pub(crate) fn grace_period(until: Option<Instant>) -> Result<(), Error> {
+    // An online caller outside any read section goes offline for the wait,
+    // or it would wait for its own quiescent state.
+    offline_while(|| grace_period_offline(until))
+}
+
+fn grace_period_offline(until: Option<Instant>) -> Result<(), Error> {
     fork::register_handlers();
     let called = Instant::now();
     let mut leader = lock(&LEADER);
@@ -178,8 +245,13 @@ pub(crate) fn grace_period(until: Option<Instant>) -> Result<(), Error> {
         if !leader.running {
             leader.running = true;
             drop(leader);
-            let slot = LeaderSlot::take();
+            let (slot, attempt) = LeaderSlot::take();
             let result = run_grace_period(until);
+            if result.is_ok() {
+                // Release pairs with the Acquire load in `done`; after the
+                // attempt's Acquire fence in `run_grace_period`.
+                DONE.store(attempt, Ordering::Release);
+            }
             leader = slot.release(result.is_ok());
             result?;
             continue;
@@ -212,10 +284,16 @@ pub(crate) fn grace_period(until: Option<Instant>) -> Result<(), Error> {
 struct LeaderSlot;
 
 impl LeaderSlot {
-    /// The slot, for the thread that has just set `running`.
-    fn take() -> Self {
+    /// The slot, for the thread that has just set `running`, and the
+    /// attempt's number.
+    fn take() -> (Self, u64) {
         IS_LEADER.with(|is| is.set(true));
-        LeaderSlot
+        // AcqRel: Acquire pairs with the Release half of `next_attempt` (a
+        // cookie taken before this attempt began is ordered before its
+        // first fence); Release keeps the chain of read-modify-writes one
+        // release sequence.
+        let attempt = STARTED.fetch_add(1, Ordering::AcqRel) + 1;
+        (LeaderSlot, attempt)
     }
 
     /// Gives the slot back after an attempt that returned; counts it if it
@@ -252,7 +330,7 @@ pub(crate) struct LeaderHeld(MutexGuard<'static, Leader>);
 /// The event's lock, held across a `fork()` after every other lock (see
 /// `fork`).
 #[cfg(not(loom))]
-pub(crate) struct EventHeld(#[allow(dead_code)] MutexGuard<'static, bool>);
+pub(crate) struct EventHeld(MutexGuard<'static, EventState>);
 
 /// Locks leader election for a fork.
 #[cfg(not(loom))]
@@ -263,7 +341,17 @@ pub(crate) fn hold_leader_for_fork() -> LeaderHeld {
 /// Locks the event for a fork.
 #[cfg(not(loom))]
 pub(crate) fn hold_event_for_fork() -> EventHeld {
-    EventHeld(lock(&EVENT.set))
+    EventHeld(lock(&EVENT.state))
+}
+
+#[cfg(not(loom))]
+impl EventHeld {
+    /// In the child of a fork: no leader sleeps on the event there (a
+    /// sleeping one was another thread), so a reader's wake-up makes no
+    /// system call until the child's own leader sleeps.
+    pub(crate) fn after_fork_child(&mut self) {
+        self.0.sleeping = false;
+    }
 }
 
 #[cfg(not(loom))]

@@ -152,6 +152,56 @@
 //! refuses `membarrier(2)` chooses [`Flavor::Fence`]), and
 //! `RCU_DEFER_FLAVOR=fence|membarrier` forces one.
 //!
+//! # Data-plane threads and polled grace periods
+//!
+//! A polling thread can go *online* ([`online`]): its read sections then
+//! cost only a thread-local depth counter, with no fence and no store a
+//! writer looks at, and grace periods wait for the thread itself until it
+//! reports a quiescent state ([`Online::quiescent`]), goes offline
+//! ([`Online::offline`], dropping the handle) or exits. That is liburcu's
+//! `urcu-qsbr`; online and ordinary threads mix freely, and waits called
+//! from an online thread outside a read section go offline for their
+//! duration.
+//!
+//! ```
+//! use rcu_defer::{online, read_lock, RcuCell};
+//! use std::sync::Arc;
+//!
+//! let routes = Arc::new(RcuCell::new(vec![10, 20]));
+//! let poller = {
+//!     let routes = Arc::clone(&routes);
+//!     std::thread::spawn(move || {
+//!         let online = online();
+//!         let mut seen = 0;
+//!         for _ in 0..100 {
+//!             {
+//!                 let guard = read_lock(); // a counter increment, no fence
+//!                 seen += routes.read(&guard).len();
+//!             }
+//!             online.quiescent(); // once per loop iteration
+//!         }
+//!         seen
+//!     })
+//! };
+//! routes.replace(vec![30]);
+//! assert!(poller.join().unwrap() >= 100);
+//! ```
+//!
+//! A writer that must not block takes a cookie
+//! ([`start_poll_synchronize_rcu`], a [`PollState`]) after unpublishing
+//! and frees once [`poll_state_synchronize_rcu`] says its grace period has
+//! completed (one atomic load), or waits with [`cond_synchronize_rcu`],
+//! which returns at once if it has:
+//!
+//! ```
+//! use rcu_defer::{cond_synchronize_rcu, poll_state_synchronize_rcu, start_poll_synchronize_rcu};
+//!
+//! let cookie = start_poll_synchronize_rcu();
+//! // ... the event loop polls `poll_state_synchronize_rcu(cookie)` ...
+//! cond_synchronize_rcu(cookie);
+//! assert!(poll_state_synchronize_rcu(cookie));
+//! ```
+//!
 //! # Deadlocks and stalls
 //!
 //! A grace period waits for every running read section, including one held
@@ -258,6 +308,8 @@ mod fork;
 mod grace;
 pub mod guide;
 mod local;
+mod online;
+mod poll;
 mod reader;
 mod report;
 mod section_calls;
@@ -278,6 +330,11 @@ pub use detect::{
 pub use flavor::{flavor, set_flavor, Flavor, FlavorError};
 pub use grace::{synchronize_rcu, synchronize_rcu_timeout, try_synchronize_rcu};
 pub use local::{call_local, call_local_fn, defer_scope, DeferScope};
+pub use online::{online, Online};
+pub use poll::{
+    cond_synchronize_rcu, get_state_synchronize_rcu, poll_state_synchronize_rcu,
+    start_poll_synchronize_rcu, PollState,
+};
 pub use reader::{in_read_section, read_depth, read_lock, ReadGuard};
 pub use report::{set_report_handler, Report, ReportKind, Severity};
 

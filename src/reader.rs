@@ -36,10 +36,11 @@ use std::panic::Location;
 use std::time::Instant;
 
 /// A reader's `ctr` word: the nesting depth in its low `NEST_BITS` bits,
-/// then the `DEFERRED` flag, and above them the grace-period counter value
-/// read when the outermost section began (liburcu's layout). One word means
-/// the outermost entry is one load of `GP_CTR` and one store, and the exit
-/// one store of 0.
+/// then the `DEFERRED` and `ONLINE` flags, and above them the grace-period
+/// counter value read when the outermost section began (liburcu's layout),
+/// or, on an online thread, at its last quiescent state. One word means the
+/// outermost entry is one load of `GP_CTR` and one store, and the exit one
+/// store of 0; on an online thread both are a store of the depth.
 const NEST_BITS: u32 = 23;
 /// The depth part of a `ctr` word.
 const NEST_MASK: u64 = (1 << NEST_BITS) - 1;
@@ -47,11 +48,16 @@ const NEST_MASK: u64 = (1 << NEST_BITS) - 1;
 /// run deferred calls. Storing 0 at that exit clears it; nested entries and
 /// exits carry it along.
 const DEFERRED: u64 = 1 << NEST_BITS;
+/// Set in `ctr` while the thread is online (a QSBR reader, see
+/// `crate::online`): the grace-period value above it is the one the thread
+/// last reported a quiescent state at, and it stays published between read
+/// sections, which change only the depth. An online `ctr` is never 0.
+pub(crate) const ONLINE: u64 = 1 << (NEST_BITS + 1);
 /// Everything in `ctr` below the grace-period value.
-const LOW_MASK: u64 = (1 << (NEST_BITS + 1)) - 1;
+const LOW_MASK: u64 = (1 << (NEST_BITS + 2)) - 1;
 /// How far one grace period advances the counter: the low bits stay 0.
 ///
-/// The counter can wrap only after 2^40 grace periods, and a reader is
+/// The counter can wrap only after 2^39 grace periods, and a reader is
 /// mistaken for a new one only if the counter advanced by exactly that much
 /// while it stayed in one section, which a section that blocks every grace
 /// period cannot allow (only abandoned, timed-out grace periods advance it
@@ -94,9 +100,13 @@ thread_local_pinned! {
             ctr: AtomicU64::new(0),
             entered_at: AtomicPtr::new(std::ptr::null_mut()),
             signal: AtomicU8::new(UNREGISTERED),
+            online_at: AtomicPtr::new(std::ptr::null_mut()),
+            quiescent_at: AtomicPtr::new(std::ptr::null_mut()),
         },
         stand_in: Cell::new(None),
         thread_id: Cell::new(None),
+        online_handle: Cell::new(None),
+        online: Cell::new(false),
         defer: DeferState::new(),
         section_calls: SectionCalls::new(),
     };
@@ -128,6 +138,11 @@ pub(crate) struct Record {
     /// outermost entry and exit must look at besides `ctr`, in one byte, so
     /// that each tests one byte with one branch.
     signal: AtomicU8,
+    /// Where the thread last went online (`online()`), for stall reports.
+    online_at: AtomicPtr<Location<'static>>,
+    /// Where the thread last reported a quiescent state while online
+    /// (null: none since it went online), for stall reports.
+    quiescent_at: AtomicPtr<Location<'static>>,
 }
 
 /// A thread's reader state: its record and what the slow paths need, and
@@ -140,6 +155,13 @@ pub(crate) struct Local {
     /// The thread's id, kept at registration to name a stand-in created
     /// while the thread is exiting.
     thread_id: Cell<Option<thread::ThreadId>>,
+    /// Where the thread's live `Online` handle was made, if it has one
+    /// (online, or offline inside `Online::offline`).
+    pub(crate) online_handle: Cell<Option<&'static Location<'static>>>,
+    /// Whether the thread is online: `ONLINE` is set in `ctr` outside read
+    /// sections, and inside them unless the section deferred a call (see
+    /// `mark_deferred`).
+    online: Cell<bool>,
     /// `call_local`'s state (in the same thread-local, so that recording a
     /// call finds the read depth and the pending calls together).
     pub(crate) defer: DeferState,
@@ -189,6 +211,16 @@ pub(crate) struct Blocker {
     pub(crate) entered_at: Option<&'static Location<'static>>,
     /// When a writer first found this section blocking, if one has slept on it.
     pub(crate) blocked_since: Option<Instant>,
+    /// For an online thread: where it went online and where it last
+    /// reported a quiescent state (`None`: not since it went online).
+    pub(crate) online: Option<OnlineBlocker>,
+}
+
+/// What a stall report says about an online thread that holds up a grace
+/// period.
+pub(crate) struct OnlineBlocker {
+    pub(crate) online_at: Option<&'static Location<'static>>,
+    pub(crate) quiescent_at: Option<&'static Location<'static>>,
 }
 
 /// The registry of reader records. Scanned by writers under its lock;
@@ -254,6 +286,10 @@ impl Registry {
                     blocked_since: entry
                         .blocked_since
                         .and_then(|(seen, at)| (seen == ctr & !LOW_MASK).then_some(at)),
+                    online: (ctr & ONLINE != 0).then(|| OnlineBlocker {
+                        online_at: location(&entry.record.online_at),
+                        quiescent_at: location(&entry.record.quiescent_at),
+                    }),
                 })
             })
             .collect()
@@ -297,6 +333,8 @@ impl Registry {
             ctr: AtomicU64::new(0),
             entered_at: AtomicPtr::new(std::ptr::null_mut()),
             signal: AtomicU8::new(0),
+            online_at: AtomicPtr::new(std::ptr::null_mut()),
+            quiescent_at: AtomicPtr::new(std::ptr::null_mut()),
         }));
         self.entries.push(Entry {
             record,
@@ -343,8 +381,15 @@ impl Registry {
 const REGISTRY_KEEP: usize = 64;
 
 /// A section that published `ctr` blocks the grace period that set the
-/// counter to `gp` unless it is quiescent (0) or began after (`gp`).
+/// counter to `gp` unless it is quiescent (0) or began after (`gp`). The
+/// same test serves an online record (`ONLINE` set, never 0): it blocks
+/// unless its last quiescent state was reported at `gp`, that is, after the
+/// grace period began; whether it is inside a read section does not matter.
 fn blocks(ctr: u64, gp: u64) -> bool {
+    #[cfg(loom)]
+    if ctr & ONLINE != 0 && crate::fault::active(crate::fault::LoomFault::WriterIgnoresOnline) {
+        return false;
+    }
     ctr != 0 && ctr & !LOW_MASK != gp
 }
 
@@ -450,6 +495,17 @@ pub(crate) fn gp_counter() -> u64 {
     GP_CTR.load(Ordering::Relaxed)
 }
 
+/// The current grace-period counter value, for a quiescent state: the
+/// thread's loads after it see everything the leader made visible before
+/// it advanced the counter to this value.
+#[inline(always)]
+pub(crate) fn gp_counter_acquire() -> u64 {
+    // Acquire pairs with the leader's fence (membarrier or SeqCst fence)
+    // before its store in `set_gp_counter`: what the writer unpublished
+    // before that grace period began is visible to the loads that follow.
+    GP_CTR.load(Ordering::Acquire)
+}
+
 /// Publishes a new grace-period counter value (the leader only).
 pub(crate) fn set_gp_counter(value: u64) {
     // Relaxed: readers that load the new value need no data from the writer
@@ -485,8 +541,7 @@ impl Record {
     fn publish(&self, at: &'static Location<'static>) {
         // Relaxed: read by writers only in reports; the ctr store below
         // is what the protocol orders.
-        self.entered_at
-            .store(at as *const Location<'static> as *mut _, Ordering::Relaxed);
+        self.entered_at.store(as_ptr(at), Ordering::Relaxed);
         // Relaxed: the fence that follows (the caller's) orders this store
         // before the section's loads; it pairs with the writer's fence that
         // precedes its scan of `ctr`. The stored value does not depend on a
@@ -512,11 +567,24 @@ impl Record {
 
     /// Where the owner's current (or last) outermost section was entered.
     pub(crate) fn entered_at(&self) -> Option<&'static Location<'static>> {
-        let at = self.entered_at.load(Ordering::Relaxed);
-        // SAFETY: `entered_at` only ever holds null or a pointer made from a
-        // `&'static Location<'static>` in `publish`, so it is valid forever.
-        unsafe { at.as_ref() }
+        location(&self.entered_at)
     }
+}
+
+/// The location a record's location field holds.
+fn location(field: &AtomicPtr<Location<'static>>) -> Option<&'static Location<'static>> {
+    // Relaxed: read for reports only.
+    let at = field.load(Ordering::Relaxed);
+    // SAFETY: the location fields of a record only ever hold null or a
+    // pointer made from a `&'static Location<'static>` (`as_ptr`), so it
+    // is valid forever.
+    unsafe { at.as_ref() }
+}
+
+/// A location as the record's location fields hold it.
+#[inline(always)]
+fn as_ptr(at: &'static Location<'static>) -> *mut Location<'static> {
+    at as *const Location<'static> as *mut _
 }
 
 impl Local {
@@ -545,11 +613,23 @@ impl Local {
                 reader_fence(false);
             }
         } else {
-            // Relaxed: nested entry publishes nothing new.
+            // A nested entry, or the outermost entry of an online thread
+            // (whose `ctr` is never 0): neither publishes anything, so both
+            // only store the depth. One test (of the depth bits but the
+            // lowest) sends both the online outermost entry (new depth 1)
+            // and an overflow (new depth 0) off the nested path, which so
+            // costs what it did before online threads existed.
             let next = ctr + 1;
-            if next & NEST_MASK == 0 {
-                depth_overflow();
+            if next & (NEST_MASK - 1) == 0 {
+                if next & NEST_MASK == 0 {
+                    depth_overflow();
+                }
+                // Relaxed: read by this thread's deadlock checks and by
+                // writers only in reports.
+                record.entered_at.store(as_ptr(at), Ordering::Relaxed);
             }
+            // Relaxed: publishes nothing new (an online record's grace-period
+            // value is unchanged).
             record.ctr.store(next, Ordering::Relaxed);
         }
     }
@@ -559,8 +639,12 @@ impl Local {
         let record = &self.record;
         let ctr = record.ctr.load(Ordering::Relaxed);
         let next = ctr - 1;
-        if next & NEST_MASK != 0 {
-            // Relaxed: nested exit publishes nothing.
+        if next & (NEST_MASK | ONLINE) != 0 {
+            // A nested exit, or the outermost exit of an online thread that
+            // deferred nothing (deferring clears `ONLINE` for the rest of
+            // the section, see `mark_deferred`): the record keeps its
+            // grace-period value, and the exit stores the depth. Relaxed:
+            // publishes nothing. One test, as for a nested exit alone.
             record.ctr.store(next, Ordering::Relaxed);
             return;
         }
@@ -574,11 +658,36 @@ impl Local {
     /// from here on, and a writer waiting for it is woken.
     #[inline(always)]
     fn publish_exit(&self) {
+        self.publish_quiescent(0);
+    }
+
+    /// Ends the outermost section: on an online thread only the depth and
+    /// the `DEFERRED` flag go (the grace-period value stays published); on
+    /// any other thread the end is published.
+    fn end_outermost(&self) {
+        let ctr = self.record.ctr();
+        if self.online.get() {
+            // Relaxed: publishes nothing (the grace-period value is kept).
+            self.record
+                .ctr
+                .store((ctr & !(DEFERRED | NEST_MASK)) | ONLINE, Ordering::Relaxed);
+        } else {
+            self.publish_exit();
+        }
+    }
+
+    /// Publishes `ctr`, a value that blocks no grace period that has begun:
+    /// 0 (outside any section, or offline) or, on an online thread, the
+    /// current grace-period value with `ONLINE` (a quiescent state); then
+    /// wakes a writer that waits for this thread.
+    #[inline(always)]
+    fn publish_quiescent(&self, ctr: u64) {
         let record = &self.record;
-        // Release pairs with the writer's Acquire fence after it reads 0:
-        // every load of the section happens before whatever the writer does
-        // once the grace period is over.
-        record.ctr.store(0, Ordering::Release);
+        // Release pairs with the writer's Acquire fence after it reads this
+        // value: every load of the section (or, online, every load since the
+        // last quiescent state) happens before whatever the writer does once
+        // the grace period is over.
+        record.ctr.store(ctr, Ordering::Release);
         // Keeps the `signal` load below after the store. In the membarrier
         // flavor this is the reader's whole side of the fence that pairs
         // with the writer's membarrier after it sets `WAITING`; the fence
@@ -608,7 +717,7 @@ impl Local {
         let unwinding = EndOnUnwind(self);
         let section_panic = self.section_calls.run();
         std::mem::forget(unwinding);
-        self.publish_exit();
+        self.end_outermost();
         local::run_if_due(self, section_panic);
     }
 
@@ -739,7 +848,7 @@ impl Local {
     #[inline(always)]
     pub(crate) fn in_section(&self) -> bool {
         // Relaxed: owner-only read of its own word.
-        self.record.ctr.load(Ordering::Relaxed) != 0
+        self.record.ctr.load(Ordering::Relaxed) & NEST_MASK != 0
     }
 
     /// Records a section call (see `SectionCalls::record`) if the thread
@@ -754,29 +863,197 @@ impl Local {
     pub(crate) unsafe fn record_section_call(&self, f: RawFn, data: *const ()) -> bool {
         // Relaxed: owner-only read of its own word.
         let ctr = self.record.ctr.load(Ordering::Relaxed);
-        if ctr == 0 {
+        if ctr & NEST_MASK == 0 {
             return false;
         }
-        // SAFETY: inside a section (ctr != 0), and the caller's promise.
+        // SAFETY: inside a section (depth > 0), and the caller's promise.
         if !unsafe { self.section_calls.record(f, data) } {
             return false;
         }
         if ctr & DEFERRED == 0 {
-            // Relaxed: owner-only bit, read back by this thread's exit.
-            self.record.ctr.store(ctr | DEFERRED, Ordering::Relaxed);
+            // Relaxed: owner-only bits, read back by this thread's exit (see
+            // `mark_deferred` for `ONLINE`).
+            self.record
+                .ctr
+                .store((ctr | DEFERRED) & !ONLINE, Ordering::Relaxed);
         }
         true
     }
 
     /// Inside a read section: the outermost exit must run deferred calls.
+    ///
+    /// On an online thread this also clears `ONLINE` until the section
+    /// ends (`end_outermost` sets it again, from `Local::online`), so that
+    /// the outermost exit leaves the one-test path that an online
+    /// section's exit shares with a nested exit. The value blocks the same
+    /// grace periods with or without `ONLINE` (only the low bits change):
+    /// for the rest of the section the thread looks to writers like an
+    /// ordinary reader whose section began at its last quiescent state.
     #[inline(always)]
     pub(crate) fn mark_deferred(&self) {
         let ctr = self.record.ctr();
         if depth_of(ctr) > 0 {
-            // Relaxed: owner-only bit, read back by this thread's exit.
-            self.record.ctr.store(ctr | DEFERRED, Ordering::Relaxed);
+            // Relaxed: owner-only bits, read back by this thread's exit.
+            self.record
+                .ctr
+                .store((ctr | DEFERRED) & !ONLINE, Ordering::Relaxed);
         }
     }
+
+    /// Whether the thread is online now (not inside `Online::offline`).
+    pub(crate) fn is_online(&self) -> bool {
+        self.online.get()
+    }
+
+    /// Makes the thread an online reader, registering it first if it has
+    /// never been; the caller has checked that it is outside any read
+    /// section and has no `Online` handle. `false` if it cannot be: its
+    /// registration is gone (it is exiting), so it stays an ordinary reader.
+    pub(crate) fn go_online(&self, at: &'static Location<'static>) -> bool {
+        let record = &self.record;
+        // Relaxed: owner-written bits.
+        if record.signal.load(Ordering::Relaxed) & UNREGISTERED != 0 {
+            // With `ctr` at 0: a writer that finds the record before the
+            // online state below is published finds it quiescent, and the
+            // counter value read below is read after the registry lock, so
+            // it is no older than a grace period that asked this record to
+            // wake it (see `register`).
+            self.register();
+        }
+        // Relaxed: owner-written bits.
+        if record.signal.load(Ordering::Relaxed) & STAND_IN != 0 {
+            return false;
+        }
+        // Relaxed: read by writers only in reports.
+        record.online_at.store(as_ptr(at), Ordering::Relaxed);
+        record
+            .quiescent_at
+            .store(std::ptr::null_mut(), Ordering::Relaxed);
+        self.publish_online();
+        self.online.set(true);
+        true
+    }
+
+    /// Publishes the online state at the current grace-period value: the
+    /// online twin of an outermost entry, and like it followed by the
+    /// flavor's fence before the thread's next loads.
+    fn publish_online(&self) {
+        let record = &self.record;
+        // Relaxed: as in `publish`, the fence below orders this store before
+        // the thread's later loads; it pairs with the writer's fence before
+        // its scan: either the scan sees the thread online, or the thread's
+        // loads see everything the writer unpublished before that fence.
+        record.ctr.store(gp_counter() | ONLINE, Ordering::Relaxed);
+        // Relaxed: the owner's flavor bit.
+        let real = record.signal.load(Ordering::Relaxed) & REAL_FENCE != 0;
+        // The store→load fence described above; in the membarrier flavor
+        // the writer's membarrier makes the compiler fence a full one.
+        reader_fence(real);
+    }
+
+    /// Reports a quiescent state: the thread holds no reference obtained
+    /// before this point. `Err` inside a read section; nothing to do while
+    /// offline (an offline thread holds up no grace period).
+    #[inline(always)]
+    pub(crate) fn quiescent(&self, at: &'static Location<'static>) -> Result<(), ()> {
+        let record = &self.record;
+        // Relaxed: owner-only read of its own word.
+        let ctr = record.ctr.load(Ordering::Relaxed);
+        if ctr & (NEST_MASK | ONLINE) != ONLINE {
+            return if ctr & NEST_MASK != 0 {
+                Err(())
+            } else {
+                Ok(())
+            };
+        }
+        // Relaxed: read by writers only in reports.
+        record.quiescent_at.store(as_ptr(at), Ordering::Relaxed);
+        let gp = gp_counter_acquire();
+        if ctr & !LOW_MASK == gp {
+            // Already reported at this grace-period value. Every load since
+            // that report came after an Acquire load of `gp`, so it sees
+            // everything unpublished before grace period `gp` began: none of
+            // it can reach what that grace period frees, and the next grace
+            // period finds this record holding an older value and waits for
+            // a new report.
+            return Ok(());
+        }
+        // Release (in `publish_quiescent`): every load before this point
+        // happens before the free of a writer that sees `gp` here.
+        self.publish_quiescent(gp | ONLINE);
+        Ok(())
+    }
+
+    /// Takes the thread offline (publishes 0, wakes a waiting writer):
+    /// `Ok(true)` if it was online, `Ok(false)` if it was not, `Err` inside a
+    /// read section (going offline would end the section early).
+    pub(crate) fn go_offline(&self) -> Result<bool, ()> {
+        let ctr = self.record.ctr();
+        if ctr & NEST_MASK != 0 {
+            return Err(());
+        }
+        if !self.online.replace(false) {
+            return Ok(false);
+        }
+        self.publish_quiescent(0);
+        Ok(true)
+    }
+
+    /// Back online after `go_offline` returned `Ok(true)`; keeps where the
+    /// thread first went online.
+    pub(crate) fn come_back_online(&self) {
+        // Relaxed: owner-written bits. A thread whose registration went
+        // away meanwhile (it is exiting) stays offline.
+        if self.record.signal.load(Ordering::Relaxed) & STAND_IN == 0 {
+            self.publish_online();
+            self.online.set(true);
+        }
+    }
+
+    /// The thread's `Online` handle is dropped: it goes offline. Inside a
+    /// read section it cannot yet (the section's references would lose
+    /// their protection): the section stays published, as an ordinary
+    /// section that began at the thread's last quiescent state, and its
+    /// outermost exit publishes its end as any ordinary section's does.
+    pub(crate) fn drop_online(&self) {
+        self.online_handle.set(None);
+        if !self.online.replace(false) {
+            return;
+        }
+        let ctr = self.record.ctr();
+        if ctr & NEST_MASK == 0 {
+            self.publish_quiescent(0);
+        } else {
+            // Relaxed: the value blocks exactly the grace periods it blocked
+            // with `ONLINE` (only the low bits change).
+            self.record.ctr.store(ctr & !ONLINE, Ordering::Relaxed);
+        }
+    }
+
+    /// The depth of the thread's read section and where it was entered.
+    pub(crate) fn section(&self) -> (usize, Option<&'static Location<'static>>) {
+        (self.depth(), self.record.entered_at())
+    }
+}
+
+/// Runs `f` (a wait for a grace period or for callbacks) with the calling
+/// thread offline if it is online and outside any read section, and back
+/// online afterwards, also if `f` unwinds: an online thread waiting for a
+/// grace period would otherwise wait for its own quiescent state (liburcu's
+/// `synchronize_rcu` does the same).
+pub(crate) fn offline_while<R>(f: impl FnOnce() -> R) -> R {
+    /// Brings the thread back online however `f` ends.
+    struct BackOnline(bool);
+    impl Drop for BackOnline {
+        fn drop(&mut self) {
+            if self.0 {
+                let _ = with_local(Local::come_back_online);
+            }
+        }
+    }
+    let offline = with_local(|local| local.go_offline() == Ok(true)).unwrap_or(false);
+    let _back = BackOnline(offline);
+    f()
 }
 
 /// Ends an outermost section whose entry unwound before `read_lock` could
@@ -818,7 +1095,7 @@ impl Drop for EndOnUnwind<'_> {
     fn drop(&mut self) {
         let local = self.0;
         local.section_calls.abandon();
-        local.publish_exit();
+        local.end_outermost();
         local::run_if_due(local, None);
     }
 }
@@ -848,11 +1125,33 @@ impl Drop for Registration {
         let Some(i) = registry.position(record) else {
             return;
         };
-        let ctr = record.ctr();
+        let mut ctr = record.ctr();
+        let was_online = local.online.replace(false);
+        if was_online {
+            // The thread exits online (its `Online` handle leaked, or lives
+            // in a thread-local destroyed later): it goes offline here. Inside
+            // a section it becomes an ordinary reader whose section began at
+            // its last quiescent state, which blocks exactly what the online
+            // record blocked; the stand-in below takes it over. Relaxed:
+            // writers see the record only under the registry lock, which this
+            // thread holds.
+            ctr = if depth_of(ctr) == 0 { 0 } else { ctr & !ONLINE };
+            record.ctr.store(ctr, Ordering::Relaxed);
+        }
         if ctr == 0 {
             registry.remove(i);
+            // A writer may be asleep waiting for this thread if it was
+            // online (an ordinary thread outside any section blocks
+            // nothing): it asked under the registry lock, so before this
+            // removal, and the flag is seen here. Relaxed: ordered by the
+            // lock.
+            let waited_for = was_online && record.signal.load(Ordering::Relaxed) & WAITING != 0;
             // Relaxed: owner-only from now on (off the registry).
             record.signal.store(STAND_IN, Ordering::Relaxed);
+            drop(registry);
+            if waited_for {
+                grace::wake_writer();
+            }
             return;
         }
         // The thread is exiting inside a read section: a guard was leaked

@@ -754,3 +754,47 @@ fn a_child_forked_inside_an_rcu_cell_update_keeps_the_cell_locked_until_the_clos
     assert_eq!(*cell.read(&read_lock()), 1);
     parent_works();
 }
+
+#[test]
+fn a_child_forked_by_an_online_thread_keeps_it_online_and_not_the_parents_other_online_thread() {
+    let _serial = serial();
+    // Another online thread of the parent, which never reports a
+    // quiescent state while the child runs.
+    let (online_tx, online_rx) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel::<()>();
+    let other = thread::Builder::new()
+        .name("parent-online".to_owned())
+        .spawn(move || {
+            let online = rcu_defer::online();
+            online_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+            drop(online);
+        })
+        .unwrap();
+    recv(&online_rx, "the parent's online thread");
+    let online = rcu_defer::online();
+    online.quiescent();
+    let text = child_passes("fork from an online thread", || {
+        only_own_records()?;
+        // The forking thread is still online: a grace period waits for its
+        // quiescent state (a writer on another thread of the child).
+        let writer = thread::spawn(|| synchronize_rcu_timeout(FEW_SECONDS));
+        thread::sleep(SHORT);
+        ensure(!writer.is_finished(), || {
+            "a grace period of the child did not wait for the online forking thread".to_owned()
+        })?;
+        online.quiescent();
+        writer
+            .join()
+            .unwrap()
+            .map_err(|e| format!("after the quiescent state: {e}"))?;
+        // Waits from it go offline; the parent's online thread is not here.
+        synchronize_rcu_timeout(FEW_SECONDS).map_err(|e| format!("own wait: {e}"))?;
+        drop(online);
+        child_works(&["parent-online"])
+    });
+    release.send(()).unwrap();
+    other.join().unwrap();
+    parent_works();
+    eprintln!("child: {text}");
+}

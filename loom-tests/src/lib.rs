@@ -226,6 +226,42 @@ pub fn reader_and_writer_that_frees_only_if_no_reader_blocks() {
     join([reader]);
 }
 
+/// The basic online-reader model, shared by tests/online.rs and
+/// tests/broken.rs (which runs it with the writer ignoring online records).
+///
+/// An online reader thread reads the object in a read section (if it can
+/// still reach it), reports a quiescent state, reads again in a second
+/// section, and goes offline by dropping its handle. The model's thread
+/// unpublishes the object, calls `synchronize_rcu` and frees it. Fails if
+/// the free can overlap either section's use (`Retirable`): the first
+/// section's use must happen before the free because the grace period
+/// waits for the quiescent state after it; the second section may run
+/// after the free only if it cannot reach the object, which is what the
+/// quiescent state's load of the grace-period counter guarantees. The
+/// flavor is decided beforehand.
+pub fn online_reader_and_retiring_writer() {
+    rcu_defer::flavor();
+    let obj = loom::sync::Arc::new(Retirable::new());
+    let reader = {
+        let obj = loom::sync::Arc::clone(&obj);
+        loom::thread::spawn(move || {
+            let online = rcu_defer::online();
+            let guard = rcu_defer::read_lock();
+            obj.read();
+            drop(guard);
+            online.quiescent();
+            let guard = rcu_defer::read_lock();
+            obj.read();
+            drop(guard);
+            drop(online);
+        })
+    };
+    obj.unpublish();
+    rcu_defer::synchronize_rcu();
+    obj.free();
+    join([reader]);
+}
+
 /// How many times [`settle`] yields per thread: more than the loom
 /// operations an exiting thread performs after its closure has returned
 /// (rcu-defer's registration destructor does an atomic load and takes the

@@ -103,3 +103,31 @@ fn reader_without_exit_fence_is_caught_as_a_lost_wake_up() {
         loom_tests::reader_and_retiring_writer,
     );
 }
+
+/// Property: a writer that ignores online records
+/// (`LoomFault::WriterIgnoresOnline`) is caught by the online-reader model
+/// (tests/online.rs): the writer frees the object while the online thread,
+/// which has not reported a quiescent state, still uses it. Bounded to 3
+/// preemptions (under a second; the failure needs none).
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn writer_that_ignores_online_records_is_caught() {
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let _off = FaultOff;
+    loom_tests::bounded(3).check(|| {
+        loom_inject_fault(LoomFault::WriterIgnoresOnline);
+        loom_tests::online_reader_and_retiring_writer();
+    });
+}
+
+/// Property (control): the same model passes with the fault switch at
+/// `None`.
+#[test]
+fn online_model_passes_without_a_fault() {
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let _off = FaultOff;
+    loom_tests::bounded(3).check(|| {
+        loom_inject_fault(LoomFault::None);
+        loom_tests::online_reader_and_retiring_writer();
+    });
+}

@@ -8,6 +8,13 @@
 //!   (`<flavor>` is what `rcu_defer::flavor()` reports in the process that
 //!   measured it; the fence flavor runs in a re-executed child, see
 //!   `benches/common/mod.rs` at the top of the repository).
+//! - `rcu_defer_online_<flavor>`: the same on an online thread
+//!   (`rcu_defer::online()`), whose sections only count their depth.
+//! - `liburcu_urcu_qsbr`: urcu-qsbr's `rcu_read_lock(); rcu_read_unlock();`
+//!   on a registered (online) thread: empty, so the shim's loop is one
+//!   compiler barrier per iteration.
+//! - `tls_depth_counter_inc_dec`: a thread-local counter incremented and
+//!   decremented, the floor for a section that counts its depth.
 //! - `liburcu_urcu_memb`, `liburcu_urcu_mb`: `urcu_memb_read_lock();
 //!   urcu_memb_read_unlock();` (and the `mb` flavor's), inlined by
 //!   `_LGPL_SOURCE` into a C loop of `iters` sections in the shim
@@ -55,7 +62,21 @@ fn rcu_defer_read_side(c: &mut Criterion) {
         // needed (see benches/read_side.rs, which measures the same thing).
         b.iter(|| drop(rcu_defer::read_lock()));
     });
+    // An online thread's section: the depth counter only (and the entry
+    // location); the counterpart of urcu-qsbr.
+    group.bench_function(format!("rcu_defer_online_{}", common::flavor_name()), |b| {
+        let online = rcu_defer::online();
+        b.iter(|| drop(rcu_defer::read_lock()));
+        drop(online);
+    });
     group.finish();
+}
+
+thread_local! {
+    /// The floor for an online section: a depth counter in a thread-local
+    /// (Relaxed atomics compile to plain moves and cannot be folded away).
+    static PLAIN_DEPTH: std::sync::atomic::AtomicUsize =
+        const { std::sync::atomic::AtomicUsize::new(0) };
 }
 
 /// Everything that does not depend on rcu-defer's flavor, measured once.
@@ -79,6 +100,19 @@ fn peers(c: &mut Criterion) {
         });
         assert!(!memb.read_ongoing());
 
+        // urcu-qsbr: the sections are empty; the shim's loop keeps one
+        // iteration per section with a compiler barrier. Registering makes
+        // this thread online for liburcu-qsbr, whose grace periods nothing
+        // here runs.
+        let qsbr = peers::liburcu::QsbrReader::current();
+        group.bench_function("liburcu_urcu_qsbr", |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                qsbr.read_lock_unlock_n(iters);
+                start.elapsed()
+            });
+        });
+
         let mb = MbReader::current();
         group.bench_function("liburcu_urcu_mb", |b| {
             b.iter_custom(|iters| {
@@ -89,6 +123,16 @@ fn peers(c: &mut Criterion) {
         });
         assert!(!mb.read_ongoing());
     }
+
+    group.bench_function("tls_depth_counter_inc_dec", |b| {
+        use std::sync::atomic::Ordering::Relaxed;
+        b.iter(|| {
+            PLAIN_DEPTH.with(|depth| {
+                depth.store(depth.load(Relaxed) + 1, Relaxed);
+                depth.store(depth.load(Relaxed) - 1, Relaxed);
+            });
+        });
+    });
 
     group.bench_function("crossbeam_epoch_pin", |b| {
         drop(crossbeam_epoch::pin()); // registers this thread's handle

@@ -29,13 +29,17 @@ void SHIM(unregister_thread)(void)
 /*
  * n outermost read-side critical sections, empty, one after the other: the
  * measured loop. One call covers a whole Criterion sample, so the cost of
- * the call from Rust is amortized over n.
+ * the call from Rust is amortized over n. The compiler barrier keeps one
+ * loop iteration per section: urcu-qsbr's sections are empty, and without
+ * it the loop would be compiled away (urcu-memb's and urcu-mb's sections
+ * contain barriers of their own, so it costs them nothing).
  */
 void SHIM(read_lock_unlock_n)(uint64_t n)
 {
 	for (uint64_t i = 0; i < n; i++) {
 		URCU(read_lock)();
 		URCU(read_unlock)();
+		__asm__ __volatile__("" ::: "memory");
 	}
 }
 

@@ -19,7 +19,8 @@
 /// crate was built).
 pub const LIBURCU: bool = cfg!(peers_liburcu);
 
-/// liburcu's `urcu-memb` and `urcu-mb` flavors, through the C shim.
+/// liburcu's `urcu-memb`, `urcu-mb` and `urcu-qsbr` flavors, through the C
+/// shim.
 ///
 /// liburcu requires every thread to register before its first read-side
 /// critical section and to unregister before it exits. A reader handle
@@ -165,6 +166,104 @@ pub mod liburcu {
         unlock: peers_urcu_memb_read_unlock,
         ongoing: peers_urcu_memb_read_ongoing,
         synchronize: peers_urcu_memb_synchronize_rcu,
+    }
+
+    extern "C" {
+        fn peers_urcu_qsbr_register_thread();
+        fn peers_urcu_qsbr_unregister_thread();
+        fn peers_urcu_qsbr_read_lock_unlock_n(n: u64);
+        fn peers_urcu_qsbr_quiescent_state();
+        fn peers_urcu_qsbr_thread_offline();
+        fn peers_urcu_qsbr_thread_online();
+        fn peers_urcu_qsbr_synchronize_rcu();
+        fn peers_urcu_qsbr_reads_under_writer(nanos: u64, writes: *mut u64) -> u64;
+    }
+
+    thread_local! {
+        static QSBR_REGISTRATION: Registration = {
+            // SAFETY: runs once per thread (thread-local initialization), so
+            // the thread is not registered yet.
+            unsafe { peers_urcu_qsbr_register_thread() };
+            Registration { unregister: peers_urcu_qsbr_unregister_thread }
+        };
+    }
+
+    /// A thread registered with liburcu's `urcu-qsbr` flavor, which makes it
+    /// online: its read-side critical sections are empty, and grace periods
+    /// wait for it until it reports a quiescent state or goes offline
+    /// (rcu-defer's online threads are the same scheme).
+    #[derive(Clone, Copy)]
+    pub struct QsbrReader {
+        /// Registration is per thread: the handle must stay on it.
+        _not_send: PhantomData<*const ()>,
+    }
+
+    impl QsbrReader {
+        /// A handle for the calling thread, registering it (online) if it
+        /// is not yet.
+        pub fn current() -> Self {
+            QSBR_REGISTRATION.with(|_| ());
+            QsbrReader {
+                _not_send: PhantomData,
+            }
+        }
+
+        /// Runs `n` empty read-side critical sections in the shim's loop.
+        pub fn read_lock_unlock_n(self, n: u64) {
+            // SAFETY: the handle proves the thread is registered.
+            unsafe { peers_urcu_qsbr_read_lock_unlock_n(n) }
+        }
+
+        /// `rcu_quiescent_state()`.
+        pub fn quiescent_state(self) {
+            // SAFETY: registered (online) thread.
+            unsafe { peers_urcu_qsbr_quiescent_state() }
+        }
+
+        /// Runs `f` with the thread offline (`rcu_thread_offline()` ...
+        /// `rcu_thread_online()`).
+        pub fn offline<R>(self, f: impl FnOnce() -> R) -> R {
+            /// Back online even if `f` panics.
+            struct Online;
+            impl Drop for Online {
+                fn drop(&mut self) {
+                    // SAFETY: matches the offline call below on this
+                    // registered thread.
+                    unsafe { peers_urcu_qsbr_thread_online() }
+                }
+            }
+            // SAFETY: registered thread, online here.
+            unsafe { peers_urcu_qsbr_thread_offline() };
+            let _online = Online;
+            f()
+        }
+
+        /// Reads for `duration` on this (online) thread, a quiescent state
+        /// every 1024 reads, while a writer thread of the shim swaps a
+        /// pointer and calls `synchronize_rcu()` back to back: returns
+        /// (reads, grace periods).
+        ///
+        /// # Panics
+        ///
+        /// If a read saw a value other than the one every published
+        /// pointer leads to (the shim then returns 0 reads).
+        pub fn reads_under_writer(self, duration: std::time::Duration) -> (u64, u64) {
+            let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+            let mut writes = 0;
+            // SAFETY: registered thread; `writes` is a valid out-pointer
+            // for the call.
+            let reads = unsafe { peers_urcu_qsbr_reads_under_writer(nanos, &mut writes) };
+            assert!(reads > 0, "a urcu-qsbr read saw a wrong value");
+            (reads, writes)
+        }
+
+        /// `synchronize_rcu()`; liburcu takes the online caller offline for
+        /// the wait.
+        pub fn synchronize_rcu(self) {
+            // SAFETY: registered thread; qsbr's read sections are empty, so
+            // no section can be open here.
+            unsafe { peers_urcu_qsbr_synchronize_rcu() }
+        }
     }
 
     flavor! {

@@ -152,3 +152,39 @@ fn memb_synchronize_inside_section_is_refused() {
     let r = MembReader::current();
     r.with_read_lock(|| r.synchronize_rcu());
 }
+
+/// urcu-qsbr, the counterpart of rcu-defer's online threads: a registered
+/// thread holds up grace periods (its sections are empty) until it reports
+/// a quiescent state; the shim's loop and offline calls are real.
+#[test]
+fn urcu_qsbr_grace_period_waits_for_an_online_thread_until_its_quiescent_state() {
+    use peers::liburcu::QsbrReader;
+    let (online_tx, online_rx) = mpsc::channel();
+    let (report_tx, report_rx) = mpsc::channel::<()>();
+    let reader = thread::spawn(move || {
+        let r = QsbrReader::current();
+        r.read_lock_unlock_n(1000);
+        online_tx.send(()).unwrap();
+        report_rx.recv().unwrap();
+        r.quiescent_state();
+        // Offline until the writer is done.
+        r.offline(|| report_rx.recv().unwrap());
+    });
+    online_rx.recv().unwrap();
+    let (done_tx, done_rx) = mpsc::channel();
+    let writer = thread::spawn(move || {
+        QsbrReader::current().synchronize_rcu();
+        done_tx.send(()).unwrap();
+    });
+    assert!(
+        done_rx.recv_timeout(MUST_STILL_WAIT).is_err(),
+        "urcu-qsbr's grace period did not wait for an online thread"
+    );
+    report_tx.send(()).unwrap();
+    done_rx
+        .recv_timeout(MUST_FINISH)
+        .expect("the quiescent state did not end the grace period");
+    report_tx.send(()).unwrap();
+    writer.join().unwrap();
+    reader.join().unwrap();
+}

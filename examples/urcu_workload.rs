@@ -1,0 +1,278 @@
+//! liburcu's benchmark workload (`tests/benchmark/test_urcu.c` and
+//! `test_urcu_qsbr.c`) written against rcu-defer, printing the same
+//! `SUMMARY` line, so that the two can be set side by side line for line.
+//!
+//! ```text
+//! cargo run --release --example urcu_workload -- nr_readers nr_writers duration \
+//!     [-c reader_loops] [-d writer_delay_loops] [-e writer_loops] \
+//!     [--flavor membarrier|fence|qsbr] [-v]
+//! ```
+//!
+//! One pointer to an integer that holds 8. Each reader loops: enter a read
+//! section, load the pointer, check that the integer is 8, spin
+//! `reader_loops` times (`-c`), leave, count one read. Each writer loops:
+//! allocate a new integer holding 8, swap it in, spin `writer_loops` times
+//! (`-e`), wait for a grace period (`synchronize_rcu`), poison the old
+//! integer (write 0) and free it, count one write, spin `writer_delay_loops`
+//! times (`-d`; liburcu's usage text says microseconds, its code spins that
+//! many loops, and so does this). After `duration` seconds every thread
+//! stops, and the totals are printed as liburcu prints them. A reader that
+//! ever sees a value other than 8 (a poisoned or freed integer: the grace
+//! period ended too early) makes the run fail (exit status 1).
+//!
+//! `--flavor` (default: the process's default flavor, membarrier where the
+//! kernel offers it):
+//!
+//! - `membarrier`, `fence`: readers are ordinary threads, one outermost
+//!   `read_lock` per read, as liburcu's `test_urcu` (urcu-memb) and
+//!   `test_urcu_mb` do;
+//! - `qsbr`: readers are online threads (`rcu_defer::online`): a read
+//!   section is the nesting counter only, and each reader reports a
+//!   quiescent state once every 1024 reads, as liburcu's `test_urcu_qsbr`
+//!   does. The process uses the fence flavor (set `RCU_DEFER_FLAVOR` to
+//!   override): online readers pay no fence for their sections in either
+//!   flavor, and the fence flavor's grace period pays two plain fences
+//!   where the membarrier flavor pays two `membarrier(2)` calls, which is
+//!   what liburcu's urcu-qsbr does too.
+
+use rcu_defer::{online, read_lock, set_flavor, synchronize_rcu, Flavor, Online};
+use std::hint::spin_loop;
+use std::process::ExitCode;
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::thread;
+use std::time::Duration;
+
+/// The value every published integer holds.
+const LIVE: u64 = 8;
+
+/// What a writer writes into an integer before freeing it.
+const POISON: u64 = 0;
+
+/// The published integer (null before the first write, as in liburcu).
+static POINTER: AtomicPtr<u64> = AtomicPtr::new(ptr::null_mut());
+/// Set when the threads may start (liburcu's `_test_go`).
+static GO: AtomicBool = AtomicBool::new(false);
+/// Set when the threads must stop (liburcu's `_test_stop`).
+static STOP: AtomicBool = AtomicBool::new(false);
+/// Set by a reader that saw a value other than `LIVE`.
+static SAW_POISON: AtomicBool = AtomicBool::new(false);
+
+/// The run's parameters, liburcu's names.
+struct Config {
+    nr_readers: u32,
+    nr_writers: u32,
+    duration: u64,
+    rduration: u64,
+    wduration: u64,
+    wdelay: u64,
+    qsbr: bool,
+    verbose: bool,
+}
+
+fn usage(prog: &str) -> ExitCode {
+    println!("Usage : {prog} nr_readers nr_writers duration (s) <OPTIONS>");
+    println!("OPTIONS:");
+    println!("\t[-d delay] (writer period (loops))");
+    println!("\t[-c duration] (reader C.S. duration (in loops))");
+    println!("\t[-e duration] (writer C.S. duration (in loops))");
+    println!("\t[--flavor membarrier|fence|qsbr]");
+    println!("\t[-v] (verbose output)");
+    println!();
+    ExitCode::FAILURE
+}
+
+/// Spins `loops` times (liburcu's `loop_sleep`: `caa_cpu_relax()`).
+#[inline]
+fn loop_sleep(loops: u64) {
+    for _ in 0..loops {
+        spin_loop();
+    }
+}
+
+fn wait_until_go() {
+    // Acquire pairs with the main thread's Release store of `GO`.
+    while !GO.load(Ordering::Acquire) {
+        spin_loop();
+    }
+}
+
+/// One reader: returns how many reads it made.
+fn reader(config: &Config) -> u64 {
+    let online: Option<Online> = config.qsbr.then(online);
+    wait_until_go();
+    let mut nr_reads: u64 = 0;
+    loop {
+        {
+            let _guard = read_lock();
+            // Acquire: `rcu_dereference`; pairs with the writer's swap.
+            let p = POINTER.load(Ordering::Acquire);
+            if !p.is_null() {
+                // SAFETY: `p` was published by a writer, which frees it only
+                // after a grace period that waits for this section (or, on
+                // an online thread, for its next quiescent state). Volatile,
+                // so that the check is a real load each time.
+                let value = unsafe { ptr::read_volatile(p) };
+                if value != LIVE {
+                    SAW_POISON.store(true, Ordering::Relaxed);
+                }
+            }
+            if config.rduration != 0 {
+                loop_sleep(config.rduration);
+            }
+        }
+        nr_reads += 1;
+        if let Some(online) = &online {
+            // A quiescent state every 1024 reads, as test_urcu_qsbr.
+            if nr_reads & ((1 << 10) - 1) == 0 {
+                online.quiescent();
+            }
+        }
+        // Relaxed: a stop flag with no data attached (liburcu's
+        // `uatomic_load`).
+        if STOP.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+    nr_reads
+}
+
+/// One writer: returns how many writes (grace periods) it made.
+fn writer(config: &Config) -> u64 {
+    wait_until_go();
+    let mut nr_writes: u64 = 0;
+    loop {
+        let new = Box::into_raw(Box::new(LIVE));
+        // AcqRel: Release publishes the new integer (`rcu_xchg_pointer`);
+        // Acquire makes the old one's contents ours to poison.
+        let old = POINTER.swap(new, Ordering::AcqRel);
+        if config.wduration != 0 {
+            loop_sleep(config.wduration);
+        }
+        synchronize_rcu();
+        if !old.is_null() {
+            // SAFETY: `old` came from `Box::into_raw` and was unpublished
+            // before the grace period, which every reader that could reach
+            // it has finished: this writer owns it.
+            unsafe {
+                ptr::write_volatile(old, POISON);
+                drop(Box::from_raw(old));
+            }
+        }
+        nr_writes += 1;
+        if STOP.load(Ordering::Relaxed) {
+            break;
+        }
+        if config.wdelay != 0 {
+            loop_sleep(config.wdelay);
+        }
+    }
+    nr_writes
+}
+
+fn parse(args: &[String]) -> Option<Config> {
+    if args.len() < 4 {
+        return None;
+    }
+    let mut config = Config {
+        nr_readers: args[1].parse().ok()?,
+        nr_writers: args[2].parse().ok()?,
+        duration: args[3].parse().ok()?,
+        rduration: 0,
+        wduration: 0,
+        wdelay: 0,
+        qsbr: false,
+        verbose: false,
+    };
+    let mut flavor = None;
+    let mut rest = args[4..].iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "-c" => config.rduration = rest.next()?.parse().ok()?,
+            "-d" => config.wdelay = rest.next()?.parse().ok()?,
+            "-e" => config.wduration = rest.next()?.parse().ok()?,
+            "-v" => config.verbose = true,
+            "--flavor" => {
+                flavor = match rest.next()?.as_str() {
+                    "membarrier" => Some(Flavor::Membarrier),
+                    "fence" => Some(Flavor::Fence),
+                    "qsbr" => {
+                        config.qsbr = true;
+                        std::env::var_os("RCU_DEFER_FLAVOR")
+                            .is_none()
+                            .then_some(Flavor::Fence)
+                    }
+                    _ => return None,
+                }
+            }
+            _ => return None,
+        }
+    }
+    if let Some(flavor) = flavor {
+        if let Err(e) = set_flavor(flavor) {
+            eprintln!("urcu_workload: {e}");
+            return None;
+        }
+    }
+    Some(config)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let prog = args.first().map_or("urcu_workload", String::as_str);
+    let Some(config) = parse(&args) else {
+        return usage(prog);
+    };
+    if config.verbose {
+        eprintln!(
+            "running test for {} seconds, {} readers, {} writers; flavor {}{}",
+            config.duration,
+            config.nr_readers,
+            config.nr_writers,
+            rcu_defer::flavor(),
+            if config.qsbr { ", online readers" } else { "" }
+        );
+    }
+    let config = &config;
+    let (reads, writes) = thread::scope(|s| {
+        let readers: Vec<_> = (0..config.nr_readers)
+            .map(|_| s.spawn(|| reader(config)))
+            .collect();
+        let writers: Vec<_> = (0..config.nr_writers)
+            .map(|_| s.spawn(|| writer(config)))
+            .collect();
+        // Release pairs with the threads' Acquire loads in `wait_until_go`.
+        GO.store(true, Ordering::Release);
+        thread::sleep(Duration::from_secs(config.duration));
+        STOP.store(true, Ordering::Relaxed);
+        let reads: u64 = readers.into_iter().map(|h| h.join().unwrap()).sum();
+        let writes: u64 = writers.into_iter().map(|h| h.join().unwrap()).sum();
+        (reads, writes)
+    });
+    println!(
+        "SUMMARY {:<25} testdur {:4} nr_readers {:3} rdur {:6} wdur {:6} nr_writers {:3} \
+         wdelay {:6} nr_reads {:12} nr_writes {:12} nr_ops {:12}",
+        prog,
+        config.duration,
+        config.nr_readers,
+        config.rduration,
+        config.wduration,
+        config.nr_writers,
+        config.wdelay,
+        reads,
+        writes,
+        reads + writes
+    );
+    let last = POINTER.swap(ptr::null_mut(), Ordering::AcqRel);
+    if !last.is_null() {
+        // SAFETY: every thread has stopped: nothing else can reach it.
+        drop(unsafe { Box::from_raw(last) });
+    }
+    if SAW_POISON.load(Ordering::Relaxed) {
+        eprintln!(
+            "urcu_workload: a reader saw a poisoned or freed value: grace periods ended early"
+        );
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
