@@ -6,6 +6,7 @@ use crate::call_rcu::{call_rcu, call_rcu_or_report};
 use crate::detect;
 use crate::fork;
 use crate::grace;
+use crate::poll::{self, PollState};
 use crate::reader::{read_lock, ReadGuard};
 #[cfg(not(loom))]
 use crate::sync::MutexGuard;
@@ -148,7 +149,11 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
     /// Publishes `value` and returns the old value as a [`Retired`]: a
     /// handle that gives the value back after a grace period
     /// ([`Retired::wait`]), or, dropped, retires it like
-    /// [`replace`](RcuCell::replace). Never waits for readers.
+    /// [`replace`](RcuCell::replace). Never waits for readers: it asks for
+    /// a grace period (as
+    /// [`start_poll_synchronize_rcu`](crate::start_poll_synchronize_rcu)
+    /// does) that a writer polling from an event loop can check with
+    /// [`Retired::try_wait`].
     ///
     /// This splits [`replace_sync`](RcuCell::replace_sync) in two: the
     /// writer publishes at once (inside a read section too) and waits, if it
@@ -176,8 +181,12 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
     /// If called from inside the closure of an
     /// [`update`](RcuCell::update) of the same cell.
     pub fn replace_retired(&self, value: T) -> Retired<T> {
+        let value = Some(self.swap(value));
+        // After the swap: the cookie covers every section that could have
+        // loaded the old pointer.
         Retired {
-            value: Some(self.swap(value)),
+            value,
+            state: poll::start_poll_or_report(),
         }
     }
 
@@ -703,8 +712,11 @@ impl<T> Drop for Unpublished<T> {
 /// freer.join().unwrap();
 /// ```
 pub struct Retired<T: Send + 'static> {
-    /// The value; `None` only once `wait` has taken it.
+    /// The value; `None` only once `wait` or `try_wait` has taken it.
     value: Option<Unpublished<T>>,
+    /// The grace period after which no reader can hold the value, taken
+    /// after it was unpublished.
+    state: PollState,
 }
 
 impl<T: Send + 'static> Retired<T> {
@@ -730,12 +742,67 @@ impl<T: Send + 'static> Retired<T> {
         // A panic here or in the grace period drops `self`, which retires
         // the value through `call_rcu`.
         detect::assert_may_block(op);
-        if let Err(e) = grace::grace_period(None) {
-            panic!("rcu-defer: {op}: {e}");
+        while !poll::poll_state_synchronize_rcu(self.state) {
+            if let Err(e) = grace::grace_period(None) {
+                panic!("rcu-defer: {op}: {e}");
+            }
         }
+        self.take()
+    }
+
+    /// Returns the value if the grace period it needs has already passed,
+    /// else gives the handle back: never blocks, never makes a system call.
+    /// For a writer that polls from its event loop instead of waiting (see
+    /// [`poll_state_synchronize_rcu`](crate::poll_state_synchronize_rcu)).
+    ///
+    /// [`replace_retired`](RcuCell::replace_retired) has already asked for
+    /// that grace period, so polling succeeds eventually with nothing else
+    /// running grace periods.
+    ///
+    /// ```
+    /// use rcu_defer::{read_lock, RcuCell};
+    ///
+    /// let table = RcuCell::new(vec![1, 2, 3]);
+    /// let guard = read_lock();
+    /// let seen = table.read(&guard);
+    /// let old = table.replace_retired(vec![4, 5, 6]);
+    /// // A section that began before the replace still runs: not yet.
+    /// let old = old.try_wait().unwrap_err();
+    /// assert_eq!(seen, &[1, 2, 3]);
+    /// drop(guard);
+    ///
+    /// let mut old = old;
+    /// let value = loop {
+    ///     match old.try_wait() {
+    ///         Ok(value) => break value,
+    ///         Err(pending) => {
+    ///             old = pending;
+    ///             std::thread::yield_now(); // ... other work ...
+    ///         }
+    ///     }
+    /// };
+    /// assert_eq!(value, [1, 2, 3]);
+    /// ```
+    pub fn try_wait(mut self) -> Result<T, Self> {
+        if poll::poll_state_synchronize_rcu(self.state) {
+            Ok(self.take())
+        } else {
+            Err(self)
+        }
+    }
+
+    /// The cookie of the grace period the value waits for: complete (see
+    /// [`poll_state_synchronize_rcu`](crate::poll_state_synchronize_rcu))
+    /// exactly when [`try_wait`](Retired::try_wait) would succeed.
+    pub fn state(&self) -> PollState {
+        self.state
+    }
+
+    /// Takes the value out; only once its grace period has passed.
+    fn take(&mut self) -> T {
         self.value
             .take()
-            .expect("a Retired holds its value until it is taken here")
+            .expect("a Retired holds its value until it is taken")
             .into_inner()
     }
 }

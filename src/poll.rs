@@ -18,7 +18,7 @@
 //! takes cookies in a loop queues one callback per grace period, not one
 //! per cookie.
 
-use crate::call_rcu::call_rcu;
+use crate::call_rcu::{call_rcu, call_rcu_or_report};
 use crate::detect;
 use crate::grace;
 use crate::sync::{global, AtomicU64, Ordering};
@@ -89,14 +89,35 @@ pub fn get_state_synchronize_rcu() -> PollState {
 /// [`call_rcu`](crate::call_rcu)).
 pub fn start_poll_synchronize_rcu() -> PollState {
     let state = get_state_synchronize_rcu();
-    // Relaxed: `REQUESTED` only says whether a callback is queued; the
-    // callback's own check of `DONE` is what orders anything.
-    if REQUESTED.load(Ordering::Relaxed) < state.attempt
-        && REQUESTED.fetch_max(state.attempt, Ordering::Relaxed) < state.attempt
-    {
+    if needs_request(state) {
         complete_eventually(state.attempt);
     }
     state
+}
+
+/// `start_poll_synchronize_rcu` for a path that must not panic: a callback
+/// thread that cannot be spawned is reported, and the request stays queued
+/// for the next `call_rcu` to start it.
+pub(crate) fn start_poll_or_report() -> PollState {
+    let state = get_state_synchronize_rcu();
+    if needs_request(state) {
+        let attempt = state.attempt;
+        call_rcu_or_report(move || {
+            if grace::done() < attempt {
+                complete_eventually(attempt);
+            }
+        });
+    }
+    state
+}
+
+/// Whether no callback that completes `state` is queued yet; if so, the
+/// caller is now the one to queue it.
+fn needs_request(state: PollState) -> bool {
+    // Relaxed: `REQUESTED` only says whether a callback is queued; the
+    // callback's own check of `DONE` is what orders anything.
+    REQUESTED.load(Ordering::Relaxed) < state.attempt
+        && REQUESTED.fetch_max(state.attempt, Ordering::Relaxed) < state.attempt
 }
 
 /// Queues a callback that runs after a grace period and queues itself again

@@ -676,3 +676,90 @@ fn get_cloned_returns_a_copy_that_later_writes_do_not_change() {
         drain_call_rcu();
     });
 }
+
+#[test]
+fn retired_try_wait_declines_while_a_reader_that_saw_the_value_is_in_its_section() {
+    within("Retired::try_wait", || {
+        let (old, old_dropped) = Tracked::new(1);
+        let cell = Arc::new(RcuCell::new(old));
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (leave_tx, leave_rx) = mpsc::channel::<()>();
+        let reader = {
+            let cell = Arc::clone(&cell);
+            thread::spawn(move || {
+                let guard = read_lock();
+                let seen = cell.read(&guard);
+                entered_tx.send(()).unwrap();
+                leave_rx.recv().unwrap();
+                let alive = seen.dropped.load(Ordering::SeqCst) == 0 && seen.value == 1;
+                drop(guard);
+                alive
+            })
+        };
+        recv(&entered_rx, "the reader to read");
+        let mut retired = cell.replace_retired(Tracked::new(2).0);
+        // Other grace periods run meanwhile (the request replace_retired
+        // queued, and this one): none can complete the cookie.
+        thread::spawn(|| {
+            rcu_defer::synchronize_rcu_timeout(Duration::from_millis(100)).unwrap_err()
+        })
+        .join()
+        .unwrap();
+        for _ in 0..3 {
+            retired = retired
+                .try_wait()
+                .map(|v| v.value)
+                .expect_err("try_wait gave the value while its reader was in its section");
+            assert!(!rcu_defer::poll_state_synchronize_rcu(retired.state()));
+        }
+        leave_tx.send(()).unwrap();
+        assert!(
+            reader.join().unwrap(),
+            "the value was freed under its reader"
+        );
+        // Nothing else runs grace periods here: the request queued by
+        // replace_retired is enough for polling to succeed.
+        let value = loop {
+            match retired.try_wait() {
+                Ok(value) => break value,
+                Err(pending) => {
+                    retired = pending;
+                    thread::sleep(Duration::from_millis(1));
+                }
+            }
+        };
+        assert_eq!(value.value, 1);
+        assert_eq!(
+            old_dropped.load(Ordering::SeqCst),
+            0,
+            "given back, not dropped"
+        );
+    });
+}
+
+#[test]
+fn a_retired_value_declined_by_try_wait_and_then_dropped_is_retired_once() {
+    within("Retired::try_wait then drop", || {
+        let (old, old_dropped) = Tracked::new(1);
+        let cell = RcuCell::new(old);
+        let guard = read_lock();
+        let seen = cell.read(&guard);
+        let retired = cell.replace_retired(Tracked::new(2).0);
+        let retired = retired.try_wait().map(|v| v.value).unwrap_err();
+        drop(retired);
+        assert_eq!((seen.value, old_dropped.load(Ordering::SeqCst)), (1, 0));
+        drop(guard);
+        drain_call_rcu();
+        assert_eq!(old_dropped.load(Ordering::SeqCst), 1);
+    });
+}
+
+#[test]
+fn retired_try_wait_succeeds_once_its_cookie_is_complete() {
+    within("Retired::try_wait after its grace period", || {
+        let cell = RcuCell::new(1u64);
+        let retired = cell.replace_retired(2);
+        rcu_defer::cond_synchronize_rcu(retired.state());
+        assert_eq!(retired.try_wait().ok(), Some(1));
+    });
+}
