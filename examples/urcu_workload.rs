@@ -35,7 +35,7 @@
 //!   where the membarrier flavor pays two `membarrier(2)` calls, which is
 //!   what liburcu's urcu-qsbr does too.
 
-use rcu_defer::{online, read_lock, set_flavor, synchronize_rcu, Flavor, Online};
+use rcu_defer::{online, read_lock, set_flavor, synchronize_rcu, Flavor};
 use std::hint::spin_loop;
 use std::process::ExitCode;
 use std::ptr;
@@ -97,10 +97,23 @@ fn wait_until_go() {
     }
 }
 
-/// One reader: returns how many reads it made.
+/// One reader: returns how many reads it made. Each mode has its own loop,
+/// as liburcu has one program per flavor.
 fn reader(config: &Config) -> u64 {
-    let online: Option<Online> = config.qsbr.then(online);
-    wait_until_go();
+    if config.qsbr {
+        let online = online();
+        wait_until_go();
+        read_loop(config.rduration, || online.quiescent())
+    } else {
+        wait_until_go();
+        read_loop(config.rduration, || {})
+    }
+}
+
+/// The reader's loop; `quiescent` is called once every 1024 reads (as
+/// test_urcu_qsbr reports a quiescent state).
+#[inline(always)]
+fn read_loop(rduration: u64, quiescent: impl Fn()) -> u64 {
     let mut nr_reads: u64 = 0;
     loop {
         {
@@ -117,16 +130,13 @@ fn reader(config: &Config) -> u64 {
                     SAW_POISON.store(true, Ordering::Relaxed);
                 }
             }
-            if config.rduration != 0 {
-                loop_sleep(config.rduration);
+            if rduration != 0 {
+                loop_sleep(rduration);
             }
         }
         nr_reads += 1;
-        if let Some(online) = &online {
-            // A quiescent state every 1024 reads, as test_urcu_qsbr.
-            if nr_reads & ((1 << 10) - 1) == 0 {
-                online.quiescent();
-            }
+        if nr_reads & ((1 << 10) - 1) == 0 {
+            quiescent();
         }
         // Relaxed: a stop flag with no data attached (liburcu's
         // `uatomic_load`).
