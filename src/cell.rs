@@ -149,10 +149,8 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
     /// Publishes `value` and returns the old value as a [`Retired`]: a
     /// handle that gives the value back after a grace period
     /// ([`Retired::wait`]), or, dropped, retires it like
-    /// [`replace`](RcuCell::replace). Never waits for readers: it asks for
-    /// a grace period (as
-    /// [`start_poll_synchronize_rcu`](crate::start_poll_synchronize_rcu)
-    /// does) that a writer polling from an event loop can check with
+    /// [`replace`](RcuCell::replace). Never waits for readers; a writer
+    /// that polls from an event loop instead checks it with
     /// [`Retired::try_wait`].
     ///
     /// This splits [`replace_sync`](RcuCell::replace_sync) in two: the
@@ -186,7 +184,7 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
         // loaded the old pointer.
         Retired {
             value,
-            state: poll::start_poll_or_report(),
+            state: poll::get_state_synchronize_rcu(),
         }
     }
 
@@ -755,9 +753,10 @@ impl<T: Send + 'static> Retired<T> {
     /// For a writer that polls from its event loop instead of waiting (see
     /// [`poll_state_synchronize_rcu`](crate::poll_state_synchronize_rcu)).
     ///
-    /// [`replace_retired`](RcuCell::replace_retired) has already asked for
-    /// that grace period, so polling succeeds eventually with nothing else
-    /// running grace periods.
+    /// A first call that finds the grace period still needed asks for it
+    /// (as [`start_poll_synchronize_rcu`](crate::start_poll_synchronize_rcu)
+    /// does, queueing one callback), so polling succeeds eventually with
+    /// nothing else running grace periods.
     ///
     /// ```
     /// use rcu_defer::{read_lock, RcuCell};
@@ -787,6 +786,7 @@ impl<T: Send + 'static> Retired<T> {
         if poll::poll_state_synchronize_rcu(self.state) {
             Ok(self.take())
         } else {
+            poll::request_or_report(self.state);
             Err(self)
         }
     }

@@ -95,11 +95,11 @@ pub fn start_poll_synchronize_rcu() -> PollState {
     state
 }
 
-/// `start_poll_synchronize_rcu` for a path that must not panic: a callback
-/// thread that cannot be spawned is reported, and the request stays queued
-/// for the next `call_rcu` to start it.
-pub(crate) fn start_poll_or_report() -> PollState {
-    let state = get_state_synchronize_rcu();
+/// Makes sure that a grace period completing `state` will run, as
+/// `start_poll_synchronize_rcu` does, on a path that must not panic: a
+/// callback thread that cannot be spawned is reported, and the request
+/// stays queued for the next `call_rcu` to start it.
+pub(crate) fn request_or_report(state: PollState) {
     if needs_request(state) {
         let attempt = state.attempt;
         call_rcu_or_report(move || {
@@ -108,7 +108,6 @@ pub(crate) fn start_poll_or_report() -> PollState {
             }
         });
     }
-    state
 }
 
 /// Whether no callback that completes `state` is queued yet; if so, the

@@ -698,8 +698,7 @@ fn retired_try_wait_declines_while_a_reader_that_saw_the_value_is_in_its_section
         };
         recv(&entered_rx, "the reader to read");
         let mut retired = cell.replace_retired(Tracked::new(2).0);
-        // Other grace periods run meanwhile (the request replace_retired
-        // queued, and this one): none can complete the cookie.
+        // Other grace periods run meanwhile: none can complete the cookie.
         thread::spawn(|| {
             rcu_defer::synchronize_rcu_timeout(Duration::from_millis(100)).unwrap_err()
         })
@@ -717,8 +716,8 @@ fn retired_try_wait_declines_while_a_reader_that_saw_the_value_is_in_its_section
             reader.join().unwrap(),
             "the value was freed under its reader"
         );
-        // Nothing else runs grace periods here: the request queued by
-        // replace_retired is enough for polling to succeed.
+        // Nothing else runs grace periods here: the request the first
+        // declined try_wait queued is enough for polling to succeed.
         let value = loop {
             match retired.try_wait() {
                 Ok(value) => break value,
