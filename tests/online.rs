@@ -330,6 +330,52 @@ fn waiting_inside_an_online_read_section_is_refused_with_where_it_began() {
 }
 
 #[test]
+fn an_online_threads_refusals_name_the_outermost_section_not_a_nested_one() {
+    let _serial = serial();
+    within("the refusals, nested", || {
+        let online = online();
+        let line = line!() + 1;
+        let outer = read_lock();
+        // Nested sections opened and closed, and one still open: none of
+        // them is where the section began.
+        drop(read_lock());
+        let inner = read_lock();
+        drop(read_lock());
+        match online.try_quiescent() {
+            Err(Error::InReadSection {
+                depth: 2,
+                entered_at,
+                ..
+            }) => {
+                assert_eq!((entered_at.file(), entered_at.line()), (file!(), line));
+            }
+            other => panic!("quiescent inside a nested section not refused: {other:?}"),
+        }
+        drop(inner);
+        match try_synchronize_rcu() {
+            Err(Error::InReadSection {
+                depth: 1,
+                entered_at,
+                ..
+            }) => {
+                assert_eq!(entered_at.line(), line);
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+        drop(outer);
+        // The next outermost section records its own location.
+        let line = line!() + 1;
+        let guard = read_lock();
+        match online.try_quiescent() {
+            Err(Error::InReadSection { entered_at, .. }) => assert_eq!(entered_at.line(), line),
+            other => panic!("not refused: {other:?}"),
+        }
+        drop(guard);
+        online.quiescent();
+    });
+}
+
+#[test]
 fn a_second_handle_and_going_online_inside_a_section_panic() {
     let _serial = serial();
     within("the refusals", || {
