@@ -102,6 +102,7 @@ thread_local_pinned! {
             signal: AtomicU8::new(UNREGISTERED),
             online_at: AtomicPtr::new(std::ptr::null_mut()),
             quiescent_at: AtomicPtr::new(std::ptr::null_mut()),
+            online_state: OwnLine(AtomicU64::new(0)),
         },
         stand_in: Cell::new(None),
         thread_id: Cell::new(None),
@@ -143,7 +144,22 @@ pub(crate) struct Record {
     /// Where the thread last reported a quiescent state while online
     /// (null: none since it went online), for stall reports.
     quiescent_at: AtomicPtr<Location<'static>>,
+    /// While the thread is online: the grace-period value of its last
+    /// quiescent state with `ONLINE`, what writers judge it by; otherwise
+    /// 0, and writers judge it by `ctr`. On a line of its own: an online
+    /// thread's read sections store to `ctr` twice each, and a writer that
+    /// scanned that line would take it away from the reader once per scan
+    /// (liburcu's urcu-qsbr readers, whose sections store nothing, keep
+    /// theirs). Written by the owner only at quiescent states and
+    /// online/offline transitions. `ctr` keeps the same value for the
+    /// owner's own use (`quiescent` compares with it).
+    online_state: OwnLine<AtomicU64>,
 }
+
+/// A value alone on its cache line pair (128 bytes: adjacent-line
+/// prefetching pairs lines on x86).
+#[repr(align(128))]
+struct OwnLine<T>(T);
 
 /// A thread's reader state: its record and what the slow paths need, and
 /// its deferred calls.
@@ -248,7 +264,7 @@ impl Registry {
         let base = flavor_signal();
         for entry in &mut self.entries {
             entry.record.set_signal(base | WAITING);
-            let ctr = entry.record.ctr();
+            let ctr = entry.record.published();
             if blocks(ctr, gp) {
                 let section = ctr & !LOW_MASK;
                 if entry.blocked_since.map(|(seen, _)| seen) != Some(section) {
@@ -278,10 +294,10 @@ impl Registry {
         self.entries
             .iter()
             .filter_map(|entry| {
-                let ctr = entry.record.ctr();
+                let ctr = entry.record.published();
                 blocks(ctr, gp).then(|| Blocker {
                     owner: entry.owner.clone(),
-                    depth: depth_of(ctr),
+                    depth: depth_of(entry.record.ctr()),
                     entered_at: entry.record.entered_at(),
                     blocked_since: entry
                         .blocked_since
@@ -335,6 +351,7 @@ impl Registry {
             signal: AtomicU8::new(0),
             online_at: AtomicPtr::new(std::ptr::null_mut()),
             quiescent_at: AtomicPtr::new(std::ptr::null_mut()),
+            online_state: OwnLine(AtomicU64::new(0)),
         }));
         self.entries.push(Entry {
             record,
@@ -523,7 +540,25 @@ impl Record {
     /// Whether this record holds up a grace period that set the counter to
     /// `gp`: it is inside a section that began before that.
     pub(crate) fn blocks(&self, gp: u64) -> bool {
-        blocks(self.ctr(), gp)
+        blocks(self.published(), gp)
+    }
+
+    /// The value writers judge this record by: the online state while the
+    /// owner is online, else `ctr`. For an online record only the line
+    /// that online sections do not write is read.
+    #[inline]
+    fn published(&self) -> u64 {
+        // Relaxed: as `ctr` (the writer's fences around its scans order it).
+        // Each transition stores both words before its fence, and a `ctr`
+        // read in between blocks the same grace periods as the online
+        // state (both hold the same counter value, or `ctr` is 0 and the
+        // online state about to become 0 too).
+        let online = self.online_state.0.load(Ordering::Relaxed);
+        if online & ONLINE != 0 {
+            online
+        } else {
+            self.ctr()
+        }
     }
 
     /// A writer sets or withdraws its wake-up request (`WAITING`), keeping
@@ -682,12 +717,30 @@ impl Local {
     /// wakes a writer that waits for this thread.
     #[inline(always)]
     fn publish_quiescent(&self, ctr: u64) {
+        self.publish_quiescent_in(&self.record.ctr, ctr);
+    }
+
+    /// Publishes an online thread's new state, `value`: a quiescent state
+    /// (the current grace-period value with `ONLINE`) or 0 (offline), in
+    /// `ctr` for the thread's own use and in `online_state`, which writers
+    /// read; then wakes a writer that waits for this thread.
+    fn publish_online_state(&self, value: u64) {
+        // Relaxed: the owner's own copy (see `online_state`); the Release
+        // store below orders it too.
+        self.record.ctr.store(value, Ordering::Relaxed);
+        self.publish_quiescent_in(&self.record.online_state.0, value);
+    }
+
+    /// `publish_quiescent`, storing `value` in `word` (`ctr` or
+    /// `online_state`).
+    #[inline(always)]
+    fn publish_quiescent_in(&self, word: &AtomicU64, value: u64) {
         let record = &self.record;
         // Release pairs with the writer's Acquire fence after it reads this
         // value: every load of the section (or, online, every load since the
         // last quiescent state) happens before whatever the writer does once
         // the grace period is over.
-        record.ctr.store(ctr, Ordering::Release);
+        word.store(value, Ordering::Release);
         // Keeps the `signal` load below after the store. In the membarrier
         // flavor this is the reader's whole side of the fence that pairs
         // with the writer's membarrier after it sets `WAITING`; the fence
@@ -885,10 +938,10 @@ impl Local {
     /// On an online thread this also clears `ONLINE` until the section
     /// ends (`end_outermost` sets it again, from `Local::online`), so that
     /// the outermost exit leaves the one-test path that an online
-    /// section's exit shares with a nested exit. The value blocks the same
-    /// grace periods with or without `ONLINE` (only the low bits change):
-    /// for the rest of the section the thread looks to writers like an
-    /// ordinary reader whose section began at its last quiescent state.
+    /// section's exit shares with a nested exit. Writers judge an online
+    /// thread by `online_state`, which this does not change; and `ctr`
+    /// blocks the same grace periods with or without `ONLINE` (only the
+    /// low bits change).
     #[inline(always)]
     pub(crate) fn mark_deferred(&self) {
         let ctr = self.record.ctr();
@@ -943,7 +996,10 @@ impl Local {
         // the thread's later loads; it pairs with the writer's fence before
         // its scan: either the scan sees the thread online, or the thread's
         // loads see everything the writer unpublished before that fence.
-        record.ctr.store(gp_counter() | ONLINE, Ordering::Relaxed);
+        let value = gp_counter() | ONLINE;
+        record.ctr.store(value, Ordering::Relaxed);
+        // Relaxed: the same, where writers read it (see `online_state`).
+        record.online_state.0.store(value, Ordering::Relaxed);
         // Relaxed: the owner's flavor bit.
         let real = record.signal.load(Ordering::Relaxed) & REAL_FENCE != 0;
         // The store→load fence described above; in the membarrier flavor
@@ -978,9 +1034,9 @@ impl Local {
             // a new report.
             return Ok(());
         }
-        // Release (in `publish_quiescent`): every load before this point
+        // Release (in `publish_online_state`): every load before this point
         // happens before the free of a writer that sees `gp` here.
-        self.publish_quiescent(gp | ONLINE);
+        self.publish_online_state(gp | ONLINE);
         Ok(())
     }
 
@@ -995,7 +1051,7 @@ impl Local {
         if !self.online.replace(false) {
             return Ok(false);
         }
-        self.publish_quiescent(0);
+        self.publish_online_state(0);
         Ok(true)
     }
 
@@ -1022,11 +1078,13 @@ impl Local {
         }
         let ctr = self.record.ctr();
         if ctr & NEST_MASK == 0 {
-            self.publish_quiescent(0);
+            self.publish_online_state(0);
         } else {
-            // Relaxed: the value blocks exactly the grace periods it blocked
-            // with `ONLINE` (only the low bits change).
+            // Relaxed: the value blocks exactly the grace periods the online
+            // state blocked (the same counter value; only the low bits
+            // change), so a writer may read either until the next fence.
             self.record.ctr.store(ctr & !ONLINE, Ordering::Relaxed);
+            self.record.online_state.0.store(0, Ordering::Relaxed);
         }
     }
 
@@ -1137,6 +1195,7 @@ impl Drop for Registration {
             // thread holds.
             ctr = if depth_of(ctr) == 0 { 0 } else { ctr & !ONLINE };
             record.ctr.store(ctr, Ordering::Relaxed);
+            record.online_state.0.store(0, Ordering::Relaxed);
         }
         if ctr == 0 {
             registry.remove(i);
