@@ -255,8 +255,13 @@ fn main() -> ExitCode {
         GO.store(true, Ordering::Release);
         thread::sleep(Duration::from_secs(config.duration));
         STOP.store(true, Ordering::Relaxed);
-        let reads: u64 = readers.into_iter().map(|h| h.join().unwrap()).sum();
-        let writes: u64 = writers.into_iter().map(|h| h.join().unwrap()).sum();
+        let reads: Vec<u64> = readers.into_iter().map(|h| h.join().unwrap()).collect();
+        let writes: Vec<u64> = writers.into_iter().map(|h| h.join().unwrap()).collect();
+        if config.verbose {
+            eprintln!("reads per reader: {reads:?}; writes per writer: {writes:?}");
+        }
+        let reads: u64 = reads.iter().sum();
+        let writes: u64 = writes.iter().sum();
         (reads, writes)
     });
     println!(
