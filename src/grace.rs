@@ -395,7 +395,7 @@ fn wait_for_readers(gp: u64, until: Option<Instant>) -> Result<(), Error> {
     let mut spins = 0;
     let mut stall_reported = false;
     loop {
-        if !registry().records().any(|r| r.blocks(gp)) {
+        if !registry().any_blocks(gp) {
             return Ok(());
         }
         if MAY_SPIN && spins < SPIN_SCANS {
