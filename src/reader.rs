@@ -18,6 +18,9 @@
 //! that takes the thread's place in the registry. The thread's own record
 //! then sends every outermost entry and exit to the slow path, which keeps
 //! the stand-in up to date.
+//!
+//! The registry itself (entries, owners, stand-ins, and the writer's scans
+//! over them) is the `registry` submodule.
 
 use crate::flavor::{flavor, reader_fence, real_reader_fence, Flavor};
 use crate::grace;
@@ -25,15 +28,21 @@ use crate::local::{self, DeferState};
 use crate::report::report;
 use crate::section_calls::{RawFn, SectionCalls};
 use crate::sync::{
-    global, lock, thread, thread_local_lazy, thread_local_pinned, AtomicPtr, AtomicU64, AtomicU8,
-    Mutex, MutexGuard, Ordering,
+    global, thread, thread_local_lazy, thread_local_pinned, AtomicPtr, AtomicU64, AtomicU8,
+    Ordering,
 };
 use crate::thread_bound::ThreadBound;
+#[cfg(not(loom))]
+pub(crate) use registry::{hold_for_fork, RegistryHeld};
+pub(crate) use registry::{registry, Blocker, Owner, Registry};
+#[doc(hidden)]
+pub use registry::{registry_stats, RegistryStats};
 use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
 use std::panic::Location;
-use std::time::Instant;
+
+mod registry;
 
 /// A reader's `ctr` word: the nesting depth in its low `NEST_BITS` bits,
 /// then the `DEFERRED` and `ONLINE` flags, and above them the grace-period
@@ -85,11 +94,6 @@ global! {
     /// entering their outermost section; a grace period advances it and then
     /// waits for every record that holds an older value.
     static GP_CTR: AtomicU64 = AtomicU64::new(GP_FIRST);
-}
-
-global! {
-    /// Every registered record, with the thread that owns it.
-    static REGISTRY: Mutex<Registry> = Mutex::new(Registry { entries: Vec::new() });
 }
 
 thread_local_pinned! {
@@ -185,240 +189,6 @@ pub(crate) struct Local {
     pub(crate) section_calls: SectionCalls,
 }
 
-/// Who owns a record, for reports.
-#[derive(Clone, Debug)]
-pub(crate) struct Owner {
-    /// The thread's name, if it has one.
-    pub(crate) name: Option<String>,
-    /// The thread's id, formatted.
-    pub(crate) id: String,
-    /// The thread is exiting or has exited while inside a read section.
-    pub(crate) exited: bool,
-}
-
-impl fmt::Display for Owner {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let exited = if self.exited { ", exited" } else { "" };
-        match &self.name {
-            Some(name) => write!(f, "thread '{name}' ({}{exited})", self.id),
-            None => write!(f, "unnamed thread ({}{exited})", self.id),
-        }
-    }
-}
-
-struct Entry {
-    record: &'static Record,
-    /// Whether `record` is a thread's thread-local one (removed from the
-    /// registry when the thread exits) rather than a leaked stand-in (kept,
-    /// and reused once free).
-    thread_local: bool,
-    /// `None` while a stand-in is free for reuse.
-    owner: Option<Owner>,
-    /// The section (its `ctr` without the low bits) a sleeping writer first
-    /// found blocking, and when: how long a stalled reader has been inside,
-    /// for reports.
-    blocked_since: Option<(u64, Instant)>,
-    /// The owner has gone online at some point (set under the registry
-    /// lock before it first publishes an online state): writers read the
-    /// record's online state first. Other records cost a writer's scan one
-    /// cache line each, not two. Only a matter of cost: `ctr` holds the
-    /// same counter value as the online state.
-    may_be_online: bool,
-}
-
-impl Entry {
-    /// The value writers judge the entry's record by (see
-    /// `Record::published`).
-    #[inline]
-    fn published(&self) -> u64 {
-        if self.may_be_online {
-            self.record.published()
-        } else {
-            self.record.ctr()
-        }
-    }
-}
-
-/// A reader that holds up a grace period, as a writer saw it.
-pub(crate) struct Blocker {
-    pub(crate) owner: Option<Owner>,
-    pub(crate) depth: usize,
-    pub(crate) entered_at: Option<&'static Location<'static>>,
-    /// When a writer first found this section blocking, if one has slept on it.
-    pub(crate) blocked_since: Option<Instant>,
-    /// For an online thread: where it went online and where it last
-    /// reported a quiescent state (`None`: not since it went online).
-    pub(crate) online: Option<OnlineBlocker>,
-}
-
-/// What a stall report says about an online thread that holds up a grace
-/// period.
-pub(crate) struct OnlineBlocker {
-    pub(crate) online_at: Option<&'static Location<'static>>,
-    pub(crate) quiescent_at: Option<&'static Location<'static>>,
-}
-
-/// The registry of reader records. Scanned by writers under its lock;
-/// registration and thread exit take the same lock.
-pub(crate) struct Registry {
-    entries: Vec<Entry>,
-}
-
-impl Registry {
-    /// Whether any record holds up the grace period that set the counter
-    /// to `gp` (see `blocks`). A free record is always quiescent.
-    pub(crate) fn any_blocks(&self, gp: u64) -> bool {
-        self.entries.iter().any(|e| blocks(e.published(), gp))
-    }
-
-    /// Before sleeping: asks *every* reader to wake the writer when it
-    /// leaves its section, and notes when each blocking section was first
-    /// seen. Flagging only the readers that block now would lose a wake-up:
-    /// a reader that enters (with an old counter value) after this scan but
-    /// before the writer's fence is seen blocking by the rescan that
-    /// decides to sleep, and it would leave without waking the writer.
-    /// `unmark_quiescent` withdraws the request from the readers that turn
-    /// out not to block.
-    pub(crate) fn mark_waiting(&mut self, gp: u64) {
-        let now = Instant::now();
-        let base = flavor_signal();
-        for entry in &mut self.entries {
-            entry.record.set_signal(base | WAITING);
-            let ctr = entry.published();
-            if blocks(ctr, gp) {
-                let section = ctr & !LOW_MASK;
-                if entry.blocked_since.map(|(seen, _)| seen) != Some(section) {
-                    entry.blocked_since = Some((section, now));
-                }
-            }
-        }
-    }
-
-    /// After the writer's fence: withdraws the wake-up request from readers
-    /// that have left, and says whether any still blocks `gp`.
-    pub(crate) fn unmark_quiescent(&mut self, gp: u64) -> bool {
-        let base = flavor_signal();
-        let mut any = false;
-        for entry in &self.entries {
-            if blocks(entry.published(), gp) {
-                any = true;
-            } else {
-                entry.record.set_signal(base);
-            }
-        }
-        any
-    }
-
-    /// The readers that block `gp`, for a stall report.
-    pub(crate) fn blockers(&self, gp: u64) -> Vec<Blocker> {
-        self.entries
-            .iter()
-            .filter_map(|entry| {
-                let ctr = entry.published();
-                blocks(ctr, gp).then(|| Blocker {
-                    owner: entry.owner.clone(),
-                    depth: depth_of(entry.record.ctr()),
-                    entered_at: entry.record.entered_at(),
-                    blocked_since: entry
-                        .blocked_since
-                        .and_then(|(seen, at)| (seen == ctr & !LOW_MASK).then_some(at)),
-                    online: (ctr & ONLINE != 0).then(|| OnlineBlocker {
-                        online_at: location(&entry.record.online_at),
-                        quiescent_at: location(&entry.record.quiescent_at),
-                    }),
-                })
-            })
-            .collect()
-    }
-
-    /// Adds a thread's own record.
-    fn add_thread_local(&mut self, record: &'static Record, owner: Owner) {
-        self.entries.push(Entry {
-            record,
-            thread_local: true,
-            owner: Some(owner),
-            blocked_since: None,
-            may_be_online: false,
-        });
-    }
-
-    /// A stand-in record for `owner`: a free one, or a new leaked one.
-    ///
-    /// Stand-ins are never freed, and a new one is made only when none is
-    /// free: there are never more than the most that were ever in use at
-    /// once, that is, threads that were exiting or had exited inside a read
-    /// section at the same time.
-    fn acquire_stand_in(&mut self, owner: Owner) -> &'static Record {
-        let i = self.stand_in_index(owner);
-        self.entries[i].record
-    }
-
-    /// The index of a stand-in entry now owned by `owner`: a free one, or a
-    /// new leaked one. Its record is quiescent.
-    fn stand_in_index(&mut self, owner: Owner) -> usize {
-        let free = self
-            .entries
-            .iter()
-            .position(|e| !e.thread_local && e.owner.is_none());
-        if let Some(i) = free {
-            let entry = &mut self.entries[i];
-            entry.owner = Some(owner);
-            entry.blocked_since = None;
-            return i;
-        }
-        let record: &'static Record = Box::leak(Box::new(Record {
-            ctr: AtomicU64::new(0),
-            entered_at: AtomicPtr::new(std::ptr::null_mut()),
-            signal: AtomicU8::new(0),
-            online_at: AtomicPtr::new(std::ptr::null_mut()),
-            quiescent_at: AtomicPtr::new(std::ptr::null_mut()),
-            online_state: OwnLine(AtomicU64::new(0)),
-        }));
-        self.entries.push(Entry {
-            record,
-            thread_local: false,
-            owner: Some(owner),
-            blocked_since: None,
-            may_be_online: false,
-        });
-        self.entries.len() - 1
-    }
-
-    /// Removes the entry at `i` (a thread's own record), and gives memory
-    /// back once the registry is mostly empty: after many threads have come
-    /// and gone, it holds no more than a few times what the threads alive
-    /// now need.
-    fn remove(&mut self, i: usize) {
-        self.entries.swap_remove(i);
-        let capacity = self.entries.capacity();
-        if capacity > REGISTRY_KEEP && self.entries.len() <= capacity / 4 {
-            self.entries.shrink_to((capacity / 2).max(REGISTRY_KEEP));
-        }
-    }
-
-    fn position(&self, record: &Record) -> Option<usize> {
-        self.entries
-            .iter()
-            .position(|e| std::ptr::eq(e.record, record))
-    }
-
-    /// Takes a record out of use: a thread's own record leaves the
-    /// registry, a stand-in becomes free for reuse.
-    fn release(&mut self, record: &Record) {
-        if let Some(i) = self.position(record) {
-            if self.entries[i].thread_local {
-                self.remove(i);
-            } else {
-                self.entries[i].owner = None;
-            }
-        }
-    }
-}
-
-/// The registry's capacity (in entries) that it keeps however few threads
-/// are registered: below it, it never shrinks.
-const REGISTRY_KEEP: usize = 64;
-
 /// A section that published `ctr` blocks the grace period that set the
 /// counter to `gp` unless it is quiescent (0) or began after (`gp`). The
 /// same test serves an online record (`ONLINE` set, never 0): it blocks
@@ -445,84 +215,6 @@ fn flavor_signal() -> u8 {
         REAL_FENCE
     } else {
         0
-    }
-}
-
-/// Locks the registry (writers scan it; registration and exit change it).
-pub(crate) fn registry() -> MutexGuard<'static, Registry> {
-    lock(&REGISTRY)
-}
-
-/// The registry's lock, held by the forking thread across a `fork()` (see
-/// `fork`).
-#[cfg(not(loom))]
-pub(crate) struct RegistryHeld(MutexGuard<'static, Registry>);
-
-/// Locks the registry for a fork.
-#[cfg(not(loom))]
-pub(crate) fn hold_for_fork() -> RegistryHeld {
-    RegistryHeld(registry())
-}
-
-#[cfg(not(loom))]
-impl RegistryHeld {
-    /// In the child of a fork, before the lock is released: only the
-    /// forking thread exists, so only its records stay. The records of the
-    /// other threads leave the registry (their sections cannot end here,
-    /// and no stall report must name them), and the stand-ins they held
-    /// become free. The forking thread keeps its own record (and the
-    /// stand-in that publishes its section, if it forked while exiting
-    /// inside one), with its open section, if any.
-    pub(crate) fn after_fork_child(&mut self) {
-        let (own, own_stand_in) = LOCAL
-            .try_with(|local| {
-                let own: *const Record = &local.record;
-                (own, local.stand_in.get().map(|r| r as *const Record))
-            })
-            .unwrap_or((std::ptr::null(), None));
-        self.0.entries.retain_mut(|entry| {
-            let record: *const Record = entry.record;
-            if record == own || Some(record) == own_stand_in {
-                return true;
-            }
-            if entry.thread_local {
-                return false;
-            }
-            // Relaxed: the child runs one thread (this one), and it holds
-            // the registry lock.
-            entry.record.ctr.store(0, Ordering::Relaxed);
-            entry.record.signal.store(0, Ordering::Relaxed);
-            entry.owner = None;
-            entry.blocked_since = None;
-            true
-        });
-    }
-}
-
-/// What the registry holds, for tests of its memory use.
-#[doc(hidden)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RegistryStats {
-    /// Registered records: threads' own records and stand-ins.
-    pub entries: usize,
-    /// Entries the registry has room for without allocating.
-    pub capacity: usize,
-    /// Stand-ins, free or in use (each a leaked record).
-    pub stand_ins: usize,
-    /// Stand-ins free for reuse.
-    pub free_stand_ins: usize,
-}
-
-/// What the registry holds now. Not part of the API: for tests.
-#[doc(hidden)]
-pub fn registry_stats() -> RegistryStats {
-    let registry = registry();
-    let stand_ins = registry.entries.iter().filter(|e| !e.thread_local);
-    RegistryStats {
-        entries: registry.entries.len(),
-        capacity: registry.entries.capacity(),
-        stand_ins: stand_ins.clone().count(),
-        free_stand_ins: stand_ins.filter(|e| e.owner.is_none()).count(),
     }
 }
 
@@ -553,6 +245,18 @@ pub(crate) fn set_gp_counter(value: u64) {
 }
 
 impl Record {
+    /// A quiescent record for a stand-in (see the module documentation).
+    fn stand_in() -> Record {
+        Record {
+            ctr: AtomicU64::new(0),
+            entered_at: AtomicPtr::new(std::ptr::null_mut()),
+            signal: AtomicU8::new(0),
+            online_at: AtomicPtr::new(std::ptr::null_mut()),
+            quiescent_at: AtomicPtr::new(std::ptr::null_mut()),
+            online_state: OwnLine(AtomicU64::new(0)),
+        }
+    }
+
     #[inline]
     fn ctr(&self) -> u64 {
         // Relaxed: the writer's fences around its scans order it.
@@ -997,12 +701,7 @@ impl Local {
         // Writers read this record's online state from now on (see
         // `Entry::may_be_online`); set before the state is published, under
         // the lock their scans hold.
-        {
-            let mut registry = registry();
-            if let Some(i) = registry.position(record) {
-                registry.entries[i].may_be_online = true;
-            }
-        }
+        registry().mark_may_be_online(record);
         // Relaxed: read by writers only in reports.
         record.online_at.store(as_ptr(at), Ordering::Relaxed);
         record
@@ -1249,17 +948,7 @@ impl Drop for Registration {
         // registry lock. If the guard's drop does come, it ends the section
         // through the stand-in; a leaked guard blocks grace periods for
         // good, and stall reports name it.
-        let mut owner = registry.entries[i].owner.clone().unwrap_or_else(|| Owner {
-            name: None,
-            id: "a thread".to_owned(),
-            exited: true,
-        });
-        owner.exited = true;
-        let who = owner.to_string();
-        let blocked_since = registry.entries[i].blocked_since;
-        let s = registry.stand_in_index(owner);
-        let stand_in = registry.entries[s].record;
-        registry.entries[s].blocked_since = blocked_since;
+        let (stand_in, who) = registry.stand_in_for(i);
         // Relaxed: published to writers by the registry lock.
         stand_in
             .entered_at
@@ -1270,8 +959,9 @@ impl Drop for Registration {
             Ordering::Relaxed,
         );
         stand_in.ctr.store(ctr & !DEFERRED, Ordering::Relaxed);
-        // `s` is not `i` (that entry is owned): this swaps the thread's entry
-        // out, and may move the stand-in's, which is done with.
+        // The stand-in's entry is not `i` (that entry is owned): this swaps
+        // the thread's entry out, and may move the stand-in's, which is
+        // done with.
         registry.remove(i);
         drop(registry);
         local.stand_in.set(Some(stand_in));
