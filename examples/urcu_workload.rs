@@ -103,17 +103,17 @@ fn reader(config: &Config) -> u64 {
     if config.qsbr {
         let online = online();
         wait_until_go();
-        read_loop(config.rduration, || online.quiescent())
+        read_loop(config.rduration, config.verbose, || online.quiescent())
     } else {
         wait_until_go();
-        read_loop(config.rduration, || {})
+        read_loop(config.rduration, config.verbose, || {})
     }
 }
 
 /// The reader's loop; `quiescent` is called once every 1024 reads (as
 /// test_urcu_qsbr reports a quiescent state).
 #[inline(always)]
-fn read_loop(rduration: u64, quiescent: impl Fn()) -> u64 {
+fn read_loop(rduration: u64, verbose: bool, quiescent: impl Fn()) -> u64 {
     let mut nr_reads: u64 = 0;
     loop {
         {
@@ -144,7 +144,31 @@ fn read_loop(rduration: u64, quiescent: impl Fn()) -> u64 {
             break;
         }
     }
+    if verbose {
+        match thread_cpu_seconds() {
+            Some(cpu) => eprintln!(
+                "reader: {nr_reads} reads in {cpu:.2} CPU-seconds of its own: {:.0} M reads per \
+                 CPU-second",
+                nr_reads as f64 / cpu / 1e6
+            ),
+            None => eprintln!("reader: {nr_reads} reads"),
+        }
+    }
     nr_reads
+}
+
+/// The calling thread's CPU time (user and system), from
+/// `/proc/thread-self/stat` (Linux; `None` elsewhere or if unreadable).
+/// Counted in clock ticks (`USER_HZ`, 100 on Linux): enough for runs of
+/// seconds.
+fn thread_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    // The fields after the command name, which is in parentheses and may
+    // hold spaces: utime and stime are the 12th and 13th of them.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
 }
 
 /// One writer: returns how many writes (grace periods) it made.
