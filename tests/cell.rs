@@ -35,6 +35,29 @@ impl Drop for Tracked {
     }
 }
 
+/// A thread that reads `cell` (holding a `Tracked` of value 1) in a section
+/// and stays in it until told to leave; it returns whether the value was
+/// still alive (not dropped, still 1) when it left. Returns once the thread
+/// is inside its section.
+fn reader_holding_value_1(
+    cell: &Arc<RcuCell<Tracked>>,
+) -> (thread::JoinHandle<bool>, mpsc::Sender<()>) {
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (leave_tx, leave_rx) = mpsc::channel::<()>();
+    let cell = Arc::clone(cell);
+    let reader = thread::spawn(move || {
+        let guard = read_lock();
+        let seen = cell.read(&guard);
+        entered_tx.send(()).unwrap();
+        leave_rx.recv().unwrap();
+        let alive = seen.dropped.load(Ordering::SeqCst) == 0 && seen.value == 1;
+        drop(guard);
+        alive
+    });
+    recv(&entered_rx, "the reader to read");
+    (reader, leave_tx)
+}
+
 #[test]
 fn read_sees_the_initial_value() {
     let cell = RcuCell::new(String::from("initial"));
@@ -577,21 +600,7 @@ fn a_dropped_retired_value_is_dropped_after_the_readers_that_saw_it_have_left() 
     within("dropped Retired", || {
         let (old, old_dropped) = Tracked::new(1);
         let cell = Arc::new(RcuCell::new(old));
-        let (entered_tx, entered_rx) = mpsc::channel();
-        let (leave_tx, leave_rx) = mpsc::channel::<()>();
-        let reader = {
-            let cell = Arc::clone(&cell);
-            thread::spawn(move || {
-                let guard = read_lock();
-                let seen = cell.read(&guard);
-                entered_tx.send(()).unwrap();
-                leave_rx.recv().unwrap();
-                let alive = seen.dropped.load(Ordering::SeqCst) == 0 && seen.value == 1;
-                drop(guard);
-                alive
-            })
-        };
-        recv(&entered_rx, "the reader to read");
+        let (reader, leave_tx) = reader_holding_value_1(&cell);
         drop(cell.replace_retired(Tracked::new(2).0));
         // Give the callback thread every chance to drop it too early.
         thread::sleep(Duration::from_millis(200));
@@ -682,21 +691,7 @@ fn retired_try_wait_declines_while_a_reader_that_saw_the_value_is_in_its_section
     within("Retired::try_wait", || {
         let (old, old_dropped) = Tracked::new(1);
         let cell = Arc::new(RcuCell::new(old));
-        let (entered_tx, entered_rx) = mpsc::channel();
-        let (leave_tx, leave_rx) = mpsc::channel::<()>();
-        let reader = {
-            let cell = Arc::clone(&cell);
-            thread::spawn(move || {
-                let guard = read_lock();
-                let seen = cell.read(&guard);
-                entered_tx.send(()).unwrap();
-                leave_rx.recv().unwrap();
-                let alive = seen.dropped.load(Ordering::SeqCst) == 0 && seen.value == 1;
-                drop(guard);
-                alive
-            })
-        };
-        recv(&entered_rx, "the reader to read");
+        let (reader, leave_tx) = reader_holding_value_1(&cell);
         let mut retired = cell.replace_retired(Tracked::new(2).0);
         // Other grace periods run meanwhile: none can complete the cookie.
         thread::spawn(|| {
