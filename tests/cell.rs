@@ -58,6 +58,29 @@ fn reader_holding_value_1(
     (reader, leave_tx)
 }
 
+/// A thread that reads `cell` (holding "old") in a section it leaves after
+/// 200 ms, setting the returned flag just before it does. Returns once the
+/// thread has read "old" inside its section.
+fn reader_in_a_200ms_section(
+    cell: &Arc<RcuCell<String>>,
+) -> (thread::JoinHandle<()>, Arc<AtomicBool>) {
+    let left = Arc::new(AtomicBool::new(false));
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let cell = Arc::clone(cell);
+    let reader = {
+        let left = Arc::clone(&left);
+        thread::spawn(move || {
+            let guard = read_lock();
+            entered_tx.send(cell.read(&guard).clone()).unwrap();
+            thread::sleep(Duration::from_millis(200));
+            left.store(true, Ordering::SeqCst);
+            drop(guard);
+        })
+    };
+    assert_eq!(recv(&entered_rx, "the reader to read"), "old");
+    (reader, left)
+}
+
 #[test]
 fn read_sees_the_initial_value() {
     let cell = RcuCell::new(String::from("initial"));
@@ -184,20 +207,7 @@ fn every_replaced_value_is_dropped_exactly_once_and_the_current_one_not_at_all()
 fn replace_sync_returns_the_old_value_after_readers_that_started_before_have_left() {
     within("replace_sync", || {
         let cell = Arc::new(RcuCell::new(String::from("old")));
-        let left = Arc::new(AtomicBool::new(false));
-        let (entered_tx, entered_rx) = mpsc::channel();
-        let reader = {
-            let cell = Arc::clone(&cell);
-            let left = Arc::clone(&left);
-            thread::spawn(move || {
-                let guard = read_lock();
-                entered_tx.send(cell.read(&guard).clone()).unwrap();
-                thread::sleep(Duration::from_millis(200));
-                left.store(true, Ordering::Relaxed);
-                drop(guard);
-            })
-        };
-        assert_eq!(recv(&entered_rx, "the reader to read"), "old");
+        let (reader, left) = reader_in_a_200ms_section(&cell);
         let old = cell.replace_sync(String::from("new"));
         assert_eq!(old, "old");
         assert!(
@@ -566,20 +576,7 @@ fn concurrent_compare_exchange_loops_lose_no_increment() {
 fn replace_retired_publishes_at_once_and_wait_returns_the_old_value_after_readers_left() {
     within("replace_retired", || {
         let cell = Arc::new(RcuCell::new(String::from("old")));
-        let left = Arc::new(AtomicBool::new(false));
-        let (entered_tx, entered_rx) = mpsc::channel();
-        let reader = {
-            let cell = Arc::clone(&cell);
-            let left = Arc::clone(&left);
-            thread::spawn(move || {
-                let guard = read_lock();
-                entered_tx.send(cell.read(&guard).clone()).unwrap();
-                thread::sleep(Duration::from_millis(200));
-                left.store(true, Ordering::SeqCst);
-                drop(guard);
-            })
-        };
-        assert_eq!(recv(&entered_rx, "the reader to read"), "old");
+        let (reader, left) = reader_in_a_200ms_section(&cell);
         let retired = cell.replace_retired(String::from("new"));
         assert_eq!(cell.read(&read_lock()), "new", "published before any wait");
         assert!(
