@@ -211,46 +211,11 @@ fn taking_and_polling_a_cookie_already_asked_for_makes_no_system_call() {
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 fn kill_on_any_syscall_but_write_and_exit() {
-    #[cfg(target_arch = "x86_64")]
-    const AUDIT_ARCH: u32 = 0xC000_003E;
-    #[cfg(target_arch = "aarch64")]
-    const AUDIT_ARCH: u32 = 0xC000_00B7;
-    // Classic BPF (linux/bpf_common.h): BPF_LD|BPF_W|BPF_ABS,
-    // BPF_JMP|BPF_JEQ|BPF_K, BPF_RET|BPF_K.
-    const LD_W_ABS: u16 = 0x20;
-    const JEQ_K: u16 = 0x05 | 0x10;
-    const RET_K: u16 = 0x06;
-    let insn = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
     let allow = libc::SECCOMP_RET_ALLOW;
-    let kill = libc::SECCOMP_RET_KILL_PROCESS;
-    let mut program = [
-        insn(LD_W_ABS, 0, 0, 4),
-        insn(JEQ_K, 1, 0, AUDIT_ARCH),
-        insn(RET_K, 0, 0, kill),
-        insn(LD_W_ABS, 0, 0, 0),
-        insn(JEQ_K, 2, 0, libc::SYS_write as u32),
-        insn(JEQ_K, 1, 0, libc::SYS_exit_group as u32),
-        insn(RET_K, 0, 0, kill),
-        insn(RET_K, 0, 0, allow),
-    ];
-    let fprog = libc::sock_fprog {
-        len: program.len() as u16,
-        filter: program.as_mut_ptr(),
-    };
-    // SAFETY: integer arguments only.
-    assert_eq!(
-        unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
-        0
-    );
-    // SAFETY: `fprog` points at `program`, alive for the call; the kernel
-    // copies the filter.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            0,
-            &fprog as *const libc::sock_fprog,
-        )
-    };
-    assert_eq!(rc, 0, "seccomp: {}", std::io::Error::last_os_error());
+    common::seccomp::install(
+        &[(libc::SYS_write, allow), (libc::SYS_exit_group, allow)],
+        libc::SECCOMP_RET_KILL_PROCESS,
+        common::seccomp::Threads::Calling,
+    )
+    .expect("installing the seccomp filter");
 }

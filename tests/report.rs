@@ -9,7 +9,9 @@
 
 mod common;
 
-use common::{child_command, is_child, markers, output_within, HANG_LIMIT, MARKER};
+use common::{
+    child_command, fail_a_notification, is_child, markers, output_within, HANG_LIMIT, MARKER,
+};
 use rcu_defer::virtio::{IrqNotifier, Notify};
 use rcu_defer::{
     call_local_fn, call_rcu, defer_scope, drain_call_rcu, read_lock, set_report_handler,
@@ -22,24 +24,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
-
-/// A guest notifier whose every signal fails.
-struct Failing;
-
-impl Notify for Failing {
-    fn signal(&self) -> io::Result<()> {
-        Err(io::Error::new(
-            io::ErrorKind::BrokenPipe,
-            "the irqfd is gone",
-        ))
-    }
-}
-
-/// Makes one `NotifyFailed` report (each notifier reports its first
-/// failure only, so this uses a new one).
-fn fail_a_notification() {
-    IrqNotifier::new(Failing).notify_now();
-}
 
 /// Runs `test`'s child with `env` and returns its output, once it has
 /// passed.

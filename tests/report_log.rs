@@ -6,27 +6,12 @@
 
 mod common;
 
-use common::{child_command, is_child, markers, output_within, HANG_LIMIT, MARKER};
+use common::{
+    child_command, fail_a_notification, is_child, markers, output_within, HANG_LIMIT, MARKER,
+};
 use rcu_defer::virtio::{IrqNotifier, Notify};
 use std::io;
 use std::process::Output;
-
-/// A guest notifier whose every signal fails.
-struct Failing;
-
-impl Notify for Failing {
-    fn signal(&self) -> io::Result<()> {
-        Err(io::Error::new(
-            io::ErrorKind::BrokenPipe,
-            "the irqfd is gone",
-        ))
-    }
-}
-
-/// Makes one `NotifyFailed` report (an error), with a new notifier.
-fn fail_a_notification() {
-    IrqNotifier::new(Failing).notify_now();
-}
 
 /// Prints each record as a marker line; a record whose message contains
 /// "again" makes another report while the logger runs.

@@ -25,52 +25,12 @@ use std::time::Duration;
 /// Installs, for every thread of the process, a seccomp filter that makes
 /// `membarrier(2)` fail with `EPERM` and allows everything else.
 fn refuse_membarrier() -> std::io::Result<()> {
-    #[cfg(target_arch = "x86_64")]
-    const AUDIT_ARCH: u32 = 0xC000_003E;
-    #[cfg(target_arch = "aarch64")]
-    const AUDIT_ARCH: u32 = 0xC000_00B7;
-    // Classic BPF opcodes (linux/bpf_common.h): BPF_LD|BPF_W|BPF_ABS,
-    // BPF_JMP|BPF_JEQ|BPF_K and BPF_RET|BPF_K (BPF_LD, BPF_W and BPF_K are 0).
-    const LD_W_ABS: u16 = 0x20;
-    const JEQ_K: u16 = 0x05 | 0x10;
-    const RET_K: u16 = 0x06;
-    // Offsets in `struct seccomp_data`: nr, then arch.
-    const NR: u32 = 0;
-    const ARCH: u32 = 4;
-    let insn = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
-    let allow = libc::SECCOMP_RET_ALLOW;
     let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
-    let mut program = [
-        insn(LD_W_ABS, 0, 0, ARCH),
-        insn(JEQ_K, 1, 0, AUDIT_ARCH),
-        insn(RET_K, 0, 0, allow),
-        insn(LD_W_ABS, 0, 0, NR),
-        insn(JEQ_K, 0, 1, libc::SYS_membarrier as u32),
-        insn(RET_K, 0, 0, eperm),
-        insn(RET_K, 0, 0, allow),
-    ];
-    let fprog = libc::sock_fprog {
-        len: program.len() as u16,
-        filter: program.as_mut_ptr(),
-    };
-    // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fprog` points at `program`, both alive for the call; the
-    // kernel copies the filter before returning.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            libc::SECCOMP_FILTER_FLAG_TSYNC,
-            &fprog as *const libc::sock_fprog,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    common::seccomp::install(
+        &[(libc::SYS_membarrier, eperm)],
+        libc::SECCOMP_RET_ALLOW,
+        common::seccomp::Threads::All,
+    )
 }
 
 /// Counts drops of the values the child retires: none may be dropped.

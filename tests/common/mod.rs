@@ -7,6 +7,12 @@
 // reported as dead code in that binary.
 #![allow(dead_code)]
 
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+pub mod seccomp;
+
 use std::env;
 use std::panic::resume_unwind;
 use std::process::{Command, Output, Stdio};
@@ -162,4 +168,22 @@ pub fn hold_a_section(hold: Duration) -> HeldSection {
     };
     recv(&entered_rx, "the reader to enter its section");
     HeldSection { left, handle }
+}
+
+/// A guest notifier whose every signal fails.
+pub struct FailingNotifier;
+
+impl rcu_defer::virtio::Notify for FailingNotifier {
+    fn signal(&self) -> std::io::Result<()> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "the irqfd is gone",
+        ))
+    }
+}
+
+/// Makes one `NotifyFailed` report, an error (each notifier reports its
+/// first failure only, so this uses a new one).
+pub fn fail_a_notification() {
+    rcu_defer::virtio::IrqNotifier::new(FailingNotifier).notify_now();
 }
