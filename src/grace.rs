@@ -52,10 +52,18 @@ struct Leader {
     completed: u64,
     /// Whether a leader is running one now.
     running: bool,
+    /// Callers asleep on `LEADER_DONE`: a leader that finishes notifies it
+    /// only if there are any, since a notification is a system call even
+    /// when nobody waits (one per grace period, on the leader's CPU).
+    waiting: usize,
 }
 
 global! {
-    static LEADER: Mutex<Leader> = Mutex::new(Leader { completed: 0, running: false });
+    static LEADER: Mutex<Leader> = Mutex::new(Leader {
+        completed: 0,
+        running: false,
+        waiting: 0,
+    });
 }
 global! {
     /// Signalled whenever a leader finishes or gives up.
@@ -256,8 +264,8 @@ fn grace_period_offline(until: Option<Instant>) -> Result<(), Error> {
             result?;
             continue;
         }
-        leader = match until {
-            None => LEADER_DONE.wait(leader).unwrap_or_else(|p| p.into_inner()),
+        let timeout = match until {
+            None => None,
             Some(until) => {
                 let now = Instant::now();
                 if now >= until {
@@ -269,12 +277,22 @@ fn grace_period_offline(until: Option<Instant>) -> Result<(), Error> {
                         Waiter::GracePeriod,
                     )));
                 }
+                Some(until - now)
+            }
+        };
+        // Counted under the lock that the wait releases: a leader that
+        // finishes after this sees the count and notifies.
+        leader.waiting += 1;
+        leader = match timeout {
+            None => LEADER_DONE.wait(leader).unwrap_or_else(|p| p.into_inner()),
+            Some(timeout) => {
                 LEADER_DONE
-                    .wait_timeout(leader, until - now)
+                    .wait_timeout(leader, timeout)
                     .unwrap_or_else(|p| p.into_inner())
                     .0
             }
         };
+        leader.waiting -= 1;
     }
 }
 
@@ -306,7 +324,9 @@ impl LeaderSlot {
         if completed {
             leader.completed += 1;
         }
-        LEADER_DONE.notify_all();
+        if leader.waiting > 0 {
+            LEADER_DONE.notify_all();
+        }
         leader
     }
 }
@@ -318,7 +338,9 @@ impl Drop for LeaderSlot {
         IS_LEADER.with(|is| is.set(false));
         let mut leader = lock(&LEADER);
         leader.running = false;
-        LEADER_DONE.notify_all();
+        if leader.waiting > 0 {
+            LEADER_DONE.notify_all();
+        }
     }
 }
 
@@ -359,13 +381,15 @@ impl LeaderHeld {
     /// In the child of a fork, before the lock is released: a grace period
     /// that another thread was running has no leader here, so none is
     /// running (the next caller leads one; the completed count stays).
-    /// Nobody waits on `LEADER_DONE` or the event: those waiters were other
-    /// threads. If the forking thread is the leader (it forked from the
-    /// stall handler), its grace period goes on when the handler returns.
+    /// Nobody waits on `LEADER_DONE` (the count goes to 0) or the event:
+    /// those waiters were other threads. If the forking thread is the
+    /// leader (it forked from the stall handler), its grace period goes on
+    /// when the handler returns.
     pub(crate) fn after_fork_child(&mut self) {
         if !IS_LEADER.with(Cell::get) {
             self.0.running = false;
         }
+        self.0.waiting = 0;
     }
 }
 
