@@ -5,7 +5,7 @@
 //! ```text
 //! cargo run --release --example urcu_workload -- nr_readers nr_writers duration \
 //!     [-c reader_loops] [-d writer_delay_loops] [-e writer_loops] \
-//!     [--flavor membarrier|fence|qsbr] [-v]
+//!     [--flavor membarrier|fence|qsbr] [--no-sections] [-v]
 //! ```
 //!
 //! One pointer to an integer that holds 8. Each reader loops: enter a read
@@ -21,7 +21,7 @@
 //! period ended too early) makes the run fail (exit status 1).
 //!
 //! `--flavor` (default: the process's default flavor, membarrier where the
-//! kernel offers it):
+//! kernel offers it; `--no-sections` is described after the list):
 //!
 //! - `membarrier`, `fence`: readers are ordinary threads, one outermost
 //!   `read_lock` per read, as liburcu's `test_urcu` (urcu-memb) and
@@ -34,6 +34,14 @@
 //!   flavor, and the fence flavor's grace period pays two plain fences
 //!   where the membarrier flavor pays two `membarrier(2)` calls, which is
 //!   what liburcu's urcu-qsbr does too.
+//!
+//! `--no-sections` (with `--flavor qsbr` only): the online readers load and
+//! check the value with no read section at all. That is still safe: an
+//! online thread's quiescent states alone protect what it loads (as with
+//! DPDK's `rte_rcu_qsbr`, which has no read-side sections), and the check
+//! comes before the next one. It measures what the sections cost: liburcu's
+//! urcu-qsbr sections are empty, rcu-defer's count their depth and keep
+//! where the outermost one began.
 
 use rcu_defer::{online, read_lock, set_flavor, synchronize_rcu, Flavor};
 use std::hint::spin_loop;
@@ -67,6 +75,9 @@ struct Config {
     wduration: u64,
     wdelay: u64,
     qsbr: bool,
+    /// Whether readers enter a read section for each read (all but
+    /// `--no-sections`).
+    sections: bool,
     verbose: bool,
 }
 
@@ -77,6 +88,7 @@ fn usage(prog: &str) -> ExitCode {
     println!("\t[-c duration] (reader C.S. duration (in loops))");
     println!("\t[-e duration] (writer C.S. duration (in loops))");
     println!("\t[--flavor membarrier|fence|qsbr]");
+    println!("\t[--no-sections] (online readers read with no section; qsbr only)");
     println!("\t[-v] (verbose output)");
     println!();
     ExitCode::FAILURE
@@ -103,27 +115,33 @@ fn reader(config: &Config) -> u64 {
     if config.qsbr {
         let online = online();
         wait_until_go();
-        read_loop(config.rduration, config.verbose, || online.quiescent())
+        if config.sections {
+            read_loop::<true>(config.rduration, config.verbose, || online.quiescent())
+        } else {
+            read_loop::<false>(config.rduration, config.verbose, || online.quiescent())
+        }
     } else {
         wait_until_go();
-        read_loop(config.rduration, config.verbose, || {})
+        read_loop::<true>(config.rduration, config.verbose, || {})
     }
 }
 
 /// The reader's loop; `quiescent` is called once every 1024 reads (as
-/// test_urcu_qsbr reports a quiescent state).
+/// test_urcu_qsbr reports a quiescent state). Each read is in a read
+/// section of its own if `SECTIONS`.
 #[inline(always)]
-fn read_loop(rduration: u64, verbose: bool, quiescent: impl Fn()) -> u64 {
+fn read_loop<const SECTIONS: bool>(rduration: u64, verbose: bool, quiescent: impl Fn()) -> u64 {
     let mut nr_reads: u64 = 0;
     loop {
         {
-            let _guard = read_lock();
+            let _guard = SECTIONS.then(read_lock);
             // Acquire: `rcu_dereference`; pairs with the writer's swap.
             let p = POINTER.load(Ordering::Acquire);
             if !p.is_null() {
                 // SAFETY: `p` was published by a writer, which frees it only
                 // after a grace period that waits for this section (or, on
-                // an online thread, for its next quiescent state). Volatile,
+                // an online thread, with or without a section, for its next
+                // quiescent state, which comes after this check). Volatile,
                 // so that the check is a real load each time.
                 let value = unsafe { ptr::read_volatile(p) };
                 if value != LIVE {
@@ -216,6 +234,7 @@ fn parse(args: &[String]) -> Option<Config> {
         wduration: 0,
         wdelay: 0,
         qsbr: false,
+        sections: true,
         verbose: false,
     };
     let mut flavor = None;
@@ -226,6 +245,7 @@ fn parse(args: &[String]) -> Option<Config> {
             "-d" => config.wdelay = rest.next()?.parse().ok()?,
             "-e" => config.wduration = rest.next()?.parse().ok()?,
             "-v" => config.verbose = true,
+            "--no-sections" => config.sections = false,
             "--flavor" => {
                 flavor = match rest.next()?.as_str() {
                     "membarrier" => Some(Flavor::Membarrier),
@@ -248,6 +268,11 @@ fn parse(args: &[String]) -> Option<Config> {
             return None;
         }
     }
+    if !config.sections && !config.qsbr {
+        // Ordinary readers are protected only by their sections.
+        eprintln!("urcu_workload: --no-sections needs --flavor qsbr (online readers)");
+        return None;
+    }
     Some(config)
 }
 
@@ -264,7 +289,11 @@ fn main() -> ExitCode {
             config.nr_readers,
             config.nr_writers,
             rcu_defer::flavor(),
-            if config.qsbr { ", online readers" } else { "" }
+            match (config.qsbr, config.sections) {
+                (true, true) => ", online readers",
+                (true, false) => ", online readers with no read sections",
+                _ => "",
+            }
         );
     }
     let config = &config;
