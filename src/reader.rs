@@ -370,30 +370,22 @@ impl Local {
             }
         } else {
             // A nested entry, or the outermost entry of an online thread
-            // (whose `ctr` is never 0, and at depth 0 never has
-            // `DEFERRED`): neither publishes anything, so both only store
-            // the depth. One test (of the depth bits but the lowest) sends
-            // both the online outermost entry (new depth 1) and an overflow
-            // (new depth 0) off the nested path, which so costs what it
-            // did before online threads existed.
+            // (whose `ctr` is never 0): neither publishes anything, so both
+            // only store the depth. One test (of the depth bits but the
+            // lowest) sends both the online outermost entry (new depth 1)
+            // and an overflow (new depth 0) off the nested path, which so
+            // costs what it did before online threads existed.
             let next = ctr + 1;
             if next & (NEST_MASK - 1) == 0 {
                 if next & NEST_MASK == 0 {
                     depth_overflow();
                 }
-                // The online outermost entry. Relaxed: publishes nothing
-                // (writers judge an online thread by `online_state`, which
-                // sections do not change).
-                record.ctr.store(next, Ordering::Relaxed);
                 // Relaxed: read by this thread's deadlock checks and by
-                // writers only in reports. After the `ctr` store: either
-                // order is correct, and a loop of online sections ran
-                // faster in this one on the Intel Xeon of BENCHMARKS.md.
+                // writers only in reports.
                 record.entered_at.store(as_ptr(at), Ordering::Relaxed);
-                return;
             }
-            // Relaxed: publishes nothing new (the grace-period value is
-            // unchanged).
+            // Relaxed: publishes nothing new (an online record's grace-period
+            // value is unchanged).
             record.ctr.store(next, Ordering::Relaxed);
         }
     }
