@@ -155,13 +155,13 @@
 //! # Data-plane threads and polled grace periods
 //!
 //! A polling thread can go *online* ([`online`]): its read sections then
-//! cost only a thread-local depth counter, with no fence and no store a
-//! writer looks at, and grace periods wait for the thread itself until it
-//! reports a quiescent state ([`Online::quiescent`]), goes offline
-//! ([`Online::offline`], dropping the handle) or exits. That is liburcu's
-//! `urcu-qsbr`; online and ordinary threads mix freely, and waits called
-//! from an online thread outside a read section go offline for their
-//! duration.
+//! only count their depth and note where the outermost one began, in
+//! thread-local memory, with no fence and no store a writer looks at, and
+//! grace periods wait for the thread itself until it reports a quiescent
+//! state ([`Online::quiescent`]), goes offline ([`Online::offline`],
+//! dropping the handle) or exits. That is liburcu's `urcu-qsbr`; online
+//! and ordinary threads mix freely, and waits called from an online thread
+//! outside a read section go offline for their duration.
 //!
 //! ```
 //! use rcu_defer::{online, read_lock, RcuCell};

@@ -45,7 +45,13 @@ use std::panic::Location;
 /// handle) or exited, and every ordinary read section that began before it
 /// has ended. This is liburcu's `urcu-qsbr`, DPDK's `rte_rcu_qsbr` and Open
 /// vSwitch's `ovsrcu`: a polling I/O thread reports once per loop
-/// iteration, and its read sections are free.
+/// iteration, and its read sections cost a depth counter and the store of
+/// where the outermost one began. So what an online thread loads stays
+/// protected until its next quiescent state or until it goes offline,
+/// inside a read section or not (DPDK's readers have no sections); a
+/// section is still what [`RcuCell::read`](crate::RcuCell::read) asks for,
+/// what [`call_local`](crate::call_local) batches end with, and what the
+/// deadlock checks see.
 ///
 /// Online and ordinary threads mix freely. An online thread keeps
 /// [`read_lock`](crate::read_lock) as its read-side API (sections still
