@@ -40,6 +40,8 @@ use crate::report::report;
 use crate::sync::{
     global, lock, thread, thread_local_const, Arc, AtomicU64, Condvar, Mutex, MutexGuard, Ordering,
 };
+#[cfg(not(loom))]
+use crate::sys;
 use std::cell::Cell;
 use std::io;
 use std::mem;
@@ -325,19 +327,32 @@ impl Queue {
                 }
             }
             Worker::NotStarted => {
-                let handle = thread::Builder::new()
-                    .name("rcu-call".to_owned())
-                    .spawn(worker_loop)?;
-                #[cfg(loom)]
-                {
-                    self.handle = Some(handle);
-                }
-                #[cfg(not(loom))]
-                drop(handle);
+                self.start_worker()?;
                 self.worker = Worker::Busy;
             }
         }
         Ok(())
+    }
+
+    /// Starts a worker thread.
+    #[cfg(loom)]
+    fn start_worker(&mut self) -> io::Result<()> {
+        self.handle = Some(thread::Builder::new().spawn(worker_loop)?);
+        Ok(())
+    }
+
+    /// Starts a worker thread: with `std::thread`, except in a forked
+    /// child, where a `std::thread` may never get to run (see
+    /// `sys::spawn_after_fork`).
+    #[cfg(not(loom))]
+    fn start_worker(&mut self) -> io::Result<()> {
+        if fork::generation() > 0 {
+            return sys::spawn_after_fork(c"rcu-call", worker_loop);
+        }
+        thread::Builder::new()
+            .name("rcu-call".to_owned())
+            .spawn(worker_loop)
+            .map(drop)
     }
 }
 
@@ -780,11 +795,11 @@ impl QueueHeld {
     ///
     /// Unless the forking thread is the worker itself (a callback or the
     /// stall handler on the `rcu-call` thread forked), the worker does not
-    /// exist here: the next `call_rcu` or drain starts a new one, and the
-    /// in-flight batch, whose grace period had not ended, goes back to the
-    /// head of the queue for it. The batch that the worker had taken out to
-    /// run is not run here: it stays in the old worker's stack, which no
-    /// thread will run. No drain waits here (the forking thread was not in
+    /// exist here: the next `call_rcu` or drain starts a new one (see
+    /// `start_worker`), and the in-flight batch, whose grace period had not
+    /// ended, goes back to the head of the queue for it. The batch that the
+    /// worker had taken out to run is not run here: it stays in the old
+    /// worker's stack, which no thread will run. No drain waits here (the forking thread was not in
     /// one), so the queued drains are forgotten, and their markers, which
     /// the new worker runs in their turn, do nothing (see `Drain::finish`).
     pub(crate) fn after_fork_child(&mut self) {

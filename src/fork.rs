@@ -17,8 +17,9 @@
 //!   (with its open section, if it forked inside one; its pending
 //!   `call_local` calls are in its own thread-locals), no grace period is
 //!   running unless the forking thread leads it, and the `rcu-call` worker
-//!   is started again on first need, with the callbacks whose grace period
-//!   had not ended at the fork given back to the queue (see
+//!   is started again on first need (with `pthread_create`, not
+//!   `std::thread`: see `sys::spawn_after_fork`), with the callbacks whose
+//!   grace period had not ended at the fork given back to the queue (see
 //!   `call_rcu::QueueHeld::after_fork_child`).
 //!
 //! Lock order. The library nests its locks in one way only: the registry

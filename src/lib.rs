@@ -276,7 +276,10 @@
 //! [`call_local`] calls) and none of the other threads' records, so their
 //! sections never hold up its grace periods and its stall reports never
 //! name them. Its next [`call_rcu`] or drain starts a new `rcu-call`
-//! thread, which runs the callbacks queued before the fork, the batch that
+//! thread (with `pthread_create`: a `std::thread` started in the child of a
+//! multi-threaded process can block forever on a lock of Rust's standard
+//! library that another thread held at the fork), which runs the callbacks
+//! queued before the fork, the batch that
 //! was waiting for its grace period included; the batch the `rcu-call`
 //! thread was running at the fork is not run in the child (the parent runs
 //! it). An [`RcuCell`] that another thread was writing at the fork can be

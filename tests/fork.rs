@@ -798,3 +798,42 @@ fn a_child_forked_by_an_online_thread_keeps_it_online_and_not_the_parents_other_
     parent_works();
     eprintln!("child: {text}");
 }
+
+#[test]
+fn a_child_forked_while_threads_start_and_exit_runs_its_call_rcu_callbacks() {
+    // Rust's standard library keeps a process-wide lock that every thread
+    // it starts or ends takes (its stack-overflow bookkeeping). A fork
+    // while another thread holds it leaves it held in the child forever, so
+    // no thread that the child starts with `std::thread` gets to run. The
+    // child's `rcu-call` thread must not be one of them.
+    let _serial = serial();
+    let stop = Arc::new(AtomicBool::new(false));
+    let churners: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    thread::spawn(|| ()).join().unwrap();
+                }
+            })
+        })
+        .collect();
+    let forks = 200;
+    for _ in 0..forks {
+        child_passes("fork while threads start and exit", || {
+            let ran = Arc::new(AtomicBool::new(false));
+            let flag = Arc::clone(&ran);
+            call_rcu(move || flag.store(true, Ordering::SeqCst));
+            drain_call_rcu_timeout(FEW_SECONDS).map_err(|e| format!("drain_call_rcu: {e}"))?;
+            ensure(ran.load(Ordering::SeqCst), || {
+                "the callback had not run when the drain returned".to_owned()
+            })?;
+            Ok(String::new())
+        });
+    }
+    stop.store(true, Ordering::SeqCst);
+    for churner in churners {
+        churner.join().unwrap();
+    }
+    parent_works();
+}

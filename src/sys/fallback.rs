@@ -26,3 +26,13 @@ pub(crate) fn register_atfork(
 ) -> io::Result<()> {
     Ok(())
 }
+
+/// Starts a thread named `name` that runs `body`, with `std::thread`: no
+/// fork handlers run here, so no child needs another way.
+#[cfg_attr(loom, allow(dead_code))]
+pub(crate) fn spawn_after_fork(name: &'static std::ffi::CStr, body: fn()) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.to_string_lossy().into_owned())
+        .spawn(body)
+        .map(drop)
+}
