@@ -5,7 +5,7 @@
 //! ```text
 //! cargo run --release --example urcu_workload -- nr_readers nr_writers duration \
 //!     [-c reader_loops] [-d writer_delay_loops] [-e writer_loops] \
-//!     [--flavor membarrier|fence|qsbr] [--no-sections] [-v]
+//!     [--flavor membarrier|fence|qsbr] [--no-sections | --counter-sections] [-v]
 //! ```
 //!
 //! One pointer to an integer that holds 8. Each reader loops: enter a read
@@ -21,7 +21,8 @@
 //! period ended too early) makes the run fail (exit status 1).
 //!
 //! `--flavor` (default: the process's default flavor, membarrier where the
-//! kernel offers it; `--no-sections` is described after the list):
+//! kernel offers it; `--no-sections` and `--counter-sections` are described
+//! after the list):
 //!
 //! - `membarrier`, `fence`: readers are ordinary threads, one outermost
 //!   `read_lock` per read, as liburcu's `test_urcu` (urcu-memb) and
@@ -42,12 +43,18 @@
 //! comes before the next one. It measures what the sections cost: liburcu's
 //! urcu-qsbr sections are empty, rcu-defer's count their depth and keep
 //! where the outermost one began.
+//!
+//! `--counter-sections` (with `--flavor qsbr` only): as `--no-sections`,
+//! but each read is between an increment and a decrement of a bare
+//! thread-local counter (a relaxed atomic load and store each, like
+//! `baseline/tls_depth_counter_inc_dec_no_fence` in `benches/read_side.rs`):
+//! the floor for a read section that nests, in this workload.
 
 use rcu_defer::{online, read_lock, set_flavor, synchronize_rcu, Flavor};
 use std::hint::spin_loop;
 use std::process::ExitCode;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -75,10 +82,30 @@ struct Config {
     wduration: u64,
     wdelay: u64,
     qsbr: bool,
-    /// Whether readers enter a read section for each read (all but
-    /// `--no-sections`).
-    sections: bool,
+    /// What each read is inside.
+    sections: Sections,
     verbose: bool,
+}
+
+/// What each read is inside.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sections {
+    /// A read section (`read_lock`): the default.
+    Read,
+    /// Nothing (`--no-sections`).
+    None,
+    /// A bare thread-local counter (`--counter-sections`).
+    Counter,
+}
+
+/// `Sections` as `read_loop`'s const parameter.
+const READ: u8 = 0;
+const NONE: u8 = 1;
+const COUNTER: u8 = 2;
+
+thread_local! {
+    /// `--counter-sections`: the bare depth counter around each read.
+    static COUNTER_DEPTH: AtomicU64 = const { AtomicU64::new(0) };
 }
 
 fn usage(prog: &str) -> ExitCode {
@@ -89,6 +116,7 @@ fn usage(prog: &str) -> ExitCode {
     println!("\t[-e duration] (writer C.S. duration (in loops))");
     println!("\t[--flavor membarrier|fence|qsbr]");
     println!("\t[--no-sections] (online readers read with no section; qsbr only)");
+    println!("\t[--counter-sections] (online readers read inside a bare thread-local counter; qsbr only)");
     println!("\t[-v] (verbose output)");
     println!();
     ExitCode::FAILURE
@@ -115,26 +143,31 @@ fn reader(config: &Config) -> u64 {
     if config.qsbr {
         let online = online();
         wait_until_go();
-        if config.sections {
-            read_loop::<true>(config.rduration, config.verbose, || online.quiescent())
-        } else {
-            read_loop::<false>(config.rduration, config.verbose, || online.quiescent())
+        let quiescent = || online.quiescent();
+        match config.sections {
+            Sections::Read => read_loop::<READ>(config.rduration, config.verbose, quiescent),
+            Sections::None => read_loop::<NONE>(config.rduration, config.verbose, quiescent),
+            Sections::Counter => read_loop::<COUNTER>(config.rduration, config.verbose, quiescent),
         }
     } else {
         wait_until_go();
-        read_loop::<true>(config.rduration, config.verbose, || {})
+        read_loop::<READ>(config.rduration, config.verbose, || {})
     }
 }
 
 /// The reader's loop; `quiescent` is called once every 1024 reads (as
-/// test_urcu_qsbr reports a quiescent state). Each read is in a read
-/// section of its own if `SECTIONS`.
+/// test_urcu_qsbr reports a quiescent state). Each read is inside what
+/// `SECTIONS` says (`READ`, `NONE` or `COUNTER`).
 #[inline(always)]
-fn read_loop<const SECTIONS: bool>(rduration: u64, verbose: bool, quiescent: impl Fn()) -> u64 {
+fn read_loop<const SECTIONS: u8>(rduration: u64, verbose: bool, quiescent: impl Fn()) -> u64 {
     let mut nr_reads: u64 = 0;
     loop {
         {
-            let _guard = SECTIONS.then(read_lock);
+            let _guard = (SECTIONS == READ).then(read_lock);
+            if SECTIONS == COUNTER {
+                // Relaxed: the thread's own counter, as a section's depth.
+                COUNTER_DEPTH.with(|d| d.store(d.load(Ordering::Relaxed) + 1, Ordering::Relaxed));
+            }
             // Acquire: `rcu_dereference`; pairs with the writer's swap.
             let p = POINTER.load(Ordering::Acquire);
             if !p.is_null() {
@@ -150,6 +183,10 @@ fn read_loop<const SECTIONS: bool>(rduration: u64, verbose: bool, quiescent: imp
             }
             if rduration != 0 {
                 loop_sleep(rduration);
+            }
+            if SECTIONS == COUNTER {
+                // Relaxed: as above.
+                COUNTER_DEPTH.with(|d| d.store(d.load(Ordering::Relaxed) - 1, Ordering::Relaxed));
             }
         }
         nr_reads += 1;
@@ -234,7 +271,7 @@ fn parse(args: &[String]) -> Option<Config> {
         wduration: 0,
         wdelay: 0,
         qsbr: false,
-        sections: true,
+        sections: Sections::Read,
         verbose: false,
     };
     let mut flavor = None;
@@ -245,7 +282,8 @@ fn parse(args: &[String]) -> Option<Config> {
             "-d" => config.wdelay = rest.next()?.parse().ok()?,
             "-e" => config.wduration = rest.next()?.parse().ok()?,
             "-v" => config.verbose = true,
-            "--no-sections" => config.sections = false,
+            "--no-sections" => config.sections = Sections::None,
+            "--counter-sections" => config.sections = Sections::Counter,
             "--flavor" => {
                 flavor = match rest.next()?.as_str() {
                     "membarrier" => Some(Flavor::Membarrier),
@@ -268,9 +306,12 @@ fn parse(args: &[String]) -> Option<Config> {
             return None;
         }
     }
-    if !config.sections && !config.qsbr {
+    if config.sections != Sections::Read && !config.qsbr {
         // Ordinary readers are protected only by their sections.
-        eprintln!("urcu_workload: --no-sections needs --flavor qsbr (online readers)");
+        eprintln!(
+            "urcu_workload: --no-sections and --counter-sections need --flavor qsbr (online \
+             readers)"
+        );
         return None;
     }
     Some(config)
@@ -290,8 +331,9 @@ fn main() -> ExitCode {
             config.nr_writers,
             rcu_defer::flavor(),
             match (config.qsbr, config.sections) {
-                (true, true) => ", online readers",
-                (true, false) => ", online readers with no read sections",
+                (true, Sections::Read) => ", online readers",
+                (true, Sections::None) => ", online readers with no read sections",
+                (true, Sections::Counter) => ", online readers with a bare counter for sections",
                 _ => "",
             }
         );
