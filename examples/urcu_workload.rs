@@ -157,8 +157,10 @@ fn reader(config: &Config) -> u64 {
 
 /// The reader's loop; `quiescent` is called once every 1024 reads (as
 /// test_urcu_qsbr reports a quiescent state). Each read is inside what
-/// `SECTIONS` says (`READ`, `NONE` or `COUNTER`).
-#[inline(always)]
+/// `SECTIONS` says (`READ`, `NONE` or `COUNTER`). Not inlined: each mode's
+/// loop is compiled on its own, so that adding a mode does not change how
+/// the others are laid out.
+#[inline(never)]
 fn read_loop<const SECTIONS: u8>(rduration: u64, verbose: bool, quiescent: impl Fn()) -> u64 {
     let mut nr_reads: u64 = 0;
     loop {
