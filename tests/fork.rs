@@ -837,3 +837,33 @@ fn a_child_forked_while_threads_start_and_exit_runs_its_call_rcu_callbacks() {
     }
     parent_works();
 }
+
+#[test]
+fn a_childs_rcu_call_thread_survives_a_panicking_callback() {
+    // The child's worker is not a `std::thread` (see the test above): a
+    // callback's panic must still be caught and reported, and the callbacks
+    // after it run.
+    let _serial = serial();
+    child_passes("a panicking callback in a child", || {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let (first, second) = (Arc::clone(&ran), Arc::clone(&ran));
+        call_rcu(move || bump(&first));
+        call_rcu(|| panic!("a callback that fails in the child"));
+        call_rcu(move || bump(&second));
+        drain_call_rcu_timeout(FEW_SECONDS).map_err(|e| format!("drain_call_rcu: {e}"))?;
+        let n = ran.load(Ordering::SeqCst);
+        ensure(n == 2, || {
+            format!("{n} of the 2 callbacks around the panicking one ran")
+        })?;
+        // The worker is still there for a second batch.
+        let again = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&again);
+        call_rcu(move || flag.store(true, Ordering::SeqCst));
+        drain_call_rcu_timeout(FEW_SECONDS).map_err(|e| format!("second drain: {e}"))?;
+        ensure(again.load(Ordering::SeqCst), || {
+            "a callback queued after the panic did not run".to_owned()
+        })?;
+        Ok(String::new())
+    });
+    parent_works();
+}
