@@ -311,8 +311,16 @@ fn to_stderr(report: &Report) {
 /// Prints one line (or several) on stderr, prefixed with `rcu-defer: `.
 ///
 /// Never panics (unlike `eprintln!`, which panics when stderr is a closed
-/// pipe).
+/// pipe). In a forked child it does not take the standard library's stderr
+/// lock, which a thread of the parent may have held at the fork (and so
+/// forever in the child): one `write(2)` of the whole text instead.
 fn emit_to_stderr(args: fmt::Arguments<'_>) {
+    #[cfg(not(loom))]
+    if crate::fork::generation() > 0 {
+        let text = format!("rcu-defer: {args}\n");
+        crate::sys::write_stderr(text.as_bytes());
+        return;
+    }
     let _ = writeln!(io::stderr().lock(), "rcu-defer: {args}");
 }
 

@@ -36,3 +36,11 @@ pub(crate) fn spawn_after_fork(name: &'static std::ffi::CStr, body: fn()) -> io:
         .spawn(body)
         .map(drop)
 }
+
+/// Writes `bytes` to stderr (through the standard library: no fork handlers
+/// run here, so no child needs another way); errors are dropped.
+#[cfg_attr(loom, allow(dead_code))]
+pub(crate) fn write_stderr(bytes: &[u8]) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(bytes);
+}

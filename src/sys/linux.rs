@@ -108,3 +108,20 @@ extern "C" fn run(start: *mut c_void) -> *mut c_void {
     let _ = catch_unwind(body);
     ptr::null_mut()
 }
+
+/// Writes `bytes` to the standard error descriptor with `write(2)`,
+/// retrying short writes and `EINTR`, and dropping them on any other error.
+///
+/// For a forked child: it takes no lock. The standard library's stderr
+/// lock is held by whichever thread is writing to stderr, and in a child
+/// forked meanwhile it stays held forever.
+pub(crate) fn write_stderr(mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        match rustix::io::write(rustix::stdio::stderr(), bytes) {
+            Ok(0) => return,
+            Ok(n) => bytes = &bytes[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return,
+        }
+    }
+}
