@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::{panic_text, recv};
+use common::{panic_text, recv, wait_child};
 use rcu_defer::{
     call_local, call_local_fn, call_rcu, drain_call_rcu, drain_call_rcu_timeout, in_read_section,
     read_lock, registry_stats, set_stall_handler, set_stall_timeout, synchronize_rcu,
@@ -102,26 +102,7 @@ fn fork_child(body: impl FnOnce() -> Result<String, String>) -> ChildReport {
         unsafe { libc::_exit(code) };
     }
     drop(write_end);
-    let deadline = Instant::now() + CHILD_LIMIT;
-    let status = loop {
-        let mut status = 0;
-        // SAFETY: `pid` is our child; `status` is a valid out-pointer.
-        let waited = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if waited == pid {
-            break status;
-        }
-        assert_eq!(waited, 0, "waitpid: {}", std::io::Error::last_os_error());
-        if Instant::now() >= deadline {
-            // SAFETY: `pid` is our child, not yet reaped: the signal goes to
-            // it, and waiting reaps it.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, &mut status, 0);
-            }
-            panic!("the child {pid} did not finish within {CHILD_LIMIT:?}: hang");
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
+    let status = wait_child(pid, CHILD_LIMIT);
     assert!(
         libc::WIFEXITED(status),
         "the child {pid} did not exit normally (wait status {status:#x}): {}",

@@ -11,6 +11,10 @@
 //! handler is installed, which the other fork tests do.
 #![cfg(target_os = "linux")]
 
+mod common;
+
+use common::wait_child;
+
 use rcu_defer::{call_rcu, drain_call_rcu_timeout};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,25 +75,7 @@ fn a_childs_report_does_not_wait_for_a_stderr_lock_held_at_the_fork() {
             // SAFETY: ends the child at once; nothing is owed to anyone.
             unsafe { libc::_exit(code) };
         }
-        let deadline = Instant::now() + CHILD_LIMIT;
-        let status = loop {
-            let mut status = 0;
-            // SAFETY: `pid` is our child; `status` is a valid out-pointer.
-            let waited = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            if waited == pid {
-                break status;
-            }
-            assert_eq!(waited, 0, "waitpid: {}", std::io::Error::last_os_error());
-            if Instant::now() >= deadline {
-                // SAFETY: our child, not yet reaped.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                    libc::waitpid(pid, &mut status, 0);
-                }
-                panic!("the child {pid} did not finish within {CHILD_LIMIT:?}: hang");
-            }
-            thread::sleep(Duration::from_millis(5));
-        };
+        let status = wait_child(pid, CHILD_LIMIT);
         assert!(
             libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
             "the child's report blocked its rcu-call thread (wait status {status:#x}): the \

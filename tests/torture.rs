@@ -574,25 +574,7 @@ fn forker(shared: &Shared) {
             // parent's (no atexit handlers, no destructors).
             unsafe { libc::_exit(code) };
         }
-        let deadline = Instant::now() + FORK_CHILD_LIMIT;
-        let status = loop {
-            let mut status = 0;
-            // SAFETY: `pid` is our child; `status` is a valid out-pointer.
-            let waited = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            if waited == pid {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                // SAFETY: `pid` is our unreaped child: the signal goes to
-                // it, and waiting reaps it.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                    libc::waitpid(pid, &mut status, 0);
-                }
-                panic!("a forked child did not finish within {FORK_CHILD_LIMIT:?}: hang");
-            }
-            thread::sleep(Duration::from_millis(2));
-        };
+        let status = common::wait_child(pid, FORK_CHILD_LIMIT);
         assert!(
             libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
             "a forked child failed its checks (wait status {status:#x}; its reason is on stderr)"

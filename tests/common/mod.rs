@@ -187,3 +187,30 @@ impl rcu_defer::virtio::Notify for FailingNotifier {
 pub fn fail_a_notification() {
     rcu_defer::virtio::IrqNotifier::new(FailingNotifier).notify_now();
 }
+
+/// Waits for the forked child `pid` and returns its wait status. If it has
+/// not finished within `limit`, kills it and panics: a hang.
+#[cfg(target_os = "linux")]
+pub fn wait_child(pid: libc::pid_t, limit: Duration) -> libc::c_int {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let mut status = 0;
+        // SAFETY: `pid` is the caller's child; `status` is a valid
+        // out-pointer.
+        let waited = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if waited == pid {
+            return status;
+        }
+        assert_eq!(waited, 0, "waitpid: {}", std::io::Error::last_os_error());
+        if std::time::Instant::now() >= deadline {
+            // SAFETY: `pid` is the caller's unreaped child: the signal goes
+            // to it, and waiting reaps it.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            panic!("the forked child {pid} did not finish within {limit:?}: hang");
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+}
