@@ -799,9 +799,10 @@ impl QueueHeld {
     /// `start_worker`), and the in-flight batch, whose grace period had not
     /// ended, goes back to the head of the queue for it. The batch that the
     /// worker had taken out to run is not run here: it stays in the old
-    /// worker's stack, which no thread will run. No drain waits here (the forking thread was not in
-    /// one), so the queued drains are forgotten, and their markers, which
-    /// the new worker runs in their turn, do nothing (see `Drain::finish`).
+    /// worker's stack, which no thread will run. No drain waits here (the
+    /// forking thread was not in one), so the queued drains are forgotten,
+    /// and their markers, which the new worker runs in their turn, do
+    /// nothing (see `Drain::finish`).
     pub(crate) fn after_fork_child(&mut self) {
         let queue = &mut *self.0;
         if !ON_CALLBACK_THREAD.with(Cell::get) {

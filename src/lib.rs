@@ -279,12 +279,13 @@
 //! thread (with `pthread_create`: a `std::thread` started in the child of a
 //! multi-threaded process can block forever on a lock of Rust's standard
 //! library that another thread held at the fork), which runs the callbacks
-//! queued before the fork, the batch that
-//! was waiting for its grace period included; the batch the `rcu-call`
-//! thread was running at the fork is not run in the child (the parent runs
-//! it). An [`RcuCell`] that another thread was writing at the fork can be
-//! written in the child. Your own locks are not covered: one held by
-//! another thread at the fork stays locked in the child.
+//! queued before the fork, the batch that was waiting for its grace period
+//! included; the batch the `rcu-call` thread was running at the fork is not
+//! run in the child (the parent runs it). Its reports to stderr take no
+//! lock of the standard library either. An [`RcuCell`] that another thread
+//! was writing at the fork can be written in the child. Your own locks are
+//! not covered: one held by another thread at the fork stays locked in the
+//! child.
 //!
 //! # Signal handlers
 //!
