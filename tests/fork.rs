@@ -211,6 +211,18 @@ fn only_own_records() -> Result<(), String> {
     })
 }
 
+/// A `call_rcu` callback queued now has run when `drain_call_rcu` returns,
+/// within `FEW_SECONDS`.
+fn a_callback_runs_by_the_drain() -> Result<(), String> {
+    let ran = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&ran);
+    call_rcu(move || flag.store(true, Ordering::SeqCst));
+    drain_call_rcu_timeout(FEW_SECONDS).map_err(|e| format!("drain_call_rcu: {e}"))?;
+    ensure(ran.load(Ordering::SeqCst), || {
+        "a call_rcu callback had not run when drain_call_rcu returned".to_owned()
+    })
+}
+
 /// The child's checks, run by every child: only its own records are
 /// registered; `synchronize_rcu`, `call_rcu` + `drain_call_rcu` and
 /// `RcuCell::replace_sync` finish within `FEW_SECONDS`; and a stall report
@@ -220,13 +232,7 @@ fn child_works(parent_threads: &[&str]) -> Result<String, String> {
     only_own_records()?;
     let started = Instant::now();
     synchronize_rcu_timeout(FEW_SECONDS).map_err(|e| format!("synchronize_rcu: {e}"))?;
-    let ran = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&ran);
-    call_rcu(move || flag.store(true, Ordering::SeqCst));
-    drain_call_rcu_timeout(FEW_SECONDS).map_err(|e| format!("drain_call_rcu: {e}"))?;
-    ensure(ran.load(Ordering::SeqCst), || {
-        "a call_rcu callback had not run when drain_call_rcu returned".to_owned()
-    })?;
+    a_callback_runs_by_the_drain()?;
     let cell = RcuCell::new(1u32);
     let old = within(FEW_SECONDS, "RcuCell::replace_sync", move || {
         cell.replace_sync(2)
@@ -802,13 +808,7 @@ fn a_child_forked_while_threads_start_and_exit_runs_its_call_rcu_callbacks() {
     let forks = 200;
     for _ in 0..forks {
         child_passes("fork while threads start and exit", || {
-            let ran = Arc::new(AtomicBool::new(false));
-            let flag = Arc::clone(&ran);
-            call_rcu(move || flag.store(true, Ordering::SeqCst));
-            drain_call_rcu_timeout(FEW_SECONDS).map_err(|e| format!("drain_call_rcu: {e}"))?;
-            ensure(ran.load(Ordering::SeqCst), || {
-                "the callback had not run when the drain returned".to_owned()
-            })?;
+            a_callback_runs_by_the_drain()?;
             Ok(String::new())
         });
     }
@@ -837,13 +837,8 @@ fn a_childs_rcu_call_thread_survives_a_panicking_callback() {
             format!("{n} of the 2 callbacks around the panicking one ran")
         })?;
         // The worker is still there for a second batch.
-        let again = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&again);
-        call_rcu(move || flag.store(true, Ordering::SeqCst));
-        drain_call_rcu_timeout(FEW_SECONDS).map_err(|e| format!("second drain: {e}"))?;
-        ensure(again.load(Ordering::SeqCst), || {
-            "a callback queued after the panic did not run".to_owned()
-        })?;
+        a_callback_runs_by_the_drain()
+            .map_err(|e| format!("after the panicking callback's batch: {e}"))?;
         Ok(String::new())
     });
     parent_works();
