@@ -15,6 +15,12 @@
 //!   compiler barrier per iteration.
 //! - `tls_depth_counter_inc_dec`: a thread-local counter incremented and
 //!   decremented, the floor for a section that counts its depth.
+//! - `tls_depth_counter_location_deferred`: the same counter, plus what any
+//!   section with rcu-defer's semantics must do besides counting: at the
+//!   entry, a test of the depth and, at depth 0, a store of where the
+//!   section began (quiescent-in-section and deadlock messages name it); at
+//!   the exit, a test for the outermost end and of a deferred-calls flag
+//!   (`call_local` batches end there). The floor for an online section.
 //! - `liburcu_urcu_memb`, `liburcu_urcu_mb`: `urcu_memb_read_lock();
 //!   urcu_memb_read_unlock();` (and the `mb` flavor's), inlined by
 //!   `_LGPL_SOURCE` into a C loop of `iters` sections in the shim
@@ -35,7 +41,10 @@ mod common;
 
 use criterion::Criterion;
 use std::hint::black_box;
+use std::panic::Location;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize};
 use std::sync::RwLock;
 
 /// The Criterion group every contender is measured in.
@@ -75,8 +84,69 @@ fn rcu_defer_read_side(c: &mut Criterion) {
 thread_local! {
     /// The floor for an online section: a depth counter in a thread-local
     /// (Relaxed atomics compile to plain moves and cannot be folded away).
-    static PLAIN_DEPTH: std::sync::atomic::AtomicUsize =
-        const { std::sync::atomic::AtomicUsize::new(0) };
+    static PLAIN_DEPTH: AtomicUsize = const { AtomicUsize::new(0) };
+}
+
+/// A thread's state for `FloorSection`.
+struct FloorState {
+    depth: AtomicUsize,
+    entered_at: AtomicPtr<Location<'static>>,
+    deferred: AtomicBool,
+}
+
+thread_local! {
+    static FLOOR: FloorState = const {
+        FloorState {
+            depth: AtomicUsize::new(0),
+            entered_at: AtomicPtr::new(std::ptr::null_mut()),
+            deferred: AtomicBool::new(false),
+        }
+    };
+}
+
+/// The least a nesting section with rcu-defer's semantics does on a thread
+/// that publishes nothing (an online thread): count the depth, note where
+/// the outermost section began, and look for deferred calls at the
+/// outermost end. Relaxed atomics: plain moves the compiler must keep.
+struct FloorSection;
+
+impl FloorSection {
+    #[inline(always)]
+    #[track_caller]
+    fn enter() -> FloorSection {
+        let at = Location::caller();
+        FLOOR.with(|floor| {
+            let depth = floor.depth.load(Relaxed);
+            if depth == 0 {
+                floor
+                    .entered_at
+                    .store(at as *const Location<'static> as *mut _, Relaxed);
+            }
+            floor.depth.store(depth + 1, Relaxed);
+        });
+        FloorSection
+    }
+}
+
+impl Drop for FloorSection {
+    #[inline(always)]
+    fn drop(&mut self) {
+        FLOOR.with(|floor| {
+            let depth = floor.depth.load(Relaxed) - 1;
+            floor.depth.store(depth, Relaxed);
+            if depth == 0 && floor.deferred.load(Relaxed) {
+                run_deferred(floor);
+            }
+        });
+    }
+}
+
+/// Never reached in the bench (nothing sets `deferred`); out of line, as a
+/// real section's deferred calls are.
+#[cold]
+#[inline(never)]
+fn run_deferred(floor: &FloorState) {
+    floor.deferred.store(false, Relaxed);
 }
 
 /// Everything that does not depend on rcu-defer's flavor, measured once.
@@ -125,12 +195,17 @@ fn peers(c: &mut Criterion) {
     }
 
     group.bench_function("tls_depth_counter_inc_dec", |b| {
-        use std::sync::atomic::Ordering::Relaxed;
         b.iter(|| {
             PLAIN_DEPTH.with(|depth| {
                 depth.store(depth.load(Relaxed) + 1, Relaxed);
                 depth.store(depth.load(Relaxed) - 1, Relaxed);
             });
+        });
+    });
+
+    group.bench_function("tls_depth_counter_location_deferred", |b| {
+        b.iter(|| {
+            let _section = FloorSection::enter();
         });
     });
 
