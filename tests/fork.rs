@@ -11,11 +11,14 @@
 //!
 //! The tests of this file run one at a time (`serial`): they change
 //! process-wide settings (the stall timeout and handler) and count the
-//! registry's records.
+//! registry's records. A child's own threads are `common::raw_thread`s,
+//! not `std::thread`s: the harness starts and ends a thread per test, and
+//! a child forked meanwhile could never start a `std::thread` (see there).
 #![cfg(target_os = "linux")]
 
 mod common;
 
+use common::raw_thread::{self, RawThread};
 use common::{panic_text, recv, wait_child};
 use rcu_defer::{
     call_local, call_local_fn, call_rcu, drain_call_rcu, drain_call_rcu_timeout, in_read_section,
@@ -43,8 +46,6 @@ const SHORT: Duration = Duration::from_millis(300);
 const PARENT_READER: &str = "parent-reader";
 /// The name of a parent thread blocked in `synchronize_rcu` at the fork.
 const PARENT_WRITER: &str = "parent-writer";
-/// The name of a child thread that holds a read section.
-const CHILD_READER: &str = "child-reader";
 
 /// Runs the tests of this file one at a time.
 fn serial() -> MutexGuard<'static, ()> {
@@ -169,8 +170,8 @@ fn ensure(ok: bool, message: impl FnOnce() -> String) -> Result<(), String> {
     }
 }
 
-/// A thread named `name` that enters a read section and holds it until
-/// released.
+/// A parent's thread named `name` that enters a read section and holds it
+/// until released.
 struct NamedReader {
     release: mpsc::Sender<()>,
     handle: thread::JoinHandle<()>,
@@ -201,6 +202,44 @@ impl NamedReader {
     }
 }
 
+/// A child's thread that enters a read section and holds it until
+/// released. It has no name (it is a `raw_thread`): reports name it by its
+/// id.
+struct ChildReader {
+    release: mpsc::Sender<()>,
+    thread: RawThread<()>,
+    /// Its `ThreadId`, as reports print it (`ThreadId(N)`).
+    id: String,
+}
+
+impl ChildReader {
+    /// Starts the thread; returns once its section has begun.
+    fn start() -> ChildReader {
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel::<()>();
+        let thread = raw_thread::spawn(move || {
+            let guard = read_lock();
+            entered_tx
+                .send(format!("{:?}", thread::current().id()))
+                .unwrap();
+            let _ = release_rx.recv();
+            drop(guard);
+        });
+        let id = recv(&entered_rx, "the child's reader to enter its section");
+        ChildReader {
+            release,
+            thread,
+            id,
+        }
+    }
+
+    /// Ends the section and the thread.
+    fn finish(self) {
+        self.release.send(()).unwrap();
+        self.thread.join().unwrap();
+    }
+}
+
 /// The registry holds no record for a thread that is not this one: every
 /// entry is this thread's own record, or a free stand-in.
 fn only_own_records() -> Result<(), String> {
@@ -226,8 +265,8 @@ fn a_callback_runs_by_the_drain() -> Result<(), String> {
 /// The child's checks, run by every child: only its own records are
 /// registered; `synchronize_rcu`, `call_rcu` + `drain_call_rcu` and
 /// `RcuCell::replace_sync` finish within `FEW_SECONDS`; and a stall report
-/// names the child's own stuck reader and none of `parent_threads`.
-/// Returns a summary.
+/// names the child's own stuck reader and none of `parent_threads` (their
+/// names, or ids for unnamed threads). Returns a summary.
 fn child_works(parent_threads: &[&str]) -> Result<String, String> {
     only_own_records()?;
     let started = Instant::now();
@@ -240,7 +279,8 @@ fn child_works(parent_threads: &[&str]) -> Result<String, String> {
     ensure(old == 1, || format!("replace_sync returned {old}"))?;
     let took = started.elapsed();
 
-    let reader = NamedReader::start(CHILD_READER);
+    let reader = ChildReader::start();
+    let reader_id = reader.id.clone();
     let stalled = synchronize_rcu_timeout(SHORT);
     reader.finish();
     let report = match stalled {
@@ -251,9 +291,9 @@ fn child_works(parent_threads: &[&str]) -> Result<String, String> {
             ))
         }
     };
-    let names: Vec<_> = report.readers().iter().map(|r| r.thread_name()).collect();
-    ensure(names == [Some(CHILD_READER)], || {
-        format!("the stall report names {names:?}, not only {CHILD_READER}: {report}")
+    let ids: Vec<_> = report.readers().iter().map(|r| r.thread_id()).collect();
+    ensure(ids == [reader_id.as_str()], || {
+        format!("the stall report names {ids:?}, not only the child's reader {reader_id}: {report}")
     })?;
     let text = report.to_string();
     for name in parent_threads {
@@ -267,19 +307,22 @@ fn child_works(parent_threads: &[&str]) -> Result<String, String> {
     ))
 }
 
-/// Runs `f` on a thread of its own and returns its result, or an error if
-/// it has not finished within `limit` (the thread is left behind).
+/// In a child: runs `f` on a thread of its own (a `raw_thread`) and returns
+/// its result, or an error if it panicked or has not finished within
+/// `limit` (the thread is then left behind).
 fn within<T: Send + 'static>(
     limit: Duration,
     what: &str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, String> {
     let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
+    let _detached = raw_thread::spawn(move || {
         let _ = tx.send(f());
     });
-    rx.recv_timeout(limit)
-        .map_err(|_| format!("{what} did not finish within {limit:?}"))
+    rx.recv_timeout(limit).map_err(|e| match e {
+        mpsc::RecvTimeoutError::Timeout => format!("{what} did not finish within {limit:?}"),
+        mpsc::RecvTimeoutError::Disconnected => format!("{what} panicked"),
+    })
 }
 
 /// The parent's own grace periods and callbacks work.
@@ -576,8 +619,9 @@ fn a_grandchild_works_like_a_child() {
     child_passes("fork, then fork again in the child", || {
         let first = child_works(&[PARENT_READER])?;
         // The grandchild must not wait for the child's reader either.
-        let child_reader = NamedReader::start("child-of-parent-reader");
-        let grandchild = fork_child(|| child_works(&[PARENT_READER, "child-of-parent-reader"]));
+        let child_reader = ChildReader::start();
+        let child_reader_id = child_reader.id.clone();
+        let grandchild = fork_child(|| child_works(&[PARENT_READER, &child_reader_id]));
         child_reader.finish();
         ensure(grandchild.code == 0, || {
             format!("the grandchild's checks failed: {}", grandchild.text)
@@ -727,7 +771,7 @@ fn a_child_forked_inside_an_rcu_cell_update_keeps_the_cell_locked_until_the_clos
             // writer must wait for the closure, not take the lock over.
             let (done_tx, done_rx) = mpsc::channel();
             let cell = Arc::clone(&in_closure);
-            thread::spawn(move || {
+            let _detached = raw_thread::spawn(move || {
                 cell.replace(5);
                 let _ = done_tx.send(());
             });
@@ -765,7 +809,7 @@ fn a_child_forked_by_an_online_thread_keeps_it_online_and_not_the_parents_other_
         only_own_records()?;
         // The forking thread is still online: a grace period waits for its
         // quiescent state (a writer on another thread of the child).
-        let writer = thread::spawn(|| synchronize_rcu_timeout(FEW_SECONDS));
+        let writer = raw_thread::spawn(|| synchronize_rcu_timeout(FEW_SECONDS));
         thread::sleep(SHORT);
         ensure(!writer.is_finished(), || {
             "a grace period of the child did not wait for the online forking thread".to_owned()
@@ -809,6 +853,14 @@ fn a_child_forked_while_threads_start_and_exit_runs_its_call_rcu_callbacks() {
     for _ in 0..forks {
         child_passes("fork while threads start and exit", || {
             a_callback_runs_by_the_drain()?;
+            // A thread the child starts (not a `std::thread`) reads, and
+            // the child's grace periods wait for it.
+            let reader = ChildReader::start();
+            let held = synchronize_rcu_timeout(Duration::from_millis(1));
+            reader.finish();
+            ensure(matches!(held, Err(Error::Timeout(_))), || {
+                format!("a child's grace period did not wait for its reader: {held:?}")
+            })?;
             Ok(String::new())
         });
     }

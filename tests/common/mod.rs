@@ -13,6 +13,9 @@
 ))]
 pub mod seccomp;
 
+#[cfg(target_os = "linux")]
+pub mod raw_thread;
+
 use std::env;
 use std::panic::resume_unwind;
 use std::process::{Command, Output, Stdio};
