@@ -5,7 +5,8 @@
 //! ```text
 //! cargo run --release --example urcu_workload -- nr_readers nr_writers duration \
 //!     [-c reader_loops] [-d writer_delay_loops] [-e writer_loops] \
-//!     [--flavor membarrier|fence|qsbr] [--no-sections | --counter-sections] [-v]
+//!     [--flavor membarrier|fence|qsbr] [--no-sections | --counter-sections |
+//!     --floor-sections] [-v]
 //! ```
 //!
 //! One pointer to an integer that holds 8. Each reader loops: enter a read
@@ -21,8 +22,8 @@
 //! period ended too early) makes the run fail (exit status 1).
 //!
 //! `--flavor` (default: the process's default flavor, membarrier where the
-//! kernel offers it; `--no-sections` and `--counter-sections` are described
-//! after the list):
+//! kernel offers it; `--no-sections`, `--counter-sections` and
+//! `--floor-sections` are described after the list):
 //!
 //! - `membarrier`, `fence`: readers are ordinary threads, one outermost
 //!   `read_lock` per read, as liburcu's `test_urcu` (urcu-memb) and
@@ -49,7 +50,18 @@
 //! thread-local counter (a relaxed atomic load and store each, like
 //! `baseline/tls_depth_counter_inc_dec_no_fence` in `benches/read_side.rs`):
 //! the floor for a read section that nests, in this workload.
+//!
+//! `--floor-sections` (with `--flavor qsbr` only): as `--counter-sections`,
+//! but each read is inside the floor section of
+//! `benches/common/floor_section.rs`: the counter, plus what rcu-defer's
+//! semantics add to any section (the outermost entry's location, the
+//! outermost exit's test for deferred calls). The floor for a section that
+//! does what rcu-defer's online sections must do, in this workload.
 
+#[path = "../benches/common/floor_section.rs"]
+mod floor_section;
+
+use floor_section::FloorSection;
 use rcu_defer::{online, read_lock, set_flavor, synchronize_rcu, Flavor};
 use std::hint::spin_loop;
 use std::process::ExitCode;
@@ -96,12 +108,15 @@ enum Sections {
     None,
     /// A bare thread-local counter (`--counter-sections`).
     Counter,
+    /// The floor section (`--floor-sections`).
+    Floor,
 }
 
 /// `Sections` as `read_loop`'s const parameter.
 const READ: u8 = 0;
 const NONE: u8 = 1;
 const COUNTER: u8 = 2;
+const FLOOR: u8 = 3;
 
 thread_local! {
     /// `--counter-sections`: the bare depth counter around each read.
@@ -117,6 +132,7 @@ fn usage(prog: &str) -> ExitCode {
     println!("\t[--flavor membarrier|fence|qsbr]");
     println!("\t[--no-sections] (online readers read with no section; qsbr only)");
     println!("\t[--counter-sections] (online readers read inside a bare thread-local counter; qsbr only)");
+    println!("\t[--floor-sections] (online readers read inside the least section with rcu-defer's semantics; qsbr only)");
     println!("\t[-v] (verbose output)");
     println!();
     ExitCode::FAILURE
@@ -148,6 +164,7 @@ fn reader(config: &Config) -> u64 {
             Sections::Read => read_loop::<READ>(config.rduration, config.verbose, quiescent),
             Sections::None => read_loop::<NONE>(config.rduration, config.verbose, quiescent),
             Sections::Counter => read_loop::<COUNTER>(config.rduration, config.verbose, quiescent),
+            Sections::Floor => read_loop::<FLOOR>(config.rduration, config.verbose, quiescent),
         }
     } else {
         wait_until_go();
@@ -157,7 +174,7 @@ fn reader(config: &Config) -> u64 {
 
 /// The reader's loop; `quiescent` is called once every 1024 reads (as
 /// test_urcu_qsbr reports a quiescent state). Each read is inside what
-/// `SECTIONS` says (`READ`, `NONE` or `COUNTER`). Not inlined: each mode's
+/// `SECTIONS` says (`READ`, `NONE`, `COUNTER` or `FLOOR`). Not inlined: each mode's
 /// loop is compiled on its own, so that adding a mode does not change how
 /// the others are laid out.
 #[inline(never)]
@@ -166,6 +183,7 @@ fn read_loop<const SECTIONS: u8>(rduration: u64, verbose: bool, quiescent: impl 
     loop {
         {
             let _guard = (SECTIONS == READ).then(read_lock);
+            let _floor = (SECTIONS == FLOOR).then(FloorSection::enter);
             if SECTIONS == COUNTER {
                 // Relaxed: the thread's own counter, as a section's depth.
                 COUNTER_DEPTH.with(|d| d.store(d.load(Ordering::Relaxed) + 1, Ordering::Relaxed));
@@ -286,6 +304,7 @@ fn parse(args: &[String]) -> Option<Config> {
             "-v" => config.verbose = true,
             "--no-sections" => config.sections = Sections::None,
             "--counter-sections" => config.sections = Sections::Counter,
+            "--floor-sections" => config.sections = Sections::Floor,
             "--flavor" => {
                 flavor = match rest.next()?.as_str() {
                     "membarrier" => Some(Flavor::Membarrier),
@@ -311,8 +330,8 @@ fn parse(args: &[String]) -> Option<Config> {
     if config.sections != Sections::Read && !config.qsbr {
         // Ordinary readers are protected only by their sections.
         eprintln!(
-            "urcu_workload: --no-sections and --counter-sections need --flavor qsbr (online \
-             readers)"
+            "urcu_workload: --no-sections, --counter-sections and --floor-sections need \
+             --flavor qsbr (online readers)"
         );
         return None;
     }
@@ -336,6 +355,7 @@ fn main() -> ExitCode {
                 (true, Sections::Read) => ", online readers",
                 (true, Sections::None) => ", online readers with no read sections",
                 (true, Sections::Counter) => ", online readers with a bare counter for sections",
+                (true, Sections::Floor) => ", online readers with floor sections",
                 _ => "",
             }
         );

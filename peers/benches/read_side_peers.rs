@@ -20,7 +20,8 @@
 //!   entry, a test of the depth and, at depth 0, a store of where the
 //!   section began (quiescent-in-section and deadlock messages name it); at
 //!   the exit, a test for the outermost end and of a deferred-calls flag
-//!   (`call_local` batches end there). The floor for an online section.
+//!   (`call_local` batches end there). The floor for an online section
+//!   (`benches/common/floor_section.rs` at the top of the repository).
 //! - `liburcu_urcu_memb`, `liburcu_urcu_mb`: `urcu_memb_read_lock();
 //!   urcu_memb_read_unlock();` (and the `mb` flavor's), inlined by
 //!   `_LGPL_SOURCE` into a C loop of `iters` sections in the shim
@@ -38,13 +39,15 @@
 
 #[path = "../../benches/common/mod.rs"]
 mod common;
+#[path = "../../benches/common/floor_section.rs"]
+mod floor_section;
 
 use criterion::Criterion;
+use floor_section::FloorSection;
 use std::hint::black_box;
-use std::panic::Location;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize};
 use std::sync::RwLock;
 
 /// The Criterion group every contender is measured in.
@@ -85,68 +88,6 @@ thread_local! {
     /// The floor for an online section: a depth counter in a thread-local
     /// (Relaxed atomics compile to plain moves and cannot be folded away).
     static PLAIN_DEPTH: AtomicUsize = const { AtomicUsize::new(0) };
-}
-
-/// A thread's state for `FloorSection`.
-struct FloorState {
-    depth: AtomicUsize,
-    entered_at: AtomicPtr<Location<'static>>,
-    deferred: AtomicBool,
-}
-
-thread_local! {
-    static FLOOR: FloorState = const {
-        FloorState {
-            depth: AtomicUsize::new(0),
-            entered_at: AtomicPtr::new(std::ptr::null_mut()),
-            deferred: AtomicBool::new(false),
-        }
-    };
-}
-
-/// The least a nesting section with rcu-defer's semantics does on a thread
-/// that publishes nothing (an online thread): count the depth, note where
-/// the outermost section began, and look for deferred calls at the
-/// outermost end. Relaxed atomics: plain moves the compiler must keep.
-struct FloorSection;
-
-impl FloorSection {
-    #[inline(always)]
-    #[track_caller]
-    fn enter() -> FloorSection {
-        let at = Location::caller();
-        FLOOR.with(|floor| {
-            let depth = floor.depth.load(Relaxed);
-            if depth == 0 {
-                floor
-                    .entered_at
-                    .store(at as *const Location<'static> as *mut _, Relaxed);
-            }
-            floor.depth.store(depth + 1, Relaxed);
-        });
-        FloorSection
-    }
-}
-
-impl Drop for FloorSection {
-    #[inline(always)]
-    fn drop(&mut self) {
-        FLOOR.with(|floor| {
-            let depth = floor.depth.load(Relaxed) - 1;
-            floor.depth.store(depth, Relaxed);
-            if depth == 0 && floor.deferred.load(Relaxed) {
-                run_deferred(floor);
-            }
-        });
-    }
-}
-
-/// Never reached in the bench (nothing sets `deferred`); out of line, as a
-/// real section's deferred calls are.
-#[cold]
-#[inline(never)]
-fn run_deferred(floor: &FloorState) {
-    floor.deferred.store(false, Relaxed);
 }
 
 /// Everything that does not depend on rcu-defer's flavor, measured once.
