@@ -35,6 +35,16 @@
 //!   does not exhaust memory.
 //! - threads created and destroyed constantly: short-lived readers that
 //!   enter a few sections and exit, a few at a time, in a loop.
+//! - online (QSBR) readers (`rcu_defer::online`): the same sections, and
+//!   between them reads of the ring with no section at all, protected by
+//!   the thread's quiescent states alone (a slot it found must stay alive
+//!   until its next `quiescent()`); now and then a wait offline
+//!   (`Online::offline`), a `synchronize_rcu` from the online thread, or
+//!   the handle dropped and the thread online again.
+//! - polled grace periods: the ring writer also retires slots against a
+//!   cookie (`start_poll_synchronize_rcu`), polling it
+//!   (`poll_state_synchronize_rcu`) or waiting for it
+//!   (`cond_synchronize_rcu`).
 //! - `call_local` inside the readers: each section records a deduplicated
 //!   `call_local` (recorded twice: the second must be refused) and some
 //!   `call_local_fn` closures; none may run before the outermost guard is
@@ -76,8 +86,9 @@ mod common;
 
 use common::{child_command, is_child, output_within, within_limit, MARKER};
 use rcu_defer::{
-    call_local, call_local_fn, call_rcu, drain_call_rcu, flavor, in_read_section, read_depth,
-    read_lock, set_stall_handler, set_stall_timeout, synchronize_rcu, Flavor, RcuCell, StallReport,
+    call_local, call_local_fn, call_rcu, cond_synchronize_rcu, drain_call_rcu, flavor,
+    in_read_section, online, poll_state_synchronize_rcu, read_depth, read_lock, set_stall_handler,
+    set_stall_timeout, start_poll_synchronize_rcu, synchronize_rcu, Flavor, RcuCell, StallReport,
 };
 use std::any::Any;
 use std::collections::VecDeque;
@@ -225,6 +236,18 @@ struct Stats {
     synchronizes: AtomicU64,
     ring_syncs: AtomicU64,
     ring_call_rcus: AtomicU64,
+    /// Ring retirements against a polled cookie, and how many of those
+    /// found their grace period over at the first poll.
+    ring_cookies: AtomicU64,
+    ring_cookies_done_at_once: AtomicU64,
+    /// Online readers' reads of the ring outside any section, quiescent
+    /// states, offline waits, grace periods waited for from an online
+    /// thread, and times an online reader dropped its handle and came back.
+    online_bare_reads: AtomicU64,
+    online_quiescents: AtomicU64,
+    online_offline_waits: AtomicU64,
+    online_synchronizes: AtomicU64,
+    online_rejoins: AtomicU64,
     /// How many updates behind the newest the item a reader saw was when its
     /// section ended; the last bucket is "or more".
     behind: [AtomicU64; 8],
@@ -495,6 +518,108 @@ fn reader(id: u64, shared: &Shared) {
     check_tally(&who, &tally);
 }
 
+/// A ring slot an online reader found outside any section: it must stay
+/// alive and unreused until the reader's next quiescent state.
+struct BareRead {
+    index: usize,
+    generation: u64,
+}
+
+impl BareRead {
+    /// Reads the ring's current slot, with no section.
+    fn take(ring: &Ring) -> BareRead {
+        let index = ring.current.load(Ordering::Acquire);
+        BareRead {
+            index,
+            generation: ring.slots[index].generation.load(Ordering::Acquire),
+        }
+    }
+
+    fn check(&self, ring: &Ring, who: &str, when: &str) {
+        let slot = &ring.slots[self.index];
+        assert!(
+            !slot.dead.load(Ordering::SeqCst),
+            "{who} saw ring slot {} retired {when} (read outside a section, before a quiescent \
+             state)",
+            self.index
+        );
+        assert_eq!(
+            slot.generation.load(Ordering::SeqCst),
+            self.generation,
+            "{who} saw ring slot {} reused {when} (read outside a section, before a quiescent \
+             state)",
+            self.index
+        );
+    }
+}
+
+/// An online (QSBR) reader: sections as the other readers', reads of the
+/// ring outside any section held until its next quiescent state, and now
+/// and then an offline wait, a grace period of its own, or a new handle.
+fn online_reader(id: u64, shared: &Shared) {
+    let who = format!("online reader {id}");
+    let stats = &shared.stats;
+    let ring = &shared.ring;
+    let mut rng = Rng::new(0x0B11_17E0 + id);
+    let tally = LocalTally::new();
+    let mut last_seq = 0;
+    let mut handle = Some(online());
+    let mut held: Vec<BareRead> = Vec::new();
+    while !shared.stop.load(Ordering::Relaxed) {
+        let Some(current) = handle.as_ref() else {
+            handle = Some(online());
+            stats.online_rejoins.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        section(shared, &who, &mut rng, &tally, &mut last_seq);
+        held.push(BareRead::take(ring));
+        stats.online_bare_reads.fetch_add(1, Ordering::Relaxed);
+        for bare in &held {
+            bare.check(ring, &who, "after a section");
+        }
+        match rng.below(64) {
+            // A quiescent state ends what the bare reads may hold.
+            0..=15 => {
+                for bare in held.drain(..) {
+                    bare.check(ring, &who, "at its quiescent state");
+                }
+                current.quiescent();
+                stats.online_quiescents.fetch_add(1, Ordering::Relaxed);
+            }
+            // Going offline is a quiescent state too.
+            16 => {
+                for bare in held.drain(..) {
+                    bare.check(ring, &who, "before going offline");
+                }
+                current.offline(|| thread::sleep(Duration::from_micros(rng.below(300))));
+                stats.online_offline_waits.fetch_add(1, Ordering::Relaxed);
+            }
+            // A grace period from an online thread goes offline for the
+            // wait.
+            17 => {
+                for bare in held.drain(..) {
+                    bare.check(ring, &who, "before its own grace period");
+                }
+                timed(stats, synchronize_rcu);
+                stats.online_synchronizes.fetch_add(1, Ordering::Relaxed);
+            }
+            // Dropping the handle takes the thread offline.
+            18 => {
+                for bare in held.drain(..) {
+                    bare.check(ring, &who, "before it dropped its handle");
+                }
+                handle = None;
+            }
+            _ => {}
+        }
+    }
+    for bare in held.drain(..) {
+        bare.check(ring, &who, "at the end of the run");
+    }
+    drop(handle);
+    check_tally(&who, &tally);
+}
+
 /// Starts short-lived readers, `at_once` at a time, each entering a few
 /// sections and exiting, until the run stops.
 fn thread_churn(shared: &Arc<Shared>, at_once: usize) {
@@ -704,14 +829,40 @@ fn ring_writer(shared: &Shared) {
         next.generation.store(generation, Ordering::SeqCst);
         next.dead.store(false, Ordering::SeqCst);
         ring.current.store(index, Ordering::Release);
-        if round % 2 == 0 {
-            timed(stats, synchronize_rcu);
-            ring.slots[old].dead.store(true, Ordering::SeqCst);
-            stats.ring_syncs.fetch_add(1, Ordering::Relaxed);
-        } else {
-            let ring = Arc::clone(ring);
-            call_rcu(move || ring.slots[old].dead.store(true, Ordering::SeqCst));
-            stats.ring_call_rcus.fetch_add(1, Ordering::Relaxed);
+        match round % 3 {
+            0 => {
+                timed(stats, synchronize_rcu);
+                ring.slots[old].dead.store(true, Ordering::SeqCst);
+                stats.ring_syncs.fetch_add(1, Ordering::Relaxed);
+            }
+            1 => {
+                let ring = Arc::clone(ring);
+                call_rcu(move || ring.slots[old].dead.store(true, Ordering::SeqCst));
+                stats.ring_call_rcus.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                // A polled cookie: poll it for a while, then wait for what
+                // is left of its grace period.
+                let cookie = start_poll_synchronize_rcu();
+                if poll_state_synchronize_rcu(cookie) {
+                    stats
+                        .ring_cookies_done_at_once
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                for _ in 0..round % 8 {
+                    if poll_state_synchronize_rcu(cookie) {
+                        break;
+                    }
+                    thread::yield_now();
+                }
+                timed(stats, || cond_synchronize_rcu(cookie));
+                assert!(
+                    poll_state_synchronize_rcu(cookie),
+                    "a cookie's grace period was not over after cond_synchronize_rcu"
+                );
+                ring.slots[old].dead.store(true, Ordering::SeqCst);
+                stats.ring_cookies.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -863,6 +1014,7 @@ fn torture(duration: Duration) {
     set_stall_handler(panicking_stall_handler);
     let cpus = cpus();
     let readers = cpus.max(2);
+    let online_readers = (cpus / 2).max(1);
     let flooders = (cpus / 2).max(2);
     let short_at_once = (cpus / 2).max(2);
 
@@ -892,6 +1044,11 @@ fn torture(duration: Duration) {
     for id in 0..readers as u64 {
         workers.push(spawn(&shared, format!("torture-reader-{id}"), move |s| {
             reader(id, s);
+        }));
+    }
+    for id in 0..online_readers as u64 {
+        workers.push(spawn(&shared, format!("torture-online-{id}"), move |s| {
+            online_reader(id, s);
         }));
     }
     for id in 0..flooders as u64 {
@@ -965,11 +1122,14 @@ fn torture(duration: Duration) {
     let pipe: Vec<u64> = stats.pipe.iter().map(get).collect();
     let longest_wait = Duration::from_micros(get(&stats.longest_wait_us));
     eprintln!(
-        "torture ({} flavor, {ran:.1?}; {readers} readers, {flooders} flooders, \
-         short-lived readers {short_at_once} at a time): \
+        "torture ({} flavor, {ran:.1?}; {readers} readers, {online_readers} online readers, \
+         {flooders} flooders, short-lived readers {short_at_once} at a time): \
          {} reads ({} nested, {} in {} short-lived threads), \
+         online: {} reads outside sections, {} quiescent states, {} offline waits, \
+         {} grace periods, {} new handles; \
          {} cell updates ({} replace, {} replace_sync, {} update, {} replace+synchronize_rcu), \
-         ring: {} synchronize_rcu + {} call_rcu retirements, \
+         ring: {} synchronize_rcu + {} call_rcu + {} polled-cookie retirements \
+         ({} cookies done at their first poll), \
          flood: {} call_rcu callbacks in {} bursts ({} queued inside a section), {} drains, \
          call_local: {} recorded, {} ran; {} forked children checked; \
          stall handler: {} calls, {} panicked; longest wait for a grace period or drain: \
@@ -981,6 +1141,11 @@ fn torture(duration: Duration) {
         get(&stats.nested_reads),
         get(&stats.short_sections),
         get(&stats.short_threads),
+        get(&stats.online_bare_reads),
+        get(&stats.online_quiescents),
+        get(&stats.online_offline_waits),
+        get(&stats.online_synchronizes),
+        get(&stats.online_rejoins),
         published,
         get(&stats.replaces),
         get(&stats.replace_syncs),
@@ -988,6 +1153,8 @@ fn torture(duration: Duration) {
         get(&stats.synchronizes),
         get(&stats.ring_syncs),
         get(&stats.ring_call_rcus),
+        get(&stats.ring_cookies),
+        get(&stats.ring_cookies_done_at_once),
         get(&stats.flood_callbacks),
         get(&stats.flood_bursts),
         get(&stats.flood_bursts_in_section),
@@ -1016,6 +1183,11 @@ fn torture(duration: Duration) {
     // comes after they were started).
     assert!(get(&stats.reads) > 0 && published > 0);
     assert!(get(&stats.flood_callbacks) > 0 && get(&stats.short_threads) > 0);
+    assert!(get(&stats.online_bare_reads) > 0 && get(&stats.online_quiescents) > 0);
+    assert!(
+        get(&stats.ring_cookies) > 0,
+        "no slot was retired against a cookie"
+    );
     assert!(
         get(&stats.forks) > 0 || cfg!(not(target_os = "linux")),
         "no child was forked"
