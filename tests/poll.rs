@@ -164,7 +164,19 @@ fn taking_and_polling_a_cookie_already_asked_for_makes_no_system_call() {
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0);
     if pid == 0 {
-        let (_release, _reader) = reader_in_section();
+        // Not a `std::thread`: the harness starts and ends threads, and a
+        // child forked meanwhile could not start one (see
+        // `common::raw_thread`).
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let _reader = common::raw_thread::spawn(move || {
+            let _guard = read_lock();
+            entered_tx.send(()).unwrap();
+            // Held until the child exits.
+            loop {
+                thread::park();
+            }
+        });
+        common::recv(&entered_rx, "the child's reader to enter");
         // The first cookie asks for the next grace period (the rcu-call
         // thread starts it; the reader holds it up); the second asks for
         // the one after it; from the third on, cookies are for that one.
@@ -188,9 +200,7 @@ fn taking_and_polling_a_cookie_already_asked_for_makes_no_system_call() {
     }
     // SAFETY: the parent closes its copy of the write end.
     unsafe { libc::close(fds[1]) };
-    let mut status = 0;
-    // SAFETY: `pid` is our child.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    let status = common::wait_child(pid, common::HANG_LIMIT);
     let mut buf = [0u8; 16];
     // SAFETY: `fds[0]` is open; the buffer is valid.
     let n = unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) };
