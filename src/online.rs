@@ -36,8 +36,9 @@ use std::panic::Location;
 /// Makes the calling thread an *online* (quiescent-state-based) reader
 /// until the returned handle is dropped.
 ///
-/// While the thread is online, its read sections cost only a thread-local
-/// depth counter: no store that writers look at and no fence, whatever the
+/// While the thread is online, its read sections stay in thread-local
+/// memory (a depth counter, and where the outermost one began): no store
+/// that writers look at and no fence, whatever the
 /// [`Flavor`](crate::Flavor). In exchange, grace periods wait for the thread
 /// itself, not for its sections: a grace period ends only once every online
 /// thread has reported a quiescent state after it began
@@ -45,8 +46,7 @@ use std::panic::Location;
 /// handle) or exited, and every ordinary read section that began before it
 /// has ended. This is liburcu's `urcu-qsbr`, DPDK's `rte_rcu_qsbr` and Open
 /// vSwitch's `ovsrcu`: a polling I/O thread reports once per loop
-/// iteration, and its read sections cost a depth counter and the store of
-/// where the outermost one began. So what an online thread loads stays
+/// iteration. So what an online thread loads stays
 /// protected until its next quiescent state or until it goes offline,
 /// inside a read section or not (DPDK's readers have no sections); a
 /// section is still what [`RcuCell::read`](crate::RcuCell::read) asks for,
