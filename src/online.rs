@@ -25,7 +25,12 @@
 //! - going online publishes the counter value and then issues the flavor's
 //!   fence, as an ordinary outermost entry does (its pair: the writer's
 //!   fence before its scan); going offline publishes 0 exactly as an
-//!   ordinary section's end does.
+//!   ordinary section's end does. Coming back online inside a section
+//!   opened while offline publishes that section's counter value, with no
+//!   fence (the section's entry fence already ordered it); a writer that
+//!   still reads the offline 0 in the online state judges the thread by
+//!   its section word, whose every later store that ends the protection is
+//!   a Release (see `Local::come_back_online`).
 
 use crate::detect::Error;
 use crate::reader::{with_local, Local};
@@ -213,7 +218,22 @@ impl Online {
     /// `poll(2)` with a timeout, a lock, a channel), not while online.
     ///
     /// Inside `f` the thread is an ordinary reader: its read sections are
-    /// published and waited for as any ordinary thread's.
+    /// published and waited for as any ordinary thread's. A section that
+    /// `f` opens and leaves open (it returns the guard, or forgets it)
+    /// keeps its protection: the thread comes back online no later than
+    /// where that section began, so what it reads there stays protected
+    /// until its first quiescent state after the section ends, and
+    /// [`quiescent`](Online::quiescent) is refused until then.
+    ///
+    /// ```
+    /// use rcu_defer::{online, read_depth, read_lock};
+    /// let online = online();
+    /// let guard = online.offline(read_lock); // a section opened offline
+    /// assert_eq!(read_depth(), 1);
+    /// assert!(online.try_quiescent().is_err()); // the section is still open
+    /// drop(guard);
+    /// online.quiescent();
+    /// ```
     ///
     /// ```
     /// let online = rcu_defer::online();

@@ -446,9 +446,13 @@ impl Local {
     /// `ctr` for the thread's own use and in `online_state`, which writers
     /// read; then wakes a writer that waits for this thread.
     fn publish_online_state(&self, value: u64) {
-        // Relaxed: the owner's own copy (see `online_state`); the Release
-        // store below orders it too.
-        self.record.ctr.store(value, Ordering::Relaxed);
+        // Release, as the store to `online_state` below: a writer judges
+        // the thread by `ctr` when its scan reads an online state that is
+        // not `ONLINE` (a stale offline 0, before the thread came back
+        // online inside a section: see `come_back_online`), and the Acquire
+        // fence after its scan must then pair with this store, which ends
+        // the protection of every load before it.
+        self.record.ctr.store(value, Ordering::Release);
         self.publish_quiescent_in(&self.record.online_state.0, value);
     }
 
@@ -782,13 +786,50 @@ impl Local {
 
     /// Back online after `go_offline` returned `Ok(true)`; keeps where the
     /// thread first went online.
+    ///
+    /// The thread may come back inside a read section that it opened while
+    /// offline (a guard returned out of `Online::offline`'s closure, or
+    /// forgotten in it). That section keeps its depth, its `DEFERRED` flag
+    /// and its protection: the thread comes back online at the section's
+    /// grace-period value, not the current one, so it blocks exactly the
+    /// grace periods that the section blocks, and goes on blocking them
+    /// after the section ends, until its next quiescent state (which is
+    /// refused while the section is open).
     pub(crate) fn come_back_online(&self) {
+        let record = &self.record;
         // Relaxed: owner-written bits. A thread whose registration went
         // away meanwhile (it is exiting) stays offline.
-        if self.record.signal.load(Ordering::Relaxed) & STAND_IN == 0 {
-            self.publish_online();
-            self.online.set(true);
+        if record.signal.load(Ordering::Relaxed) & STAND_IN != 0 {
+            return;
         }
+        let ctr = record.ctr();
+        if depth_of(ctr) == 0 {
+            self.publish_online();
+        } else {
+            // The section's own word, with `ONLINE` unless the section has
+            // deferred a call (see `mark_deferred`), so that its outermost
+            // exit ends it as an online section's (`exit`, or
+            // `exit_deferred` and `end_outermost`). Relaxed, and no fence:
+            // both stores hold the section's grace-period value, so either
+            // word blocks the grace periods that the section blocks. A
+            // writer whose scan still reads the offline 0 in the online
+            // state judges the thread by `ctr`, which holds the section (the
+            // entry's fence saw to that) until a later store ends its
+            // protection, and each such store is a Release
+            // (`publish_online_state`, `publish_exit`) that the writer's
+            // Acquire fence pairs with.
+            let own = if ctr & DEFERRED != 0 {
+                ctr
+            } else {
+                ctr | ONLINE
+            };
+            record.ctr.store(own, Ordering::Relaxed);
+            record
+                .online_state
+                .0
+                .store((ctr & !LOW_MASK) | ONLINE, Ordering::Relaxed);
+        }
+        self.online.set(true);
     }
 
     /// The thread's `Online` handle is dropped: it goes offline. Inside a

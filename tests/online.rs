@@ -9,10 +9,11 @@
 mod common;
 
 use common::{recv, within};
+use rcu_defer::virtio::{IrqNotifier, Notify};
 use rcu_defer::{
     call_local, call_rcu, cond_synchronize_rcu, drain_call_rcu, get_state_synchronize_rcu, online,
-    read_lock, synchronize_rcu, synchronize_rcu_timeout, try_synchronize_rcu, Error, RcuCell,
-    StallReport,
+    read_depth, read_lock, synchronize_rcu, synchronize_rcu_timeout, try_synchronize_rcu, Error,
+    Online, RcuCell, ReadGuard, StallReport,
 };
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,7 +41,13 @@ enum Do {
     EnterSection,
     LeaveSection,
     Exit,
+    /// Runs a step with the thread's handle and its held guard (a failed
+    /// assertion in it ends the thread, and the test with it).
+    Run(Step),
 }
+
+/// A step that `Do::Run` runs on the online thread.
+type Step = Box<dyn FnOnce(&Online, &mut Option<ReadGuard>) + Send>;
 
 /// A named online thread that does what it is told, and acknowledges.
 struct OnlineThread {
@@ -75,6 +82,7 @@ impl OnlineThread {
                         Do::Drop => drop(handle.take()),
                         Do::EnterSection => guard = Some(read_lock()),
                         Do::LeaveSection => drop(guard.take()),
+                        Do::Run(step) => step(handle.as_ref().unwrap(), &mut guard),
                         Do::Exit => {
                             // Leaves online: the handle is leaked, the thread
                             // goes offline in its exit destructor.
@@ -431,4 +439,141 @@ fn call_local_on_an_online_thread_runs_once_at_the_end_of_the_outermost_section(
         let writer = thread::spawn(synchronize_rcu);
         online.offline(|| writer.join().unwrap());
     });
+}
+
+/// Has the online thread run `step` (see `Do::Run`).
+fn run(t: &OnlineThread, step: impl FnOnce(&Online, &mut Option<ReadGuard>) + Send + 'static) {
+    t.order(Do::Run(Box::new(step)));
+}
+
+/// The thread is inside a section of depth 1 that it may not end with a
+/// quiescent state.
+fn in_one_section_quiescent_refused(online: &Online) {
+    assert_eq!(read_depth(), 1, "the section opened while offline was lost");
+    assert!(
+        matches!(
+            online.try_quiescent(),
+            Err(Error::InReadSection { depth: 1, .. })
+        ),
+        "a quiescent state was accepted inside the section opened while offline"
+    );
+}
+
+#[test]
+fn a_guard_returned_from_offline_keeps_its_section_and_the_thread_holds_up_grace_periods_until_a_quiescent_state_after_it(
+) {
+    let _serial = serial();
+    let t = OnlineThread::start("offline-guard");
+    run(&t, |online, guard| *guard = Some(online.offline(read_lock)));
+    run(&t, |online, _| in_one_section_quiescent_refused(online));
+    let report = held_up();
+    assert_eq!(report.readers()[0].depth(), 1, "{report}");
+    let w = writer();
+    still_waiting(&w);
+    t.order(Do::LeaveSection);
+    run(&t, |_, _| assert_eq!(read_depth(), 0));
+    // Online again at the section's grace-period value: what the thread
+    // read in the section stays protected until its next quiescent state.
+    still_waiting(&w);
+    t.order(Do::Quiescent);
+    returns_promptly(&w, "the quiescent state after the section");
+    t.order(Do::Drop);
+    t.finish();
+}
+
+/// Counts its signals, thread-safely.
+#[derive(Default)]
+struct Counting(AtomicUsize);
+
+impl Notify for Counting {
+    fn signal(&self) -> std::io::Result<()> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[test]
+fn calls_deferred_in_a_section_returned_from_offline_run_when_it_ends() {
+    let _serial = serial();
+    within("the deferred calls", || {
+        let online = online();
+        let irq = IrqNotifier::new(Counting::default());
+        let count = Arc::new(AtomicUsize::new(0));
+        let guard = online.offline(|| {
+            let guard = read_lock();
+            irq.notify();
+            call_local(bump, &count);
+            guard
+        });
+        in_one_section_quiescent_refused(&online);
+        assert_eq!(
+            irq.stats().signalled,
+            0,
+            "signalled before the section ended"
+        );
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            0,
+            "ran before the section ended"
+        );
+        drop(guard);
+        assert_eq!(read_depth(), 0);
+        assert_eq!(irq.stats().signalled, 1, "the queued signal was lost");
+        assert_eq!(irq.notifier().0.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            1,
+            "the call_local call was lost"
+        );
+        online.quiescent();
+        drop(online);
+        synchronize_rcu_timeout(PROMPT).expect("nothing holds up grace periods");
+    });
+}
+
+#[test]
+fn a_section_left_open_by_the_stall_handler_of_an_online_threads_wait_keeps_its_protection() {
+    const TEST: &str =
+        "a_section_left_open_by_the_stall_handler_of_an_online_threads_wait_keeps_its_protection";
+    if common::is_child(TEST) {
+        thread_local! {
+            static KEPT: std::cell::RefCell<Vec<ReadGuard>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        // The stall handler runs on the waiting thread, which is offline for
+        // the wait; it leaves a section open behind it.
+        rcu_defer::set_stall_timeout(Some(Duration::from_millis(50)));
+        rcu_defer::set_stall_handler(|_| KEPT.with(|kept| kept.borrow_mut().push(read_lock())));
+        let holder = common::hold_a_section(Duration::from_millis(300));
+        let online = online();
+        synchronize_rcu();
+        holder.join();
+        assert_eq!(
+            KEPT.with(|kept| kept.borrow().len()),
+            1,
+            "the stall handler ran here"
+        );
+        in_one_section_quiescent_refused(&online);
+        assert!(
+            matches!(
+                thread::spawn(|| synchronize_rcu_timeout(SHORT))
+                    .join()
+                    .unwrap(),
+                Err(Error::Timeout(_))
+            ),
+            "a grace period ended while the stall handler's section was open"
+        );
+        KEPT.with(|kept| kept.borrow_mut().clear());
+        assert_eq!(read_depth(), 0);
+        online.quiescent();
+        drop(online);
+        synchronize_rcu_timeout(PROMPT).expect("nothing holds up grace periods");
+        return;
+    }
+    let output = common::output_within(common::child_command(TEST), common::HANG_LIMIT);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "the child failed:\n{stdout}\n{stderr}"
+    );
 }

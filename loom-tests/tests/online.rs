@@ -72,6 +72,50 @@ fn offline_and_online_transitions_never_let_a_use_overlap_the_free() {
     });
 }
 
+/// Property: a read section that the thread opened while offline and that
+/// is still open when `Online::offline` returns (its guard returned out of
+/// the closure) keeps its protection: the thread comes back online no
+/// newer than the section, and what it reached in the section stays
+/// protected after the section ends, until its next quiescent state.
+///
+/// Bounded to 3 preemptions (3 s on the 2-core machine). Mutation-checked:
+/// it fails when coming back online publishes the current grace-period
+/// value over the open section (the guard's drop then underflows the depth,
+/// and `quiescent` panics), and with a causality violation when a quiescent
+/// state stores `ctr` with Relaxed instead of Release (a scan that reads
+/// the stale offline 0 in the online state judges the thread by `ctr`).
+#[test]
+fn a_section_returned_from_offline_keeps_its_protection_until_a_quiescent_state_after_it() {
+    loom_tests::bounded(3).check(|| {
+        rcu_defer::flavor();
+        let obj = Arc::new(Retirable::new());
+        let reader = {
+            let obj = Arc::clone(&obj);
+            thread::spawn(move || {
+                let online = online();
+                let (guard, reached) = online.offline(|| {
+                    let guard = read_lock();
+                    let reached = obj.read();
+                    (guard, reached)
+                });
+                if reached {
+                    obj.check_live();
+                }
+                drop(guard);
+                if reached {
+                    obj.check_live();
+                }
+                online.quiescent();
+                drop(online);
+            })
+        };
+        obj.unpublish();
+        synchronize_rcu();
+        obj.free();
+        loom_tests::join([reader]);
+    });
+}
+
 /// Property: a cookie taken after the object was unpublished is complete
 /// only once every read section that could reach the object has ended: the
 /// writer frees the object as soon as it polls the cookie complete, while a
