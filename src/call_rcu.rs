@@ -34,7 +34,7 @@
 use crate::detect::{self, Error, Waiter};
 use crate::fork;
 use crate::grace;
-use crate::reader::{gp_counter, offline_while, read_depth, registry};
+use crate::reader::{gp_counter, offline_while, read_depth, registry, with_local, Local};
 pub(crate) use crate::report::panic_message;
 use crate::report::report;
 use crate::sync::{
@@ -620,6 +620,23 @@ fn run_callback(callback: Callback) {
             CallRcuThread,
             "a call_rcu callback returned inside a read section (depth {depth}); the rcu-call \
              thread cannot run grace periods until it ends"
+        );
+    }
+    // A callback that went online and did not go offline again (its
+    // `Online` handle leaked, or kept somewhere that outlives it) would
+    // leave the worker online while it sleeps between batches, holding up
+    // every grace period, its own included: take it offline, as dropping
+    // the handle would have.
+    if let Some(Some(made_at)) =
+        with_local(|local| local.is_online().then(|| local.online_handle.get()))
+    {
+        let _ = with_local(Local::drop_online);
+        let made_at = made_at.map_or_else(|| "an unknown location".to_owned(), |at| at.to_string());
+        report!(
+            CallRcuThread,
+            "a call_rcu callback returned with the rcu-call thread online (its Online handle \
+             was made at {made_at} and not dropped); the thread is taken offline, since an \
+             online thread waiting for callbacks would hold up every grace period"
         );
     }
 }

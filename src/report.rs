@@ -33,9 +33,10 @@ pub enum ReportKind {
     /// A guest notification failed ([`IrqNotifier`](crate::virtio::IrqNotifier);
     /// reported once per notifier, later failures are counted).
     NotifyFailed,
-    /// The `rcu-call` thread cannot do its work: it cannot be started, its
-    /// grace periods fail, or a callback left it inside a read section.
-    /// Its callbacks stay queued.
+    /// The `rcu-call` thread cannot do its work: it cannot be started or its
+    /// grace periods fail (its callbacks stay queued), or a callback left it
+    /// inside a read section (no grace period ends until the section does)
+    /// or online (it is taken offline).
     CallRcuThread,
     /// The `rcu-call` thread works again after failures reported as
     /// [`CallRcuThread`](ReportKind::CallRcuThread).

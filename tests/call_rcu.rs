@@ -454,3 +454,52 @@ fn drain_call_rcu_timeout_is_refused_inside_a_section_and_from_a_callback() {
         assert!(seen.contains("InCallRcuCallback"), "{seen}");
     });
 }
+
+#[test]
+fn a_callback_that_leaves_the_rcu_call_thread_online_is_reported_and_the_thread_goes_offline() {
+    const TEST: &str =
+        "a_callback_that_leaves_the_rcu_call_thread_online_is_reported_and_the_thread_goes_offline";
+    if is_child(TEST) {
+        // A process of its own: before the worker checked for this, the
+        // leaked handle stopped every later grace period of the process.
+        call_rcu(|| std::mem::forget(rcu_defer::online()));
+        within("the drain after the leaking callback", drain_call_rcu);
+        rcu_defer::synchronize_rcu_timeout(Duration::from_secs(10))
+            .expect("a grace period after the callback that left the worker online");
+        // The thread has no live handle left: a later callback may go online
+        // (and offline) again.
+        let (tx, rx) = mpsc::channel();
+        call_rcu(move || {
+            let again = catch_unwind(|| drop(rcu_defer::online())).map_err(|p| panic_text(&*p));
+            tx.send(again).unwrap();
+        });
+        within("the second drain", drain_call_rcu);
+        if let Err(message) = recv(&rx, "the second callback") {
+            panic!("going online again in a later callback failed: {message}");
+        }
+        rcu_defer::synchronize_rcu_timeout(Duration::from_secs(10))
+            .expect("a grace period after the second callback");
+        return;
+    }
+    let output = output_within(child_command(TEST), HANG_LIMIT + HANG_LIMIT);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{stdout}\n{stderr}"
+    );
+    let reports: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("returned with the rcu-call thread online"))
+        .collect();
+    assert_eq!(
+        reports.len(),
+        1,
+        "one report, for the leaking callback:\n{stderr}"
+    );
+    assert!(
+        reports[0].contains(file!()),
+        "the report names where the handle was made: {}",
+        reports[0]
+    );
+}
