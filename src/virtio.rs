@@ -213,6 +213,33 @@ struct Counters {
 /// one thread that used it, after that thread's queued signals have run),
 /// so it outlives every section that could have queued a signal. The queued
 /// signal runs as the section ends, before its end is published.
+///
+/// Since a queued signal runs on the thread that queued it, even after the
+/// notifier itself has been taken out of its `Arc` and sent elsewhere, the
+/// notifier may cross threads only if its `N` may be used from two threads
+/// at once: `IrqNotifier<N>` is `Send` for `N: Send + Sync` (an eventfd
+/// is), and `Sync` for `N: Sync`. A notifier with interior mutability that
+/// is not thread-safe stays on its thread:
+///
+/// ```compile_fail,E0277
+/// use rcu_defer::virtio::{IrqNotifier, Notify};
+/// use std::cell::Cell;
+///
+/// /// Counts its signals: `Send`, not `Sync`.
+/// struct Counter(Cell<u64>);
+/// impl Notify for Counter {
+///     fn signal(&self) -> std::io::Result<()> {
+///         self.0.set(self.0.get() + 1);
+///         Ok(())
+///     }
+/// }
+///
+/// let irq = IrqNotifier::new(Counter(Cell::new(0)));
+/// let _pass = rcu_defer::read_lock();
+/// irq.notify(); // queued on this thread, to run when `_pass` ends
+/// let owned = std::sync::Arc::into_inner(irq).unwrap();
+/// std::thread::spawn(move || owned.notify_now()); // would race with it
+/// ```
 pub struct IrqNotifier<N: Notify> {
     /// Owned; freed by `Drop` as described above.
     state: NonNull<State<N>>,
@@ -252,11 +279,19 @@ struct State<N: Notify> {
 
 // SAFETY: an `IrqNotifier<N>` owns a `State<N>`, which owns an `N`, and
 // hands out `&N` (`notifier()`) and calls `N::signal(&self)` from whichever
-// thread holds a reference: sending it sends an `N` (needs `N: Send`),
-// sharing it shares `&N` (needs `N: Sync`). Everything else in `State` is
-// atomics and plain data.
-unsafe impl<N: Notify + Send> Send for IrqNotifier<N> {}
-// SAFETY: as above.
+// thread holds a reference. Sending it sends an `N` (needs `N: Send`), but
+// not alone: a batched `notify` leaves a raw pointer to the state in the
+// calling thread's section calls (no `Arc` count), so the `Arc` can be
+// unwrapped and the owned notifier sent while that thread's queued signal
+// is still to run there, and both threads then use `&N` at once (needs
+// `N: Sync`). `Drop` on the receiving thread frees the state only after a
+// grace period, which waits for the sending thread's section. Everything
+// else in `State` is atomics and plain data.
+unsafe impl<N: Notify + Send + Sync> Send for IrqNotifier<N> {}
+// SAFETY: sharing it shares `&N` across threads (needs `N: Sync`); a thread
+// that drops the last `Arc` drops the `N`, so an `Arc` shared between
+// threads sends it too, which the `Arc`'s own bounds (`Send` needs the
+// notifier `Send + Sync`) already require.
 unsafe impl<N: Notify + Sync> Sync for IrqNotifier<N> {}
 
 impl<N: Notify + 'static> IrqNotifier<N> {
@@ -443,10 +478,13 @@ impl<N: Notify> State<N> {
 /// A `State` whose `IrqNotifier` is gone, on its way to being freed.
 struct Retiring<N: Notify>(NonNull<State<N>>);
 
-// SAFETY: only made by `IrqNotifier::drop` once the notifier has been used
-// on, or dropped from, a thread other than its creator, which proves
-// `N: Send` (see there); the state is then dropped on the `rcu-call` thread
-// exactly once.
+// SAFETY: `IrqNotifier::drop` makes one for every notifier, but hands it
+// to another thread (the `rcu-call` thread, which drops it exactly once)
+// only when the notifier was `foreign`: `notify` ran on, or the last drop
+// came from, a thread other than its creator. Either needs the notifier or
+// an `Arc` of it to have crossed threads, which its `Send` and `Sync`
+// bounds allow only for `N: Send + Sync` (see there). Otherwise it is
+// dropped on the creating thread.
 unsafe impl<N: Notify> Send for Retiring<N> {}
 
 impl<N: Notify> Drop for Retiring<N> {
