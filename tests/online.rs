@@ -409,6 +409,11 @@ fn call_local_on_an_online_thread_runs_once_at_the_end_of_the_outermost_section(
     within("the batch", || {
         let online = online();
         let count = Arc::new(AtomicUsize::new(0));
+        // One function pointer value for every call: deduplication is by
+        // pointer, and Miri gives each use of a function's name an address
+        // of its own now and then (compiled code may too, across codegen
+        // units).
+        let bump: fn(&AtomicUsize) = bump;
         for pass in 1..=3 {
             {
                 let _pass = read_lock();
@@ -576,4 +581,53 @@ fn a_section_left_open_by_the_stall_handler_of_an_online_threads_wait_keeps_its_
         output.status.success() && stdout.contains("1 passed"),
         "the child failed:\n{stdout}\n{stderr}"
     );
+}
+
+#[test]
+fn a_value_read_in_a_section_returned_from_offline_is_not_freed_while_the_section_is_open() {
+    let _serial = serial();
+    within("the reader and the writer", || {
+        // On the heap, so that Miri reports a read of it after a free.
+        let cell = Arc::new(RcuCell::new(vec![1u64; 4]));
+        let (to_main, from_reader) = mpsc::channel();
+        let (to_reader, from_main) = mpsc::channel::<()>();
+        let reader = {
+            let cell = Arc::clone(&cell);
+            thread::spawn(move || {
+                let online = online();
+                let guard = online.offline(read_lock);
+                let seen = cell.read(&guard);
+                to_main.send(true).unwrap();
+                from_main.recv().unwrap();
+                // A polling loop's quiescent state, reached with the section
+                // still open while a writer waits: refused, or the writer
+                // frees `seen`.
+                to_main.send(online.try_quiescent().is_err()).unwrap();
+                from_main.recv().unwrap();
+                let sum: u64 = seen.iter().sum();
+                drop(guard);
+                online.quiescent();
+                sum
+            })
+        };
+        recv(&from_reader, "the reader to read");
+        // The writer frees the old value as soon as replace_sync returns.
+        let writer = {
+            let cell = Arc::clone(&cell);
+            thread::spawn(move || assert_eq!(cell.replace_sync(vec![2; 4]), vec![1; 4]))
+        };
+        thread::sleep(SHORT);
+        to_reader.send(()).unwrap();
+        let refused = recv(&from_reader, "the reader's quiescent state");
+        thread::sleep(SHORT);
+        let early = writer.is_finished();
+        to_reader.send(()).unwrap();
+        assert_eq!(reader.join().unwrap(), 4, "the reader read a freed value");
+        assert!(refused, "a quiescent state was accepted inside the section");
+        assert!(
+            !early,
+            "replace_sync returned while a section opened offline was still open"
+        );
+        writer.join().unwrap();
+    });
 }
