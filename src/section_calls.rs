@@ -9,6 +9,13 @@
 //! here, so that a batched notification costs no atomic read-modify-write
 //! (where `call_local` would clone and drop an `Arc`).
 //!
+//! That the call runs at the section's end, and that the section protects
+//! until then, holds across every change of the thread's reader state:
+//! going offline is refused inside a section, and coming back online
+//! (`Local::come_back_online`), dropping the `Online` handle and exiting
+//! keep an open section's depth and its `DEFERRED` flag, so its outermost
+//! exit still runs the calls before it ends the section's protection.
+//!
 //! The calls sit in a small fixed array in the thread's reader state: no
 //! allocation, and nothing to free at thread exit, since each outermost end
 //! runs and empties it. When it is full, or while it is running, recording
