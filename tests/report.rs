@@ -9,9 +9,7 @@
 
 mod common;
 
-use common::{
-    child_command, fail_a_notification, is_child, markers, output_within, HANG_LIMIT, MARKER,
-};
+use common::{child_command, fail_a_notification, is_child, markers, HANG_LIMIT, MARKER};
 use rcu_defer::virtio::{IrqNotifier, Notify};
 use rcu_defer::{
     call_local_fn, call_rcu, defer_scope, drain_call_rcu, read_lock, set_report_handler,
@@ -32,14 +30,7 @@ fn run_child(test: &str, env: &[(&str, &str)]) -> Output {
     for (key, value) in env {
         command.env(key, value);
     }
-    let output = output_within(command, HANG_LIMIT);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.contains("1 passed"),
-        "the child failed:\n{stdout}\n{stderr}"
-    );
-    output
+    common::passing_child(command, HANG_LIMIT)
 }
 
 fn stderr_of(output: &Output) -> String {

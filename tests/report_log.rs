@@ -6,9 +6,7 @@
 
 mod common;
 
-use common::{
-    child_command, fail_a_notification, is_child, markers, output_within, HANG_LIMIT, MARKER,
-};
+use common::{fail_a_notification, is_child, markers, run_child, HANG_LIMIT, MARKER};
 use rcu_defer::virtio::{IrqNotifier, Notify};
 use std::io;
 use std::process::Output;
@@ -43,17 +41,6 @@ impl log::Log for MarkingLogger {
 
 static LOGGER: MarkingLogger = MarkingLogger;
 
-fn run_child(test: &str) -> Output {
-    let output = output_within(child_command(test), HANG_LIMIT);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.contains("1 passed"),
-        "the child failed:\n{stdout}\n{stderr}"
-    );
-    output
-}
-
 fn report_lines(output: &Output) -> Vec<String> {
     String::from_utf8_lossy(&output.stderr)
         .lines()
@@ -71,7 +58,7 @@ fn a_report_goes_to_the_logger_at_its_level_and_not_to_stderr() {
         fail_a_notification();
         return;
     }
-    let output = run_child(TEST);
+    let output = run_child(TEST, HANG_LIMIT);
     let seen = markers(&output);
     assert_eq!(seen.len(), 1, "{seen:#?}");
     assert!(
@@ -90,7 +77,7 @@ fn a_report_the_logger_filters_out_goes_to_stderr() {
         fail_a_notification();
         return;
     }
-    let output = run_child(TEST);
+    let output = run_child(TEST, HANG_LIMIT);
     assert_eq!(markers(&output), Vec::<String>::new());
     let lines = report_lines(&output);
     assert_eq!(lines.len(), 1, "{lines:#?}");
@@ -114,7 +101,7 @@ fn a_report_made_while_the_logger_runs_goes_to_stderr() {
         IrqNotifier::new(TryAgain).notify_now();
         return;
     }
-    let output = run_child(TEST);
+    let output = run_child(TEST, HANG_LIMIT);
     let seen = markers(&output);
     assert_eq!(
         seen.len(),
@@ -144,7 +131,7 @@ fn a_logger_that_panics_is_caught_and_the_report_printed_on_stderr() {
         println!("{MARKER}survived");
         return;
     }
-    let output = run_child(TEST);
+    let output = run_child(TEST, HANG_LIMIT);
     assert_eq!(
         markers(&output).last().map(String::as_str),
         Some("survived")

@@ -122,6 +122,26 @@ pub fn output_within(mut command: Command, limit: Duration) -> Output {
     }
 }
 
+/// Runs `command` (a [`child_command`], perhaps with more environment) to
+/// completion within `limit`, checks that its one test passed, and returns
+/// its output.
+pub fn passing_child(command: Command, limit: Duration) -> Output {
+    let output = output_within(command, limit);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "the child failed:\n{stdout}\n{stderr}"
+    );
+    output
+}
+
+/// Runs only `test` of this binary in a child process (see
+/// [`passing_child`]).
+pub fn run_child(test: &str, limit: Duration) -> Output {
+    passing_child(child_command(test), limit)
+}
+
 /// The marker lines a child printed, without the marker prefix.
 pub fn markers(output: &Output) -> Vec<String> {
     String::from_utf8_lossy(&output.stdout)
