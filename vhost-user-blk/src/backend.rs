@@ -57,11 +57,19 @@ pub fn virtio_features() -> u64 {
         | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
 }
 
-/// The vhost-user protocol features the device offers: CONFIG (QEMU reads
-/// the configuration space from the backend) and MQ (QEMU asks for the
-/// number of queues: 1). vhost adds REPLY_ACK itself.
+/// The vhost-user protocol features the device offers: CONFIG (the
+/// frontend reads the configuration space from the backend), MQ (it asks
+/// for the number of queues), REPLY_ACK (it may ask for an acknowledgement
+/// of any message; vhost implements it) and CONFIGURE_MEM_SLOTS (it may add
+/// and remove guest memory regions one at a time with ADD_MEM_REG and
+/// REM_MEM_REG instead of resending the whole table). libblkio's
+/// virtio-blk-vhost-user driver refuses a backend without REPLY_ACK,
+/// CONFIG and CONFIGURE_MEM_SLOTS.
 pub fn protocol_features() -> VhostUserProtocolFeatures {
-    VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ
+    VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
 }
 
 /// The configuration space (`struct virtio_blk_config`, little-endian):
@@ -352,6 +360,9 @@ impl VhostUserBackend for BlkBackend {
             .collect()
     }
 
+    /// Called by vhost-user-backend with the whole new map after each
+    /// SET_MEM_TABLE, ADD_MEM_REG and REM_MEM_REG (it builds the map with
+    /// `insert_region` / `remove_region`); the mirror follows each.
     fn update_memory(&self, mem: AtomicMemory) -> io::Result<()> {
         // The same regions (a `GuestMemoryMmap` clone shares them): the old
         // map goes after a grace period, never under a request.

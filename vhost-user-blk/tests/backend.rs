@@ -15,13 +15,13 @@ use vhost_user_blk::backend::{
     config_space, AtomicMemory, BlkBackend, BlkVring, ConnectionStats, BLK_SIZE, SEG_MAX,
 };
 use vhost_user_blk::disk::RamDisk;
-use vhost_user_blk::request::{NotifyMode, QueueStats, S_OK};
+use vhost_user_blk::request::{NotifyMode, QueueStats, S_IOERR, S_OK};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_T_IN,
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap, GuestRegionMmap};
 use vmm_sys_util::epoll::EventSet;
 
 const SECTORS: u64 = 2048;
@@ -227,4 +227,93 @@ fn requests_are_served_from_the_map_the_frontend_set_last() {
     d.kick();
     assert_eq!(d.driver.take_used(), vec![(posted.head, 513)]);
     assert_eq!(d.backend.stats().queue.requests, 1);
+}
+
+#[test]
+fn libblkio_protocol_features_are_offered() {
+    let backend = BlkBackend::new(
+        Arc::new(Mutex::new(RamDisk::new(SECTORS))),
+        NotifyMode::Batched,
+    )
+    .unwrap();
+    assert!(backend.protocol_features().contains(
+        VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::MQ
+    ));
+}
+
+/// Where the test's added region lies in guest-physical space (past the
+/// driver's 16 MiB).
+const ADDED_BASE: u64 = 1 << 30;
+const ADDED_LEN: u64 = 1 << 20;
+
+/// Posts a 4 KiB read of `sector` whose data buffer is at `data` (header
+/// and status in the driver's own memory).
+fn post_read_into(driver: &mut Driver, sector: u64, data: u64) -> Posted {
+    let header = driver.header(VIRTIO_BLK_T_IN, sector);
+    let status = driver.status();
+    let head = driver.post_chain(&[
+        readable(header, 16),
+        writable(data, 4096),
+        writable(status, 1),
+    ]);
+    Posted {
+        head,
+        status,
+        data: vec![(data, 4096)],
+    }
+}
+
+#[test]
+fn memory_regions_added_and_removed_are_followed() {
+    let mut d = device(NotifyMode::Batched, false);
+    let added = Arc::new(
+        GuestRegionMmap::<()>::from_range(GuestAddress(ADDED_BASE), ADDED_LEN as usize, None)
+            .unwrap(),
+    );
+
+    // Before ADD_MEM_REG the buffer is outside guest memory: IOERR.
+    let early = post_read_into(&mut d.driver, 8, ADDED_BASE);
+    d.kick();
+    assert_eq!(d.driver.take_used(), vec![(early.head, 1)]);
+    assert_eq!(d.driver.status_of(&early), S_IOERR);
+
+    // ADD_MEM_REG: vhost-user-backend inserts the region into its map and
+    // hands the whole map to update_memory.
+    let with_added = d.driver.map.insert_region(Arc::clone(&added)).unwrap();
+    d.backend
+        .update_memory(GuestMemoryAtomic::new(with_added.clone()))
+        .unwrap();
+    let served = post_read_into(&mut d.driver, 16, ADDED_BASE + 4096);
+    d.kick();
+    assert_eq!(d.driver.take_used(), vec![(served.head, 4097)]);
+    assert_eq!(d.driver.status_of(&served), S_OK);
+    let mut data = vec![0; 4096];
+    with_added
+        .read_slice(&mut data, GuestAddress(ADDED_BASE + 4096))
+        .unwrap();
+    assert_pattern(&data, 16 * 512);
+
+    // REM_MEM_REG: the region is gone from the map the requests see.
+    let (without, removed) = with_added
+        .remove_region(GuestAddress(ADDED_BASE), ADDED_LEN)
+        .unwrap();
+    assert!(Arc::ptr_eq(&removed, &added));
+    d.backend
+        .update_memory(GuestMemoryAtomic::new(without))
+        .unwrap();
+    let late = post_read_into(&mut d.driver, 24, ADDED_BASE + 8192);
+    d.kick();
+    assert_eq!(d.driver.take_used(), vec![(late.head, 1)]);
+    assert_eq!(d.driver.status_of(&late), S_IOERR);
+    // The untouched part of the region still holds what the device wrote
+    // before (the region was not written after it left the map).
+    let mut after = vec![0; 4096];
+    with_added
+        .read_slice(&mut after, GuestAddress(ADDED_BASE + 8192))
+        .unwrap();
+    assert_eq!(after, vec![0; 4096]);
+    assert_eq!(d.backend.stats().queue.errors, 2);
 }
