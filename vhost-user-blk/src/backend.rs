@@ -3,7 +3,7 @@
 //! `VhostUserBackend` that hands kicks to the [`BlkServer`].
 
 use crate::disk::RamDisk;
-use crate::request::{BlkServer, NotifyMode, QueueStats};
+use crate::request::{BlkServer, NotifyMode, QueueStats, QueueWork};
 use crate::warn;
 use rcu_defer::virtio::{IrqNotifier, Notify};
 use rcu_defer::vm::GuestMemoryRcu;
@@ -11,6 +11,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::mem::{offset_of, size_of};
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{
@@ -32,8 +33,8 @@ use vmm_sys_util::event::{
 /// Guest memory as vhost-user-backend hands it over.
 pub type AtomicMemory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
 
-/// The device's one queue.
-pub const NUM_QUEUES: usize = 1;
+/// The most queues the device can have.
+pub const MAX_QUEUES: usize = 8;
 /// The largest queue size the frontend may set (QEMU's `queue-size`).
 pub const MAX_QUEUE_SIZE: usize = 1024;
 /// The `seg_max` the device advertises: data segments per request, so that
@@ -44,8 +45,9 @@ pub const SEG_MAX: u32 = 126;
 pub const BLK_SIZE: u32 = 512;
 
 /// The virtio features the device offers: VERSION_1, EVENT_IDX,
-/// INDIRECT_DESC, and virtio-blk's SEG_MAX, BLK_SIZE, FLUSH and MQ (with
-/// one queue), plus vhost-user's PROTOCOL_FEATURES.
+/// INDIRECT_DESC, and virtio-blk's SEG_MAX, BLK_SIZE, FLUSH and MQ (the
+/// configuration space says how many queues), plus vhost-user's
+/// PROTOCOL_FEATURES.
 pub fn virtio_features() -> u64 {
     (1 << VIRTIO_F_VERSION_1)
         | (1 << VIRTIO_RING_F_EVENT_IDX)
@@ -57,17 +59,25 @@ pub fn virtio_features() -> u64 {
         | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
 }
 
-/// The vhost-user protocol features the device offers: CONFIG (QEMU reads
-/// the configuration space from the backend) and MQ (QEMU asks for the
-/// number of queues: 1). vhost adds REPLY_ACK itself.
+/// The vhost-user protocol features the device offers: CONFIG (the
+/// frontend reads the configuration space from the backend), MQ (it asks
+/// for the number of queues), REPLY_ACK (it may ask for an acknowledgement
+/// of any message; vhost implements it) and CONFIGURE_MEM_SLOTS (it may add
+/// and remove guest memory regions one at a time with ADD_MEM_REG and
+/// REM_MEM_REG instead of resending the whole table). libblkio's
+/// virtio-blk-vhost-user driver refuses a backend without REPLY_ACK,
+/// CONFIG and CONFIGURE_MEM_SLOTS.
 pub fn protocol_features() -> VhostUserProtocolFeatures {
-    VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ
+    VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
 }
 
 /// The configuration space (`struct virtio_blk_config`, little-endian):
 /// the capacity in 512-byte sectors, `seg_max`, `blk_size` 512 and
-/// `num_queues` 1; every other field 0.
-pub fn config_space(capacity_sectors: u64) -> Vec<u8> {
+/// `num_queues`; every other field 0.
+pub fn config_space(capacity_sectors: u64, num_queues: usize) -> Vec<u8> {
     let mut config = vec![0u8; size_of::<virtio_blk_config>()];
     let mut put = |offset: usize, bytes: &[u8]| {
         config[offset..offset + bytes.len()].copy_from_slice(bytes);
@@ -86,7 +96,7 @@ pub fn config_space(capacity_sectors: u64) -> Vec<u8> {
     );
     put(
         offset_of!(virtio_blk_config, num_queues),
-        &(NUM_QUEUES as u16).to_le_bytes(),
+        &u16::try_from(num_queues).unwrap_or(u16::MAX).to_le_bytes(),
     );
     config
 }
@@ -258,65 +268,168 @@ impl VringT<AtomicMemory> for BlkVring {
     }
 }
 
+/// How the device's queues are spread over worker threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workers {
+    /// One worker thread serves all the queues, as one QEMU IOThread
+    /// serves all of a device's queues: a kick on any queue serves every
+    /// queue that has work.
+    One,
+    /// A worker thread per queue.
+    PerQueue,
+}
+
+impl Workers {
+    /// The command-line spelling: `one` or `per-queue`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workers::One => "one",
+            Workers::PerQueue => "per-queue",
+        }
+    }
+}
+
+/// The device's set-up: how many queues, how they are spread over worker
+/// threads, and when the driver is notified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// The number of queues, 1 to [`MAX_QUEUES`] (configuration space
+    /// `num_queues`, VIRTIO_BLK_F_MQ).
+    pub queues: usize,
+    /// Which worker thread serves which queue.
+    pub workers: Workers,
+    /// When the driver is notified of completions.
+    pub notify: NotifyMode,
+}
+
+impl DeviceConfig {
+    /// One queue on one worker thread, notifying as `notify` says.
+    pub fn new(notify: NotifyMode) -> DeviceConfig {
+        DeviceConfig {
+            queues: 1,
+            workers: Workers::One,
+            notify,
+        }
+    }
+
+    /// The queues of each worker thread, as vhost-user-backend's
+    /// `queues_per_thread` wants them: a bit mask of queue indices per
+    /// thread.
+    pub fn queues_per_thread(&self) -> Vec<u64> {
+        match self.workers {
+            Workers::One => vec![(1u64 << self.queues) - 1],
+            Workers::PerQueue => (0..self.queues).map(|queue| 1u64 << queue).collect(),
+        }
+    }
+}
+
 /// The backend of one frontend connection.
 pub struct BlkBackend {
     capacity_sectors: u64,
+    config: DeviceConfig,
+    /// `config.queues_per_thread()`.
+    queues_per_thread: Vec<u64>,
     /// The guest memory the requests are served from: a mirror of the map
     /// vhost-user-backend hands over in `update_memory` (the same regions).
     mem: GuestMemoryRcu<GuestMemoryMmap<()>>,
-    server: Mutex<BlkServer>,
-    /// The queue's notifier, taken from the vring at the first kick.
-    irq: OnceLock<Arc<IrqNotifier<CallFd>>>,
-    /// The worker thread's exit eventfd, handed to vhost-user-backend once.
-    exit: Mutex<Option<(EventConsumer, EventNotifier)>>,
+    /// A server per worker thread.
+    servers: Vec<Mutex<BlkServer>>,
+    /// Each queue's notifier, taken from its vring when its worker thread
+    /// first runs.
+    irqs: Vec<OnceLock<Arc<IrqNotifier<CallFd>>>>,
+    /// Each worker thread's exit eventfd, handed to vhost-user-backend once.
+    exits: Mutex<Vec<Option<(EventConsumer, EventNotifier)>>>,
     /// Whether a ring error has been reported on stderr (only the first
     /// is).
-    ring_error_reported: Mutex<bool>,
+    ring_error_reported: AtomicBool,
 }
 
 /// What a connection's backend did: the stats line's figures, less the CPU
 /// time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnectionStats {
-    /// The queue's counts.
+    /// The counts of all the queues together.
     pub queue: QueueStats,
-    /// Eventfd writes to the call fd (`IrqNotifier::stats().signalled`).
+    /// Eventfd writes to the call fds of all the queues
+    /// (`IrqNotifier::stats().signalled`).
     pub signals: u64,
 }
 
 impl BlkBackend {
-    /// A backend serving `disk`, notifying as `mode` says.
+    /// A backend serving `disk` with the queues, worker threads and
+    /// notification mode that `config` says.
     ///
     /// # Errors
     ///
-    /// The worker thread's exit eventfd cannot be created.
-    pub fn new(disk: Arc<Mutex<RamDisk>>, mode: NotifyMode) -> io::Result<BlkBackend> {
+    /// `config.queues` is 0 or above [`MAX_QUEUES`], or a worker thread's
+    /// exit eventfd cannot be created.
+    pub fn new(disk: Arc<RwLock<RamDisk>>, config: DeviceConfig) -> io::Result<BlkBackend> {
+        if !(1..=MAX_QUEUES).contains(&config.queues) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the device has 1 to {MAX_QUEUES} queues, not {}",
+                    config.queues
+                ),
+            ));
+        }
         let capacity_sectors = disk
-            .lock()
+            .read()
             .unwrap_or_else(PoisonError::into_inner)
             .sectors();
-        let exit = new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot create an eventfd: {e}")))?;
+        let queues_per_thread = config.queues_per_thread();
+        let exits = (0..queues_per_thread.len())
+            .map(|_| {
+                new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)
+                    .map(Some)
+                    .map_err(|e| io::Error::new(e.kind(), format!("cannot create an eventfd: {e}")))
+            })
+            .collect::<io::Result<Vec<_>>>()?;
         Ok(BlkBackend {
             capacity_sectors,
+            servers: (0..queues_per_thread.len())
+                .map(|_| Mutex::new(BlkServer::new(Arc::clone(&disk), config.notify)))
+                .collect(),
+            irqs: (0..config.queues).map(|_| OnceLock::new()).collect(),
+            config,
+            queues_per_thread,
             mem: GuestMemoryRcu::new(GuestMemoryMmap::new()),
-            server: Mutex::new(BlkServer::new(disk, mode)),
-            irq: OnceLock::new(),
-            exit: Mutex::new(Some(exit)),
-            ring_error_reported: Mutex::new(false),
+            exits: Mutex::new(exits),
+            ring_error_reported: AtomicBool::new(false),
         })
     }
 
-    /// What the backend has done so far.
+    /// The device's set-up.
+    pub fn config(&self) -> DeviceConfig {
+        self.config
+    }
+
+    /// What the backend has done so far, over all its queues.
     pub fn stats(&self) -> ConnectionStats {
-        ConnectionStats {
-            queue: self
-                .server
+        let mut stats = ConnectionStats::default();
+        for server in &self.servers {
+            let queue = server
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .stats(),
-            signals: self.irq.get().map_or(0, |irq| irq.stats().signalled),
+                .stats();
+            stats.queue.requests += queue.requests;
+            stats.queue.suppressed += queue.suppressed;
+            stats.queue.errors += queue.errors;
         }
+        stats.signals = self
+            .irqs
+            .iter()
+            .filter_map(OnceLock::get)
+            .map(|irq| irq.stats().signalled)
+            .sum();
+        stats
+    }
+
+    /// The device's queue index of each vring that vhost-user-backend hands
+    /// to worker thread `thread_id` (the set bits of its mask, in order).
+    fn thread_queues(&self, thread_id: usize) -> impl Iterator<Item = usize> {
+        let mask = self.queues_per_thread.get(thread_id).copied().unwrap_or(0);
+        (0..self.config.queues).filter(move |queue| mask & (1 << queue) != 0)
     }
 }
 
@@ -325,7 +438,11 @@ impl VhostUserBackend for BlkBackend {
     type Vring = BlkVring;
 
     fn num_queues(&self) -> usize {
-        NUM_QUEUES
+        self.config.queues
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        self.queues_per_thread.clone()
     }
 
     fn max_queue_size(&self) -> usize {
@@ -345,13 +462,16 @@ impl VhostUserBackend for BlkBackend {
     fn set_event_idx(&self, _enabled: bool) {}
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let config = config_space(self.capacity_sectors);
+        let config = config_space(self.capacity_sectors, self.config.queues);
         (offset as usize..)
             .take(size as usize)
             .map(|at| config.get(at).copied().unwrap_or(0))
             .collect()
     }
 
+    /// Called by vhost-user-backend with the whole new map after each
+    /// SET_MEM_TABLE, ADD_MEM_REG and REM_MEM_REG (it builds the map with
+    /// `insert_region` / `remove_region`); the mirror follows each.
     fn update_memory(&self, mem: AtomicMemory) -> io::Result<()> {
         // The same regions (a `GuestMemoryMmap` clone shares them): the old
         // map goes after a grace period, never under a request.
@@ -363,38 +483,55 @@ impl VhostUserBackend for BlkBackend {
         Ok(())
     }
 
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        self.exit
+    fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        self.exits
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(thread_index)?
             .take()
     }
 
+    /// Serves a kick on one of the worker thread's queues: every queue of
+    /// the thread that has work (see `BlkServer::serve_queues`; batched,
+    /// one read section per pass over them).
     fn handle_event(
         &self,
         device_event: u16,
         _evset: EventSet,
         vrings: &[BlkVring],
-        _thread_id: usize,
+        thread_id: usize,
     ) -> io::Result<()> {
-        let Some(vring) = vrings.get(usize::from(device_event)) else {
+        if usize::from(device_event) >= vrings.len() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("an event for queue {device_event}, which the device does not have"),
             ));
+        }
+        let Some(server) = self.servers.get(thread_id) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("an event for worker thread {thread_id}, which the device does not have"),
+            ));
         };
-        let irq = self.irq.get_or_init(|| Arc::clone(vring.irq()));
-        let mut state = vring.get_mut();
-        let mut server = self.server.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Err(e) = server.serve_queue(state.get_queue_mut(), &self.mem, irq) {
+        for (vring, queue) in vrings.iter().zip(self.thread_queues(thread_id)) {
+            self.irqs[queue].get_or_init(|| Arc::clone(vring.irq()));
+        }
+        let mut states: Vec<_> = vrings.iter().map(VringT::get_mut).collect();
+        let mut work: Vec<QueueWork<'_, CallFd>> = states
+            .iter_mut()
+            .zip(vrings)
+            .filter(|(state, _)| state.is_enabled())
+            .map(|(state, vring)| QueueWork {
+                queue: state.get_queue_mut(),
+                irq: vring.irq(),
+            })
+            .collect();
+        let mut server = server.lock().unwrap_or_else(PoisonError::into_inner);
+        let errors = server.serve_queues(&mut work, &self.mem);
+        if let Some((_, e)) = errors.first() {
             // An error here would end the worker thread, and with it the
             // device: report it and wait for the next kick instead.
-            let mut reported = self
-                .ring_error_reported
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if !*reported {
-                *reported = true;
+            if !self.ring_error_reported.swap(true, Ordering::Relaxed) {
                 warn(format_args!(
                     "{e}; the queue is served again at the next kick (further ring errors \
                      are not reported)"

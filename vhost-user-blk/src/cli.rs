@@ -1,22 +1,27 @@
 //! The command line, and the stats line printed at the end of each
 //! connection.
 
-use crate::backend::ConnectionStats;
+use crate::backend::{ConnectionStats, DeviceConfig, Workers, MAX_QUEUES};
 use crate::request::NotifyMode;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
 /// `--help`.
 pub const USAGE: &str = "\
-usage: vhost-user-blk --socket PATH --notify per-request|batched [--size-mib N] [--once]
+usage: vhost-user-blk --socket PATH --notify per-request|batched [--size-mib N]
+                      [--queues N] [--thread-per-queue] [--once]
 
 Serves a RAM disk (N MiB, default 256) as a vhost-user-blk device on the Unix
 socket PATH, one frontend connection at a time. Never-written sectors read as a
 pattern: each 8-byte word holds its byte offset on the disk (little-endian).
 
-  --notify per-request  signal the call eventfd after each completion that the
-                        driver wants to be told of (EVENT_IDX)
-  --notify batched      one signal per pass over the available requests
+  --notify per-request  signal a queue's call eventfd after each completion that
+                        the driver wants to be told of (EVENT_IDX)
+  --notify batched      at most one signal per queue per pass over the queues
+                        with available requests
+  --queues N            the device's queues, 1 to 8 (default 1)
+  --thread-per-queue    a worker thread per queue (default: one worker thread
+                        serves all the queues)
   --once                exit after the first connection ends
 
 At the end of each connection one line goes to stdout:
@@ -27,8 +32,9 @@ At the end of each connection one line goes to stdout:
 pub struct Args {
     /// `--socket PATH`: where to listen.
     pub socket: PathBuf,
-    /// `--notify per-request|batched`.
-    pub notify: NotifyMode,
+    /// `--notify per-request|batched`, `--queues N` and
+    /// `--thread-per-queue`.
+    pub device: DeviceConfig,
     /// `--size-mib N`: the disk's size in MiB.
     pub size_mib: u64,
     /// `--once`: exit after the first connection.
@@ -58,6 +64,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
     let mut notify = None;
     let mut size_mib = 256;
     let mut once = false;
+    let mut queues = 1;
+    let mut workers = Workers::One;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let Some(arg) = arg.to_str().map(str::to_owned) else {
@@ -90,6 +98,20 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
                         )
                     })?;
             }
+            "--queues" => {
+                let n = value("--queues")?;
+                queues = n
+                    .to_str()
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .filter(|n| (1..=MAX_QUEUES).contains(n))
+                    .ok_or_else(|| {
+                        format!(
+                            "--queues must be a whole number from 1 to {MAX_QUEUES} \
+                             (the device's maximum), not {n:?}"
+                        )
+                    })?;
+            }
+            "--thread-per-queue" => workers = Workers::PerQueue,
             "--once" => once = true,
             "--help" | "-h" => return Ok(Command::Help),
             other => return Err(format!("unexpected argument {other:?}")),
@@ -97,7 +119,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
     }
     Ok(Command::Run(Args {
         socket: socket.ok_or("--socket PATH is required")?,
-        notify: notify.ok_or("--notify per-request|batched is required")?,
+        device: DeviceConfig {
+            queues,
+            workers,
+            notify: notify.ok_or("--notify per-request|batched is required")?,
+        },
         size_mib,
         once,
     }))
@@ -133,7 +159,7 @@ mod tests {
             parse_strs(&["--socket", "/tmp/s", "--notify", "batched"]),
             Ok(Command::Run(Args {
                 socket: "/tmp/s".into(),
-                notify: NotifyMode::Batched,
+                device: DeviceConfig::new(NotifyMode::Batched),
                 size_mib: 256,
                 once: false,
             }))
@@ -150,9 +176,30 @@ mod tests {
             ]),
             Ok(Command::Run(Args {
                 socket: "x".into(),
-                notify: NotifyMode::PerRequest,
+                device: DeviceConfig::new(NotifyMode::PerRequest),
                 size_mib: 64,
                 once: true,
+            }))
+        );
+        assert_eq!(
+            parse_strs(&[
+                "--socket",
+                "x",
+                "--notify",
+                "batched",
+                "--queues",
+                "8",
+                "--thread-per-queue"
+            ]),
+            Ok(Command::Run(Args {
+                socket: "x".into(),
+                device: DeviceConfig {
+                    queues: 8,
+                    workers: Workers::PerQueue,
+                    notify: NotifyMode::Batched,
+                },
+                size_mib: 256,
+                once: false,
             }))
         );
         assert_eq!(parse_strs(&["--help"]), Ok(Command::Help));
@@ -167,6 +214,12 @@ mod tests {
         assert!(err(&["--socket", "s", "--notify", "batched", "--size-mib", "0"]).contains("0"));
         assert!(err(&["--socket"]).contains("needs a value"));
         assert!(err(&["--socket", "s", "--notify", "batched", "--bogus"]).contains("--bogus"));
+        let too_many = err(&["--socket", "s", "--notify", "batched", "--queues", "9"]);
+        assert!(
+            too_many.contains("\"9\"") && too_many.contains("1 to 8"),
+            "{too_many}"
+        );
+        assert!(err(&["--socket", "s", "--notify", "batched", "--queues", "0"]).contains("\"0\""));
     }
 
     #[test]

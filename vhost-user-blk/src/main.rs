@@ -1,5 +1,5 @@
 //! `vhost-user-blk --socket PATH --notify per-request|batched [--size-mib N]
-//! [--once]`: serves a RAM disk to one vhost-user frontend (QEMU) at a time
+//! [--queues N] [--thread-per-queue] [--once]`: serves a RAM disk to one vhost-user frontend (QEMU) at a time
 //! on the Unix socket PATH, and prints a stats line on stdout as each
 //! connection ends (see `vhost_user_blk::cli::USAGE`).
 //!
@@ -16,7 +16,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -120,7 +120,7 @@ fn is_disconnect(e: &DaemonError) -> bool {
 
 fn run(args: &Args) -> Result<(), String> {
     let sectors = args.size_mib * (1 << 20) / SECTOR_SIZE;
-    let disk = Arc::new(Mutex::new(RamDisk::new(sectors)));
+    let disk = Arc::new(RwLock::new(RamDisk::new(sectors)));
     // A stale socket is removed (by Listener::new); anything else at the
     // path is left alone.
     if let Ok(meta) = std::fs::symlink_metadata(&args.socket) {
@@ -156,7 +156,7 @@ fn run(args: &Args) -> Result<(), String> {
     loop {
         let cpu_before = cli::process_cpu_ns();
         let backend = Arc::new(
-            BlkBackend::new(Arc::clone(&disk), args.notify)
+            BlkBackend::new(Arc::clone(&disk), args.device)
                 .map_err(|e| format!("cannot set up the device: {e}"))?,
         );
         let mut daemon = VhostUserDaemon::new(
@@ -177,7 +177,7 @@ fn run(args: &Args) -> Result<(), String> {
         }
         let ended = daemon.wait();
         control.set(Phase::Busy);
-        // Dropping the daemon stops and joins the queue's worker thread, so
+        // Dropping the daemon stops and joins the worker threads, so
         // the counts below are final.
         drop(daemon);
         let stats = backend.stats();

@@ -1,7 +1,8 @@
-//! virtio-blk requests on a split virtqueue, independent of vhost-user: a
-//! [`BlkServer`] pops the available chains of a `virtio_queue::Queue`,
-//! checks and executes each against the [`RamDisk`], puts it on the used
-//! ring and notifies the driver through an [`IrqNotifier`].
+//! virtio-blk requests on split virtqueues, independent of vhost-user: a
+//! [`BlkServer`] pops the available chains of one or more
+//! `virtio_queue::Queue`s, checks and executes each against the
+//! [`RamDisk`], puts it on the used ring and notifies the queue's driver
+//! through its [`IrqNotifier`].
 //!
 //! A request is one descriptor chain (virtio 1.x, 5.2.6): a 16-byte header
 //! the device reads (`le32 type`, `le32 reserved`, `le64 sector`), the data
@@ -19,7 +20,7 @@ use rcu_defer::virtio::{IrqNotifier, Notify};
 use std::fmt;
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
@@ -149,11 +150,13 @@ impl Outcome {
 
 /// Checks one request chain, executes it against `disk` and writes its
 /// status. `descs` are the chain's descriptors in order (indirect tables
-/// followed); `scratch` is a reusable buffer.
+/// followed); `scratch` is a reusable buffer. The disk is locked for the
+/// data copy only (shared for a read, exclusive for a write), so that
+/// worker threads serving other queues can use it meanwhile.
 pub fn execute<M: GuestMemory + ?Sized>(
     mem: &M,
     descs: &[Descriptor],
-    disk: &mut RamDisk,
+    disk: &RwLock<RamDisk>,
     scratch: &mut Vec<u8>,
 ) -> Outcome {
     let refuse = |kind: RefusalKind, what: String| Outcome {
@@ -230,7 +233,7 @@ pub fn execute<M: GuestMemory + ?Sized>(
 fn execute_request<M: GuestMemory + ?Sized>(
     mem: &M,
     descs: &[Descriptor],
-    disk: &mut RamDisk,
+    disk: &RwLock<RamDisk>,
     scratch: &mut Vec<u8>,
 ) -> Result<u32, Refusal> {
     let refuse = |kind, what: String| Err(Refusal { kind, what });
@@ -301,13 +304,17 @@ fn execute_request<M: GuestMemory + ?Sized>(
                 );
             }
             let offset = sector.checked_mul(SECTOR_SIZE);
-            if !offset.is_some_and(|offset| disk.contains(offset, len)) {
+            let (in_range, sectors) = {
+                let disk = disk.read().unwrap_or_else(PoisonError::into_inner);
+                let in_range = offset.is_some_and(|offset| disk.contains(offset, len));
+                (in_range, disk.sectors())
+            };
+            if !in_range {
                 return refuse(
                     RefusalKind::OutOfRange,
                     format!(
-                        "a {name} of {} sectors at sector {sector} is beyond the disk's {} sectors",
+                        "a {name} of {} sectors at sector {sector} is beyond the disk's {sectors} sectors",
                         len / SECTOR_SIZE,
-                        disk.sectors()
                     ),
                 );
             }
@@ -333,6 +340,11 @@ fn execute_request<M: GuestMemory + ?Sized>(
             if scratch.len() < CHUNK {
                 scratch.resize(CHUNK, 0);
             }
+            let mut disk = if device_writes {
+                DiskAccess::Read(disk.read().unwrap_or_else(PoisonError::into_inner))
+            } else {
+                DiskAccess::Write(disk.write().unwrap_or_else(PoisonError::into_inner))
+            };
             for d in data {
                 let mut done = 0usize;
                 while done < d.len() as usize {
@@ -341,11 +353,14 @@ fn execute_request<M: GuestMemory + ?Sized>(
                     // The buffers were checked above, and the map cannot
                     // change under the caller's handle.
                     let at = GuestAddress(d.addr().0 + done as u64);
-                    let copied = if device_writes {
-                        disk.read(offset, buf);
-                        mem.write_slice(buf, at)
-                    } else {
-                        mem.read_slice(buf, at).map(|()| disk.write(offset, buf))
+                    let copied = match &mut disk {
+                        DiskAccess::Read(disk) => {
+                            disk.read(offset, buf);
+                            mem.write_slice(buf, at)
+                        }
+                        DiskAccess::Write(disk) => {
+                            mem.read_slice(buf, at).map(|()| disk.write(offset, buf))
+                        }
                     };
                     if copied.is_err() {
                         return refuse(
@@ -403,6 +418,14 @@ fn execute_request<M: GuestMemory + ?Sized>(
     }
 }
 
+/// The disk, locked for a request's data copy.
+enum DiskAccess<'a> {
+    /// A read request: the disk is read.
+    Read(RwLockReadGuard<'a, RamDisk>),
+    /// A write request: the disk is written.
+    Write(RwLockWriteGuard<'a, RamDisk>),
+}
+
 /// What a [`BlkServer`] counted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QueueStats {
@@ -432,15 +455,29 @@ fn ring_error(e: virtio_queue::Error) -> RingError {
     RingError(format!("the virtqueue's rings cannot be accessed: {e}"))
 }
 
-/// Serves a virtio-blk queue: see the [module documentation](self).
+/// One queue handed to [`BlkServer::serve_queues`]: the virtqueue, and the
+/// notifier of its driver.
+pub struct QueueWork<'a, N: Notify + 'static> {
+    /// The virtqueue (its rings in the guest memory the server is given).
+    pub queue: &'a mut Queue,
+    /// Signals the queue's driver.
+    pub irq: &'a Arc<IrqNotifier<N>>,
+}
+
+/// Serves virtio-blk queues: see the [module documentation](self). One
+/// server belongs to one worker thread, whichever queues that thread
+/// serves.
 #[derive(Debug)]
 pub struct BlkServer {
-    disk: Arc<Mutex<RamDisk>>,
+    disk: Arc<RwLock<RamDisk>>,
     mode: NotifyMode,
     /// The current chain's descriptors (reused across requests).
     descs: Vec<Descriptor>,
     /// The copy buffer (reused likewise).
     scratch: Vec<u8>,
+    /// Which of the queues handed to `serve_queues` still have work
+    /// (reused likewise).
+    active: Vec<bool>,
     stats: QueueStats,
     /// Whether a refused request has been reported on stderr (only the
     /// first is; the rest are counted).
@@ -449,26 +486,26 @@ pub struct BlkServer {
 
 impl BlkServer {
     /// A server of `disk` that notifies as `mode` says.
-    pub fn new(disk: Arc<Mutex<RamDisk>>, mode: NotifyMode) -> BlkServer {
+    pub fn new(disk: Arc<RwLock<RamDisk>>, mode: NotifyMode) -> BlkServer {
         BlkServer {
             disk,
             mode,
             descs: Vec::new(),
             scratch: Vec::new(),
+            active: Vec::new(),
             stats: QueueStats::default(),
             refusal_reported: false,
         }
     }
 
-    /// What the server has counted so far.
+    /// What the server has counted so far, over all the queues it served.
     pub fn stats(&self) -> QueueStats {
         self.stats
     }
 
-    /// Serves every request the driver has made available, and those it
-    /// makes available meanwhile: passes with the driver's kicks disabled,
-    /// until re-enabling them finds nothing new (the order virtio-queue
-    /// prescribes, so that no kick is lost).
+    /// Serves every request the driver has made available on `queue`, and
+    /// those it makes available meanwhile: [`serve_queues`](Self::serve_queues)
+    /// with one queue.
     ///
     /// # Errors
     ///
@@ -485,61 +522,113 @@ impl BlkServer {
         A: GuestAddressSpace,
         N: Notify + 'static,
     {
-        if !queue.ready() {
-            return Ok(());
-        }
-        loop {
-            self.pass(queue, space, irq)?;
-            let mem = space.memory();
-            // enable_notification re-reads avail.idx after re-enabling
-            // kicks: true means chains arrived that the driver may not
-            // kick for.
-            if !queue.enable_notification(&*mem).map_err(ring_error)? {
-                return Ok(());
-            }
-            // pop_descriptor_chain finds nothing when avail.idx is more
-            // than a queue ahead; going round again would spin.
-            let avail = queue
-                .avail_idx(&*mem, Ordering::Acquire)
-                .map_err(ring_error)?;
-            let pending = (avail - Wrapping(queue.next_avail())).0;
-            if pending > queue.size() {
-                return Err(RingError(format!(
-                    "the driver's avail.idx {avail} is {pending} entries ahead of the device, \
-                     more than the queue's {}",
-                    queue.size()
-                )));
-            }
+        let mut work = [QueueWork { queue, irq }];
+        match self.serve_queues(&mut work, space).pop() {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
         }
     }
 
-    /// One pass with the driver's kicks disabled: pops every available
-    /// chain, executes it, puts it on the used ring and notifies if the
-    /// driver wants it. Batched, the pass is one read section, so its
-    /// notifications are one signal, sent when the pass ends.
+    /// Serves every request the drivers have made available on `queues`,
+    /// and those they make available meanwhile, in passes: a pass takes
+    /// every queue that has work (chains the device has not popped), pops
+    /// all its available chains with its driver's kicks disabled, executes
+    /// them, puts them on the used ring and notifies the driver if it wants
+    /// to be told. After each pass every queue in it re-enables its kicks;
+    /// a queue where that finds nothing new is done (the order virtio-queue
+    /// prescribes, so that no kick is lost), the others go into the next
+    /// pass. A queue without work is left alone: its kicks are enabled, so
+    /// its driver kicks when it adds a request. Queues that are not ready
+    /// are skipped.
+    ///
+    /// Batched, each pass is one read section over all its queues, so each
+    /// queue's notifier signals at most once per pass, when the pass ends.
+    /// Per request, each completion that needs a notification is signalled
+    /// at once.
+    ///
+    /// Returns the ring errors, each with the index in `queues` of the
+    /// queue it happened on: a [`RingError`] when a queue's rings cannot be
+    /// read or written, or its available index is more than a queue ahead
+    /// of the device. That queue is not served further in this call (the
+    /// requests completed before the error stay completed); the others are.
+    pub fn serve_queues<A, N>(
+        &mut self,
+        queues: &mut [QueueWork<'_, N>],
+        space: &A,
+    ) -> Vec<(usize, RingError)>
+    where
+        A: GuestAddressSpace,
+        N: Notify + 'static,
+    {
+        let mut errors = Vec::new();
+        let mut active = std::mem::take(&mut self.active);
+        active.clear();
+        {
+            let mem = space.memory();
+            for (i, work) in queues.iter().enumerate() {
+                match has_work(work.queue, &*mem) {
+                    Ok(work) => active.push(work),
+                    Err(e) => {
+                        errors.push((i, e));
+                        active.push(false);
+                    }
+                }
+            }
+        }
+        while active.contains(&true) {
+            {
+                let _pass = match self.mode {
+                    NotifyMode::Batched => Some(read_lock()),
+                    NotifyMode::PerRequest => None,
+                };
+                let mem = space.memory();
+                for (i, work) in queues.iter_mut().enumerate() {
+                    if active[i] {
+                        if let Err(e) = self.pass::<A, N>(work.queue, &mem, work.irq) {
+                            errors.push((i, e));
+                            active[i] = false;
+                        }
+                    }
+                }
+                // Batched, the pass's signals go out here, as its section
+                // ends.
+            }
+            let mem = space.memory();
+            for (i, work) in queues.iter_mut().enumerate() {
+                if active[i] {
+                    match rearm(work.queue, &*mem) {
+                        Ok(more) => active[i] = more,
+                        Err(e) => {
+                            errors.push((i, e));
+                            active[i] = false;
+                        }
+                    }
+                }
+            }
+        }
+        self.active = active;
+        errors
+    }
+
+    /// One queue's part of a pass: pops every available chain with the
+    /// driver's kicks disabled, executes it, puts it on the used ring and
+    /// notifies if the driver wants it.
     fn pass<A, N>(
         &mut self,
         queue: &mut Queue,
-        space: &A,
+        mem: &A::T,
         irq: &Arc<IrqNotifier<N>>,
     ) -> Result<(), RingError>
     where
         A: GuestAddressSpace,
         N: Notify + 'static,
     {
-        let _pass = match self.mode {
-            NotifyMode::Batched => Some(read_lock()),
-            NotifyMode::PerRequest => None,
-        };
-        let mem = space.memory();
-        queue.disable_notification(&*mem).map_err(ring_error)?;
-        let disk = Arc::clone(&self.disk);
-        let mut disk = disk.lock().unwrap_or_else(PoisonError::into_inner);
+        queue.disable_notification(&**mem).map_err(ring_error)?;
         while let Some(chain) = queue.pop_descriptor_chain(mem.clone()) {
             let head = chain.head_index();
             self.descs.clear();
             self.descs.extend(chain.take(MAX_DESCRIPTORS + 1));
-            let outcome = execute(&*mem, &self.descs, &mut disk, &mut self.scratch);
+            let outcome = execute(&**mem, &self.descs, &self.disk, &mut self.scratch);
             if let Some(refusal) = outcome.refusal {
                 self.stats.errors += 1;
                 if !self.refusal_reported {
@@ -555,10 +644,10 @@ impl BlkServer {
                 continue;
             }
             queue
-                .add_used(&*mem, head, outcome.used_len)
+                .add_used(&**mem, head, outcome.used_len)
                 .map_err(ring_error)?;
             self.stats.requests += 1;
-            if queue.needs_notification(&*mem).map_err(ring_error)? {
+            if queue.needs_notification(&**mem).map_err(ring_error)? {
                 match self.mode {
                     NotifyMode::PerRequest => irq.notify_now(),
                     NotifyMode::Batched => irq.notify(),
@@ -569,4 +658,41 @@ impl BlkServer {
         }
         Ok(())
     }
+}
+
+/// Whether `queue` is ready and its driver has made chains available that
+/// the device has not popped.
+fn has_work<M: GuestMemory>(queue: &Queue, mem: &M) -> Result<bool, RingError> {
+    if !queue.ready() {
+        return Ok(false);
+    }
+    let avail = queue
+        .avail_idx(mem, Ordering::Acquire)
+        .map_err(ring_error)?;
+    Ok(avail != Wrapping(queue.next_avail()))
+}
+
+/// Re-enables the driver's kicks after a pass: returns whether chains
+/// arrived meanwhile that the driver may not kick for (the queue needs
+/// another pass).
+fn rearm<M: GuestMemory>(queue: &mut Queue, mem: &M) -> Result<bool, RingError> {
+    // enable_notification re-reads avail.idx after re-enabling kicks: true
+    // means chains arrived that the driver may not kick for.
+    if !queue.enable_notification(mem).map_err(ring_error)? {
+        return Ok(false);
+    }
+    // pop_descriptor_chain finds nothing when avail.idx is more than a
+    // queue ahead; going round again would spin.
+    let avail = queue
+        .avail_idx(mem, Ordering::Acquire)
+        .map_err(ring_error)?;
+    let pending = (avail - Wrapping(queue.next_avail())).0;
+    if pending > queue.size() {
+        return Err(RingError(format!(
+            "the driver's avail.idx {avail} is {pending} entries ahead of the device, \
+             more than the queue's {}",
+            queue.size()
+        )));
+    }
+    Ok(true)
 }

@@ -18,10 +18,19 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 pub type Map = GuestMemoryMmap<()>;
 
-/// Guest memory: 16 MiB from 0 (rings at 0, buffers from 1 MiB).
+/// Guest memory: 16 MiB from 0 (queue `i`'s rings at `i * RING_SPAN`,
+/// buffers from 1 MiB).
 pub const MEM_LEN: u64 = 16 << 20;
-/// Where request headers, data and status bytes go.
+/// Where request headers, data and status bytes go: queue 0's buffers from
+/// here to `EXTRA_BUFFERS`, queue `i`'s (for `i` from 1) the `i`-th MiB
+/// from there.
 pub const BUFFERS: u64 = 1 << 20;
+/// Where the buffers of the queues after the first begin.
+pub const EXTRA_BUFFERS: u64 = 8 << 20;
+/// Guest memory for one queue's rings.
+pub const RING_SPAN: u64 = 64 << 10;
+/// The most queues a test map holds.
+pub const MAX_TEST_QUEUES: u16 = 8;
 /// An address outside guest memory.
 pub const OUTSIDE: u64 = 1 << 40;
 pub const QUEUE_SIZE: u16 = 256;
@@ -80,6 +89,8 @@ pub struct Driver {
     next_desc: u16,
     /// The next free buffer address.
     next_buf: u64,
+    /// The end of this queue's buffer space.
+    buf_end: u64,
     /// The next used-ring entry to read.
     next_used: u16,
 }
@@ -96,6 +107,27 @@ impl Driver {
             rcu,
             next_desc: 0,
             next_buf: BUFFERS,
+            buf_end: EXTRA_BUFFERS,
+            next_used: 0,
+        }
+    }
+
+    /// The driver of queue `index` (1 to 7) of the same device: its rings
+    /// and buffers in the same guest memory, apart from the others'.
+    pub fn queue_driver(&self, index: u16) -> Driver {
+        assert!((1..MAX_TEST_QUEUES).contains(&index));
+        let buffers = EXTRA_BUFFERS + u64::from(index - 1) * (1 << 20);
+        Driver {
+            map: self.map,
+            mock: MockSplitQueue::create(
+                self.map,
+                GuestAddress(u64::from(index) * RING_SPAN),
+                QUEUE_SIZE,
+            ),
+            rcu: GuestMemoryRcu::new(self.map.clone()),
+            next_desc: 0,
+            next_buf: buffers,
+            buf_end: buffers + (1 << 20),
             next_used: 0,
         }
     }
@@ -108,7 +140,7 @@ impl Driver {
     pub fn alloc(&mut self, len: u64) -> u64 {
         let at = self.next_buf;
         self.next_buf += (len + 7) & !7;
-        assert!(self.next_buf <= MEM_LEN, "out of test buffer space");
+        assert!(self.next_buf <= self.buf_end, "out of test buffer space");
         at
     }
 
