@@ -7,7 +7,7 @@
 //! The `notify_noop_<flavor>` group repeats depths 1 and 64 with a
 //! `Notify` that makes no system call, which leaves the library's own cost
 //! of each mode.
-//! `examples/irqfd_batching/` measures the whole loop: a virtio-blk-like
+//! `examples/ring_driver/` measures the whole loop: a virtio-blk-like
 //! device on a real virtqueue, with a guest-driver thread.
 
 mod common;

@@ -10,14 +10,12 @@ use blkio_load::load::{self, connect};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::Duration;
-use vhost::vhost_user::Listener;
-use vhost_user_backend::VhostUserDaemon;
-use vhost_user_blk::backend::{BlkBackend, ConnectionStats, DeviceConfig, Workers};
+use vhost_user_blk::backend::{DeviceConfig, Workers};
 use vhost_user_blk::disk::RamDisk;
 use vhost_user_blk::request::NotifyMode;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vhost_user_blk::serve::{serve_one, Connection};
 
 /// A 16 MiB disk.
 const SECTORS: u64 = 16 * 2048;
@@ -28,27 +26,13 @@ fn serve_once(
     name: &str,
     config: DeviceConfig,
     disk: Arc<RwLock<RamDisk>>,
-) -> (PathBuf, JoinHandle<ConnectionStats>) {
+) -> (PathBuf, Connection) {
     let path = std::env::temp_dir().join(format!(
         "blkio-load-test-{}-{name}.sock",
         std::process::id()
     ));
-    let mut listener = Listener::new(&path, true).unwrap();
-    let backend = Arc::new(BlkBackend::new(disk, config).unwrap());
-    let handle = thread::spawn(move || {
-        let mut daemon = VhostUserDaemon::new(
-            "vhost-user-blk".to_owned(),
-            Arc::clone(&backend),
-            GuestMemoryAtomic::new(GuestMemoryMmap::new()),
-        )
-        .unwrap();
-        daemon.start(&mut listener).unwrap();
-        // Ends when the client disconnects.
-        let _ = daemon.wait();
-        drop(daemon);
-        backend.stats()
-    });
-    (path, handle)
+    let connection = serve_one(&path, config, disk).unwrap();
+    (path, connection)
 }
 
 fn disk() -> Arc<RwLock<RamDisk>> {

@@ -17,12 +17,14 @@
 //!
 //! Modules: [`disk`] (the RAM disk and its pattern), [`request`] (virtio-blk
 //! requests on a virtqueue, independent of vhost-user), [`backend`] (the
-//! vhost-user glue), [`cli`] (the command line and the stats line).
+//! vhost-user glue), [`serve`] (one connection served on a thread, for
+//! in-process use), [`cli`] (the command line and the stats line).
 
 pub mod backend;
 pub mod cli;
 pub mod disk;
 pub mod request;
+pub mod serve;
 
 use std::fmt;
 use std::io::{self, Write};

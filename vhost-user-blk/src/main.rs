@@ -21,11 +21,12 @@ use std::thread;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use vhost::vhost_user::{Error as ProtocolError, Listener};
-use vhost_user_backend::{Error as DaemonError, ShutdownHandle, VhostUserDaemon};
+use vhost::vhost_user::Listener;
+use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vhost_user_blk::backend::BlkBackend;
 use vhost_user_blk::cli::{self, Args, Command};
 use vhost_user_blk::disk::{RamDisk, SECTOR_SIZE};
+use vhost_user_blk::serve::is_disconnect;
 use vhost_user_blk::warn;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
@@ -103,19 +104,6 @@ impl Control {
             Phase::Connected(connection) => connection.shutdown(),
         }
     }
-}
-
-/// Whether a connection's end is one a frontend causes by going away (QEMU
-/// exiting, or killed mid-run), not an error to report.
-fn is_disconnect(e: &DaemonError) -> bool {
-    matches!(
-        e,
-        DaemonError::HandleRequest(
-            ProtocolError::Disconnected
-                | ProtocolError::PartialMessage
-                | ProtocolError::SocketBroken(_)
-        )
-    )
 }
 
 fn run(args: &Args) -> Result<(), String> {

@@ -1,5 +1,8 @@
-//! What batching guest notifications buys a virtio device, measured on a
-//! real virtqueue with real eventfds and two real threads.
+//! A ring-level check of a virtio device and of batched guest
+//! notifications, with a guest driver written here: a real split virtqueue,
+//! real eventfds and two real threads. (The main job,
+//! `examples/irqfd_batching.rs`, drives the vhost-user-blk backend with
+//! libblkio's driver instead.)
 //!
 //! A virtio-blk-like device (`device.rs`) runs on rust-vmm's
 //! `virtio_queue::Queue` over a `vm_memory::GuestMemoryMmap` held by
@@ -29,7 +32,7 @@
 //! `blk.rs` says and count it, and the run checks both sides' counts.
 //!
 //! ```text
-//! cargo run --release --example irqfd_batching -- [--depth N] [--requests N] [--rounds N]
+//! cargo run --release --example ring_driver -- [--depth N] [--requests N] [--rounds N]
 //!     [--no-event-idx] [--bad-every N]
 //! ```
 
@@ -43,14 +46,14 @@ mod driver;
 #[cfg(target_os = "linux")]
 fn main() {
     if let Err(message) = linux::run(std::env::args().skip(1)) {
-        eprintln!("irqfd_batching: {message}");
+        eprintln!("ring_driver: {message}");
         std::process::exit(2);
     }
 }
 
 #[cfg(not(target_os = "linux"))]
 fn main() {
-    eprintln!("irqfd_batching: eventfd is Linux-only; nothing to run here");
+    eprintln!("ring_driver: eventfd is Linux-only; nothing to run here");
 }
 
 /// The guest memory map type both sides use.
@@ -92,7 +95,7 @@ mod linux {
     use virtio_queue::{Queue, QueueT};
     use vm_memory::{GuestAddress, GuestAddressSpace};
 
-    const USAGE: &str = "usage: irqfd_batching [--depth N] [--requests N] [--rounds N] \
+    const USAGE: &str = "usage: ring_driver [--depth N] [--requests N] [--rounds N] \
         [--no-event-idx] [--complete-inline] [--bad-every N]\n  \
         --depth N       requests in flight (default 64, at most 4096)\n  \
         --requests N    completions per mode (default 1000000)\n  \
@@ -389,7 +392,7 @@ mod linux {
         let options = parse(args)?;
         let layout = Layout::new(options.depth);
         println!(
-            "irqfd batching: virtio-blk on a {}-entry split virtqueue, depth {} (4 KiB reads \
+            "ring driver: virtio-blk on a {}-entry split virtqueue, depth {} (4 KiB reads \
              in flight), EVENT_IDX {}; {} completions per mode in {} alternating rounds, {} \
              flavor, {} CPUs",
             layout.queue_size,
