@@ -352,6 +352,7 @@ fn mutated_and_random_inputs_pass_the_checks() {
     });
     // The inputs reach the request path, and most serves are checked in
     // full.
+    eprintln!("{total:?}");
     assert!(total.requests > 1000, "{total:?}");
     assert!(total.requests > total.errors, "{total:?}");
     assert!(total.checked * 2 > total.serves, "{total:?}");
@@ -370,8 +371,18 @@ fn write_seed_corpus() {
 #[test]
 #[ignore = "replays the input file named by FUZZ_INPUT (a fuzzer's artifact)"]
 fn replay_fuzz_input() {
-    let path = std::env::var_os("FUZZ_INPUT").expect("FUZZ_INPUT names an input file");
-    let input = std::fs::read(&path).unwrap();
+    let path =
+        PathBuf::from(std::env::var_os("FUZZ_INPUT").expect("FUZZ_INPUT names an input file"));
+    // cargo test runs in the package's directory; a relative path may be
+    // from the workspace's, where scripts/fuzz-requests leaves artifacts.
+    let path = if path.is_relative() && !path.exists() {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(path)
+    } else {
+        path
+    };
+    let input = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let summary = Harness::new().run(&input);
     eprintln!("{summary:?}");
 }
