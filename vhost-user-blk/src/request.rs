@@ -624,7 +624,9 @@ impl BlkServer {
         N: Notify + 'static,
     {
         queue.disable_notification(&**mem).map_err(ring_error)?;
+        let mut popped = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem.clone()) {
+            popped = true;
             let head = chain.head_index();
             self.descs.clear();
             self.descs.extend(chain.take(MAX_DESCRIPTORS + 1));
@@ -656,8 +658,46 @@ impl BlkServer {
                 self.stats.suppressed += 1;
             }
         }
-        Ok(())
+        if popped {
+            Ok(())
+        } else {
+            // The queue is in the pass because avail.idx said chains wait:
+            // another pass would pop none again, and spin.
+            stalled(queue, &**mem)
+        }
     }
+}
+
+/// Why a queue whose avail.idx said chains wait gave none: an error,
+/// unless avail.idx no longer says so.
+fn stalled<M: GuestMemory>(queue: &Queue, mem: &M) -> Result<(), RingError> {
+    let avail = queue
+        .avail_idx(mem, Ordering::Acquire)
+        .map_err(ring_error)?;
+    let pending = (avail - Wrapping(queue.next_avail())).0;
+    if pending == 0 {
+        return Ok(());
+    }
+    if pending > queue.size() {
+        return Err(too_far_ahead(queue, avail, pending));
+    }
+    // virtio-queue pops nothing from an available ring at guest address 0
+    // (it takes that for a queue that was reset) or whose entries are
+    // outside guest memory.
+    Err(RingError(format!(
+        "the driver's avail.idx {avail} says {pending} chains wait, but the available ring \
+         at {:#x} cannot be read",
+        queue.avail_ring()
+    )))
+}
+
+/// The ring error of an avail.idx more than a queue ahead of the device.
+fn too_far_ahead(queue: &Queue, avail: Wrapping<u16>, pending: u16) -> RingError {
+    RingError(format!(
+        "the driver's avail.idx {avail} is {pending} entries ahead of the device, \
+         more than the queue's {}",
+        queue.size()
+    ))
 }
 
 /// Whether `queue` is ready and its driver has made chains available that
@@ -688,11 +728,7 @@ fn rearm<M: GuestMemory>(queue: &mut Queue, mem: &M) -> Result<bool, RingError> 
         .map_err(ring_error)?;
     let pending = (avail - Wrapping(queue.next_avail())).0;
     if pending > queue.size() {
-        return Err(RingError(format!(
-            "the driver's avail.idx {avail} is {pending} entries ahead of the device, \
-             more than the queue's {}",
-            queue.size()
-        )));
+        return Err(too_far_ahead(queue, avail, pending));
     }
     Ok(true)
 }

@@ -521,3 +521,50 @@ fn a_queue_without_work_keeps_its_kicks_enabled() {
         .unwrap();
     assert_eq!(flags, 0);
 }
+
+/// Serves `queue` on another thread and returns the outcome, failing if the
+/// serve has not ended after a generous bound (a spin would hang the test).
+fn serve_bounded(
+    mut queue: Queue,
+    driver: &Driver,
+) -> Result<QueueStats, vhost_user_blk::request::RingError> {
+    let rcu = rcu_defer::vm::GuestMemoryRcu::new(driver.map.clone());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut server = BlkServer::new(
+            Arc::new(RwLock::new(RamDisk::new(SECTORS))),
+            NotifyMode::Batched,
+        );
+        let irq = counting_notifier();
+        let served = server.serve_queue(&mut queue, &rcu, &irq);
+        let _ = tx.send(served.map(|()| server.stats()));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the serve spins instead of ending")
+}
+
+#[test]
+fn an_avail_ring_at_address_zero_is_a_ring_error_not_a_spin() {
+    // virtio-queue pops nothing from an available ring at guest address 0
+    // (it takes the queue for one that was reset), while avail.idx there
+    // says a chain waits.
+    let driver = Driver::new();
+    let mut queue = driver.queue();
+    queue.set_avail_ring_address(Some(0), Some(0));
+    driver.map.write_obj(1u16, GuestAddress(2)).unwrap();
+    let err = serve_bounded(queue, &driver).unwrap_err();
+    assert!(err.to_string().contains("cannot be read"), "{err}");
+}
+
+#[test]
+fn an_avail_ring_running_past_guest_memory_is_a_ring_error_not_a_spin() {
+    // avail.idx is the last word of guest memory; the ring's entries are
+    // beyond it.
+    let driver = Driver::new();
+    let mut queue = driver.queue();
+    let avail = MEM_LEN - 4;
+    queue.set_avail_ring_address(Some(avail as u32), Some(0));
+    driver.map.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
+    let err = serve_bounded(queue, &driver).unwrap_err();
+    assert!(err.to_string().contains("cannot be read"), "{err}");
+}
