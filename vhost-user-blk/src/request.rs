@@ -45,7 +45,7 @@ pub const DEVICE_ID: &[u8] = b"rcu-defer-vub";
 /// status, whatever the queue size.
 pub const MAX_DESCRIPTORS: usize = 1026;
 /// Bytes the device copies between guest memory and the disk at a time.
-const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = 4096;
 
 /// When the device notifies the driver of completed requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,9 +150,12 @@ impl Outcome {
 
 /// Checks one request chain, executes it against `disk` and writes its
 /// status. `descs` are the chain's descriptors in order (indirect tables
-/// followed); `scratch` is a reusable buffer. The disk is locked for the
-/// data copy only (shared for a read, exclusive for a write), so that
-/// worker threads serving other queues can use it meanwhile.
+/// followed); `scratch` is a reusable buffer. The disk is locked once, for
+/// the range check and the data copy (shared for a read, exclusive for a
+/// write), so that worker threads serving other queues can use it
+/// meanwhile. Each buffer is looked up in guest memory once (once per
+/// region it lies in), and each chunk of data is one copy into or out of
+/// it.
 pub fn execute<M: GuestMemory + ?Sized>(
     mem: &M,
     descs: &[Descriptor],
@@ -201,7 +204,13 @@ pub fn execute<M: GuestMemory + ?Sized>(
         );
     };
     let status_addr = GuestAddress(status_addr);
-    if !mem.check_range(status_addr, 1, Permissions::Write) {
+    // The status byte is looked up once, here, and written last.
+    let status_byte = mem
+        .get_slices(status_addr, 1, Permissions::Write)
+        .ok()
+        .and_then(|mut pieces| pieces.next())
+        .and_then(Result::ok);
+    let Some(status_byte) = status_byte else {
         return refuse(
             RefusalKind::NoStatus,
             format!(
@@ -209,7 +218,7 @@ pub fn execute<M: GuestMemory + ?Sized>(
                 status_addr.0
             ),
         );
-    }
+    };
     let (code, outcome) = match execute_request(mem, descs, disk, scratch) {
         Ok(data_len) => (S_OK, Outcome::done(data_len + 1)),
         Err(refusal) => (
@@ -217,14 +226,7 @@ pub fn execute<M: GuestMemory + ?Sized>(
             refuse(refusal.kind, refusal.what),
         ),
     };
-    if mem.write_obj(code, status_addr).is_err() {
-        // Checked above, and the map cannot change under the caller's
-        // handle: this does not happen. Had it, the status is unwritten.
-        return refuse(
-            RefusalKind::NoStatus,
-            format!("the status byte at {:#x} cannot be written", status_addr.0),
-        );
-    }
+    status_byte.copy_from(&[code]);
     outcome
 }
 
@@ -253,7 +255,7 @@ fn execute_request<M: GuestMemory + ?Sized>(
         );
     }
     let mut bytes = [0u8; HEADER_LEN as usize];
-    if mem.read_slice(&mut bytes, header.addr()).is_err() {
+    if !read_guest(mem, header.addr(), &mut bytes) {
         return refuse(
             RefusalKind::BadHeader,
             format!(
@@ -304,76 +306,67 @@ fn execute_request<M: GuestMemory + ?Sized>(
                 );
             }
             let offset = sector.checked_mul(SECTOR_SIZE);
-            let (in_range, sectors) = {
-                let disk = disk.read().unwrap_or_else(PoisonError::into_inner);
-                let in_range = offset.is_some_and(|offset| disk.contains(offset, len));
-                (in_range, disk.sectors())
+            // One lock for the whole request (shared for a read, exclusive
+            // for a write): the range check and the copy see one disk.
+            let mut disk = if device_writes {
+                DiskAccess::Read(disk.read().unwrap_or_else(PoisonError::into_inner))
+            } else {
+                DiskAccess::Write(disk.write().unwrap_or_else(PoisonError::into_inner))
             };
-            if !in_range {
+            let Some(offset) = offset.filter(|&offset| disk.get().contains(offset, len)) else {
                 return refuse(
                     RefusalKind::OutOfRange,
                     format!(
-                        "a {name} of {} sectors at sector {sector} is beyond the disk's {sectors} sectors",
+                        "a {name} of {} sectors at sector {sector} is beyond the disk's {} sectors",
                         len / SECTOR_SIZE,
+                        disk.get().sectors(),
                     ),
                 );
-            }
-            let access = if device_writes {
-                Permissions::Write
-            } else {
-                Permissions::Read
             };
-            if let Some(d) = data
-                .iter()
-                .find(|d| !mem.check_range(d.addr(), d.len() as usize, access))
-            {
-                return refuse(
+            if scratch.len() < CHUNK {
+                scratch.resize(CHUNK, 0);
+            }
+            let scratch = &mut scratch[..CHUNK];
+            let outside = |d: &Descriptor| {
+                refuse(
                     RefusalKind::DataOutsideMemory,
                     format!(
                         "a data buffer ({} bytes at {:#x}) is outside guest memory",
                         d.len(),
                         d.addr().0
                     ),
-                );
-            }
-            let mut offset = offset.unwrap_or_default();
-            if scratch.len() < CHUNK {
-                scratch.resize(CHUNK, 0);
-            }
-            let mut disk = if device_writes {
-                DiskAccess::Read(disk.read().unwrap_or_else(PoisonError::into_inner))
-            } else {
-                DiskAccess::Write(disk.write().unwrap_or_else(PoisonError::into_inner))
+                )
             };
-            for d in data {
-                let mut done = 0usize;
-                while done < d.len() as usize {
-                    let n = CHUNK.min(d.len() as usize - done);
-                    let buf = &mut scratch[..n];
-                    // The buffers were checked above, and the map cannot
-                    // change under the caller's handle.
-                    let at = GuestAddress(d.addr().0 + done as u64);
-                    let copied = match &mut disk {
-                        DiskAccess::Read(disk) => {
-                            disk.read(offset, buf);
-                            mem.write_slice(buf, at)
+            match &mut disk {
+                DiskAccess::Read(disk) => {
+                    // Each buffer is translated once, as it is filled; a
+                    // buffer outside guest memory refuses the request (the
+                    // buffers before it may have been filled).
+                    let mut at = offset;
+                    for d in data {
+                        if !read_into_guest(mem, d, disk, at, scratch) {
+                            return outside(d);
                         }
-                        DiskAccess::Write(disk) => {
-                            mem.read_slice(buf, at).map(|()| disk.write(offset, buf))
-                        }
-                    };
-                    if copied.is_err() {
-                        return refuse(
-                            RefusalKind::DataOutsideMemory,
-                            format!(
-                                "a data buffer ({} bytes at {:#x}) cannot be accessed",
-                                d.len(),
-                                d.addr().0
-                            ),
-                        );
+                        at += u64::from(d.len());
                     }
-                    done += n;
-                    offset += n as u64;
+                }
+                DiskAccess::Write(disk) => {
+                    // Every buffer is checked before the disk changes.
+                    if let Some(d) = data
+                        .iter()
+                        .find(|d| !mem.check_range(d.addr(), d.len() as usize, Permissions::Read))
+                    {
+                        return outside(d);
+                    }
+                    let mut at = offset;
+                    for d in data {
+                        if !write_from_guest(mem, d, disk, at, scratch) {
+                            // Checked above, and the map cannot change under
+                            // the caller's handle: this does not happen.
+                            return outside(d);
+                        }
+                        at += u64::from(d.len());
+                    }
                 }
             }
             Ok(if device_writes { len as u32 } else { 0 })
@@ -424,6 +417,101 @@ enum DiskAccess<'a> {
     Read(RwLockReadGuard<'a, RamDisk>),
     /// A write request: the disk is written.
     Write(RwLockWriteGuard<'a, RamDisk>),
+}
+
+impl DiskAccess<'_> {
+    /// The disk, whichever way it is locked.
+    fn get(&self) -> &RamDisk {
+        match self {
+            DiskAccess::Read(disk) => disk,
+            DiskAccess::Write(disk) => disk,
+        }
+    }
+}
+
+/// Copies the guest bytes at `addr` into `buf`: false when they are not all
+/// in guest memory. Each region the bytes lie in is looked up once.
+fn read_guest<M: GuestMemory + ?Sized>(mem: &M, addr: GuestAddress, buf: &mut [u8]) -> bool {
+    let Ok(pieces) = mem.get_slices(addr, buf.len(), Permissions::Read) else {
+        return false;
+    };
+    let mut done = 0;
+    for piece in pieces {
+        let Ok(piece) = piece else {
+            return false;
+        };
+        done += piece.copy_to(&mut buf[done..]);
+    }
+    done == buf.len()
+}
+
+/// Fills the data buffer `d` with the disk's bytes from byte `at` on,
+/// through `scratch` (a chunk at a time): false when the buffer is not all
+/// in guest memory. The buffer is translated once (once per region it lies
+/// in), and each chunk is one copy into it.
+fn read_into_guest<M: GuestMemory + ?Sized>(
+    mem: &M,
+    d: &Descriptor,
+    disk: &RamDisk,
+    mut at: u64,
+    scratch: &mut [u8],
+) -> bool {
+    let Ok(pieces) = mem.get_slices(d.addr(), d.len() as usize, Permissions::Write) else {
+        return false;
+    };
+    let mut total = 0;
+    for piece in pieces {
+        let Ok(piece) = piece else {
+            return false;
+        };
+        let mut done = 0;
+        while done < piece.len() {
+            let n = scratch.len().min(piece.len() - done);
+            let chunk = &mut scratch[..n];
+            disk.read(at, chunk);
+            let Ok(to) = piece.offset(done) else {
+                return false;
+            };
+            to.copy_from(&chunk[..]);
+            done += n;
+            at += n as u64;
+        }
+        total += done;
+    }
+    total == d.len() as usize
+}
+
+/// Writes the data buffer `d` to the disk from byte `at` on, through
+/// `scratch` (a chunk at a time): false when the buffer is not all in
+/// guest memory.
+fn write_from_guest<M: GuestMemory + ?Sized>(
+    mem: &M,
+    d: &Descriptor,
+    disk: &mut RamDisk,
+    mut at: u64,
+    scratch: &mut [u8],
+) -> bool {
+    let Ok(pieces) = mem.get_slices(d.addr(), d.len() as usize, Permissions::Read) else {
+        return false;
+    };
+    let mut total = 0;
+    for piece in pieces {
+        let Ok(piece) = piece else {
+            return false;
+        };
+        let mut done = 0;
+        while done < piece.len() {
+            let Ok(from) = piece.offset(done) else {
+                return false;
+            };
+            let n = from.copy_to(&mut scratch[..]);
+            disk.write(at, &scratch[..n]);
+            done += n;
+            at += n as u64;
+        }
+        total += done;
+    }
+    total == d.len() as usize
 }
 
 /// What a [`BlkServer`] counted.

@@ -105,6 +105,41 @@ fn writes_read_back_and_leave_the_rest_alone() {
 }
 
 #[test]
+fn buffers_across_two_memory_regions_are_read_and_written() {
+    let mut s = setup(NotifyMode::PerRequest);
+    let d = &mut s.driver;
+    // A 4 KiB buffer whose first 1000 bytes are in one region and the rest
+    // in the next.
+    let across = REGION_SPLIT - 1000;
+    let data: Vec<u8> = (0..4096u32).map(|i| (i * 13 % 251) as u8).collect();
+    d.map.write_slice(&data, GuestAddress(across)).unwrap();
+    let (h, st) = (d.header(VIRTIO_BLK_T_OUT, 40), d.status());
+    let write = d.post_chain(&[readable(h, 16), readable(across, 4096), writable(st, 1)]);
+    s.serve();
+    assert_eq!(s.driver.take_used(), vec![(write, 1)]);
+    assert_eq!(s.driver.bytes(st, 1), [S_OK]);
+
+    let d = &mut s.driver;
+    d.map
+        .write_slice(&[0u8; 4096], GuestAddress(across))
+        .unwrap();
+    let (h, st) = (d.header(VIRTIO_BLK_T_IN, 40), d.status());
+    let read = d.post_chain(&[readable(h, 16), writable(across, 4096), writable(st, 1)]);
+    s.serve();
+    assert_eq!(s.driver.take_used(), vec![(read, 4097)]);
+    assert_eq!(s.driver.bytes(st, 1), [S_OK]);
+    assert_eq!(s.driver.bytes(across, 4096), data);
+
+    let d = &mut s.driver;
+    let (h, st) = (d.header(VIRTIO_BLK_T_IN, 48), d.status());
+    let pattern = d.post_chain(&[readable(h, 16), writable(across, 4096), writable(st, 1)]);
+    s.serve();
+    assert_eq!(s.driver.take_used(), vec![(pattern, 4097)]);
+    assert_eq!(s.driver.bytes(st, 1), [S_OK]);
+    assert_pattern(&s.driver.bytes(across, 4096), 48 * 512);
+}
+
+#[test]
 fn flush_and_get_id_succeed() {
     let mut s = setup(NotifyMode::PerRequest);
     let flush = s.driver.post(VIRTIO_BLK_T_FLUSH, 0, &[]);

@@ -19,8 +19,11 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 pub type Map = GuestMemoryMmap<()>;
 
 /// Guest memory: 16 MiB from 0 (queue `i`'s rings at `i * RING_SPAN`,
-/// buffers from 1 MiB).
+/// buffers from 1 MiB), in two regions that meet at `REGION_SPLIT`.
 pub const MEM_LEN: u64 = 16 << 20;
+/// Where the second region of guest memory begins: in the last MiB, which
+/// no queue's buffers use, so that a test can place a buffer across it.
+pub const REGION_SPLIT: u64 = MEM_LEN - (512 << 10);
 /// Where request headers, data and status bytes go: queue 0's buffers from
 /// here to `EXTRA_BUFFERS`, queue `i`'s (for `i` from 1) the `i`-th MiB
 /// from there.
@@ -98,7 +101,14 @@ pub struct Driver {
 impl Driver {
     pub fn new() -> Driver {
         let map: &'static Map = Box::leak(Box::new(
-            Map::from_ranges(&[(GuestAddress(0), MEM_LEN as usize)]).unwrap(),
+            Map::from_ranges(&[
+                (GuestAddress(0), REGION_SPLIT as usize),
+                (
+                    GuestAddress(REGION_SPLIT),
+                    (MEM_LEN - REGION_SPLIT) as usize,
+                ),
+            ])
+            .unwrap(),
         ));
         let rcu = GuestMemoryRcu::new(map.clone());
         Driver {
