@@ -30,6 +30,10 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+mod moderation;
+
+pub use moderation::{Delivery, Moderation, ModerationStats};
+
 use crate::call_rcu::call_rcu_or_report;
 use crate::local::{call_at_section_end, call_local, call_local_fn};
 use crate::reader::thread_token;

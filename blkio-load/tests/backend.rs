@@ -61,6 +61,7 @@ fn every_read_and_write_checks_out_in_each_mode() {
         ("per-queue-batched", Workers::PerQueue, NotifyMode::Batched),
     ] {
         let config = DeviceConfig {
+            event_idx: true,
             queues: 2,
             workers,
             notify,
@@ -126,6 +127,7 @@ fn a_wrong_word_fails_the_run_naming_its_offset() {
 #[test]
 fn more_queues_than_the_backend_has_are_refused() {
     let config = DeviceConfig {
+        event_idx: true,
         queues: 2,
         workers: Workers::One,
         notify: NotifyMode::PerRequest,
@@ -150,6 +152,7 @@ fn read_one(io: &mut QueueIo, offset: u64) -> Done {
 #[test]
 fn memory_regions_added_and_removed_while_requests_run() {
     let config = DeviceConfig {
+        event_idx: true,
         queues: 2,
         workers: Workers::One,
         notify: NotifyMode::Batched,

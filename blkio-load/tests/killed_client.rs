@@ -202,6 +202,7 @@ fn a_client_killed_with_requests_in_flight_leaves_the_backend_serving() {
         ),
     ] {
         let config = DeviceConfig {
+            event_idx: true,
             queues: 2,
             workers,
             notify,

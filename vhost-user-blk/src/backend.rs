@@ -44,13 +44,13 @@ pub const SEG_MAX: u32 = 126;
 /// The block size the device advertises, in bytes.
 pub const BLK_SIZE: u32 = 512;
 
-/// The virtio features the device offers: VERSION_1, EVENT_IDX,
-/// INDIRECT_DESC, and virtio-blk's SEG_MAX, BLK_SIZE, FLUSH and MQ (the
-/// configuration space says how many queues), plus vhost-user's
+/// The virtio features the device offers: VERSION_1, EVENT_IDX (when
+/// `event_idx`), INDIRECT_DESC, and virtio-blk's SEG_MAX, BLK_SIZE, FLUSH
+/// and MQ (the configuration space says how many queues), plus vhost-user's
 /// PROTOCOL_FEATURES.
-pub fn virtio_features() -> u64 {
+pub fn virtio_features(event_idx: bool) -> u64 {
     (1 << VIRTIO_F_VERSION_1)
-        | (1 << VIRTIO_RING_F_EVENT_IDX)
+        | (u64::from(event_idx) << VIRTIO_RING_F_EVENT_IDX)
         | (1 << VIRTIO_RING_F_INDIRECT_DESC)
         | (1 << VIRTIO_BLK_F_SEG_MAX)
         | (1 << VIRTIO_BLK_F_BLK_SIZE)
@@ -300,6 +300,10 @@ pub struct DeviceConfig {
     pub workers: Workers,
     /// When the driver is notified of completions.
     pub notify: NotifyMode,
+    /// Whether the device offers VIRTIO_RING_F_EVENT_IDX. Without it every
+    /// completion needs a signal (unless the driver sets
+    /// VRING_AVAIL_F_NO_INTERRUPT), as with drivers that do not negotiate it.
+    pub event_idx: bool,
 }
 
 impl DeviceConfig {
@@ -309,6 +313,7 @@ impl DeviceConfig {
             queues: 1,
             workers: Workers::One,
             notify,
+            event_idx: true,
         }
     }
 
@@ -450,7 +455,7 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn features(&self) -> u64 {
-        virtio_features()
+        virtio_features(self.config.event_idx)
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
