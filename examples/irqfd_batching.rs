@@ -173,6 +173,7 @@ mod linux {
             std::env::temp_dir().join(format!("irqfd-batching-{}.sock", std::process::id()));
         let config = DeviceConfig {
             event_idx: true,
+            latency_us: 0,
             queues: args.queues,
             workers: args.workers,
             notify: mode.notify,

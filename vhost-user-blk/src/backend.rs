@@ -7,15 +7,22 @@ use crate::request::{BlkServer, NotifyMode, QueueStats, QueueWork};
 use crate::warn;
 use rcu_defer::virtio::{IrqNotifier, Notify};
 use rcu_defer::vm::GuestMemoryRcu;
+use rustix::time::{
+    timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags,
+    Timespec,
+};
 use std::fs::File;
 use std::io::{self, Write};
 use std::mem::{offset_of, size_of};
 use std::ops::Deref;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{
-    VhostUserBackend, VringRwLock, VringState, VringStateGuard, VringStateMutGuard, VringT,
+    VhostUserBackend, VhostUserDaemon, VringRwLock, VringState, VringStateGuard,
+    VringStateMutGuard, VringT,
 };
 use virtio_bindings::virtio_blk::{
     virtio_blk_config, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
@@ -300,6 +307,10 @@ pub struct DeviceConfig {
     pub workers: Workers,
     /// When the driver is notified of completions.
     pub notify: NotifyMode,
+    /// An asynchronous disk: each request completes this many microseconds
+    /// after the device pops it, with every other request due by then, in
+    /// one pass (see `BlkServer::set_latency`); 0: at once.
+    pub latency_us: u64,
     /// Whether the device offers VIRTIO_RING_F_EVENT_IDX. Without it every
     /// completion needs a signal (unless the driver sets
     /// VRING_AVAIL_F_NO_INTERRUPT), as with drivers that do not negotiate it.
@@ -314,6 +325,7 @@ impl DeviceConfig {
             workers: Workers::One,
             notify,
             event_idx: true,
+            latency_us: 0,
         }
     }
 
@@ -347,6 +359,40 @@ pub struct BlkBackend {
     /// Whether a ring error has been reported on stderr (only the first
     /// is).
     ring_error_reported: AtomicBool,
+    /// Each worker thread's timer for its delayed completions
+    /// (`config.latency_us`; empty without one).
+    timers: Vec<OwnedFd>,
+}
+
+/// The timer of a worker thread with delayed completions: the
+/// `handle_event` device event after the queues' and vhost-user-backend's
+/// own.
+fn timer_event(queues: usize) -> u16 {
+    queues as u16 + 1
+}
+
+/// Arms `timer` to fire at `due` (at once if that has passed), or disarms
+/// it.
+fn arm(timer: &OwnedFd, due: Option<Instant>) -> io::Result<()> {
+    let value = match due {
+        // A zero it_value disarms: a due time already past fires in 1 ns.
+        Some(due) => due
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_nanos(1)),
+        None => Duration::ZERO,
+    };
+    let spec = Itimerspec {
+        it_interval: Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: Timespec {
+            tv_sec: value.as_secs() as _,
+            tv_nsec: value.subsec_nanos() as _,
+        },
+    };
+    timerfd_settime(timer, TimerfdTimerFlags::empty(), &spec)?;
+    Ok(())
 }
 
 /// What a connection's backend did: the stats line's figures, less the CPU
@@ -390,11 +436,29 @@ impl BlkBackend {
                     .map_err(|e| io::Error::new(e.kind(), format!("cannot create an eventfd: {e}")))
             })
             .collect::<io::Result<Vec<_>>>()?;
+        let timers = if config.latency_us == 0 {
+            Vec::new()
+        } else {
+            (0..queues_per_thread.len())
+                .map(|_| {
+                    timerfd_create(
+                        TimerfdClockId::Monotonic,
+                        TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+                    )
+                    .map_err(|e| io::Error::other(format!("cannot create a timerfd: {e}")))
+                })
+                .collect::<io::Result<Vec<_>>>()?
+        };
         Ok(BlkBackend {
             capacity_sectors,
             servers: (0..queues_per_thread.len())
-                .map(|_| Mutex::new(BlkServer::new(Arc::clone(&disk), config.notify)))
+                .map(|_| {
+                    let mut server = BlkServer::new(Arc::clone(&disk), config.notify);
+                    server.set_latency(Duration::from_micros(config.latency_us));
+                    Mutex::new(server)
+                })
                 .collect(),
+            timers,
             irqs: (0..config.queues).map(|_| OnceLock::new()).collect(),
             config,
             queues_per_thread,
@@ -402,6 +466,26 @@ impl BlkBackend {
             exits: Mutex::new(exits),
             ring_error_reported: AtomicBool::new(false),
         })
+    }
+
+    /// Registers each worker thread's timer of delayed completions with
+    /// `daemon`'s event loops (nothing to do without `config.latency_us`).
+    /// Call before the daemon starts serving.
+    ///
+    /// # Errors
+    ///
+    /// The epoll registration failed.
+    pub fn register_timers(&self, daemon: &VhostUserDaemon<Arc<BlkBackend>>) -> io::Result<()> {
+        for (timer, handler) in self.timers.iter().zip(daemon.get_epoll_handlers()) {
+            handler
+                .register_listener(
+                    timer.as_raw_fd(),
+                    EventSet::IN,
+                    u64::from(timer_event(self.config.queues)),
+                )
+                .map_err(|e| io::Error::other(format!("cannot watch a timerfd: {e}")))?;
+        }
+        Ok(())
     }
 
     /// The device's set-up.
@@ -506,7 +590,8 @@ impl VhostUserBackend for BlkBackend {
         vrings: &[BlkVring],
         thread_id: usize,
     ) -> io::Result<()> {
-        if usize::from(device_event) >= vrings.len() {
+        let timer = device_event == timer_event(self.config.queues);
+        if usize::from(device_event) >= vrings.len() && !timer {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("an event for queue {device_event}, which the device does not have"),
@@ -525,14 +610,28 @@ impl VhostUserBackend for BlkBackend {
         let mut work: Vec<QueueWork<'_, CallFd>> = states
             .iter_mut()
             .zip(vrings)
-            .filter(|(state, _)| state.is_enabled())
-            .map(|(state, vring)| QueueWork {
+            .zip(self.thread_queues(thread_id))
+            .filter(|((state, _), _)| state.is_enabled())
+            .map(|((state, vring), id)| QueueWork {
+                id,
                 queue: state.get_queue_mut(),
                 irq: vring.irq(),
             })
             .collect();
         let mut server = server.lock().unwrap_or_else(PoisonError::into_inner);
-        let errors = server.serve_queues(&mut work, &self.mem);
+        let mut errors = if timer {
+            // Level-triggered: clear the expiry (none left is fine, the
+            // fd is non-blocking).
+            let mut expirations = [0u8; 8];
+            let _ = rustix::io::read(&self.timers[thread_id], &mut expirations);
+            Vec::new()
+        } else {
+            server.serve_queues(&mut work, &self.mem)
+        };
+        if let Some(timer) = self.timers.get(thread_id) {
+            errors.extend(server.complete_due(&mut work, &self.mem));
+            arm(timer, server.next_due())?;
+        }
         if let Some((_, e)) = errors.first() {
             // An error here would end the worker thread, and with it the
             // device: report it and wait for the next kick instead.

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 pub const USAGE: &str = "\
 usage: vhost-user-blk --socket PATH --notify per-request|batched|always-batched
                       [--size-mib N] [--queues N] [--thread-per-queue]
-                      [--no-event-idx] [--once]
+                      [--no-event-idx] [--latency-us N] [--once]
 
 Serves a RAM disk (N MiB, default 256) as a vhost-user-blk device on the Unix
 socket PATH, one frontend connection at a time. Never-written sectors read as a
@@ -28,6 +28,9 @@ pattern: each 8-byte word holds its byte offset on the disk (little-endian).
   --thread-per-queue    a worker thread per queue (default: one worker thread
                         serves all the queues)
   --no-event-idx        do not offer EVENT_IDX: every completion needs a signal
+  --latency-us N        an asynchronous disk: a request completes N us after the
+                        device pops it, with all others due by then, in one pass
+                        (as io_uring completions come in bursts; default 0)
   --once                exit after the first connection ends
 
 At the end of each connection one line goes to stdout:
@@ -51,6 +54,9 @@ pub struct Args {
 /// in sectors must stay far from overflowing).
 pub const MAX_SIZE_MIB: u64 = 1 << 20;
 
+/// The largest `--latency-us` (one second).
+pub const MAX_LATENCY_US: u64 = 1_000_000;
+
 /// What the command line asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -73,6 +79,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
     let mut queues = 1;
     let mut workers = Workers::One;
     let mut event_idx = true;
+    let mut latency_us = 0;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let Some(arg) = arg.to_str().map(str::to_owned) else {
@@ -114,6 +121,19 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
             }
             "--thread-per-queue" => workers = Workers::PerQueue,
             "--no-event-idx" => event_idx = false,
+            "--latency-us" => {
+                let n = value("--latency-us")?;
+                latency_us = n
+                    .to_str()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .filter(|n| *n <= MAX_LATENCY_US)
+                    .ok_or_else(|| {
+                        format!(
+                            "--latency-us must be a whole number from 0 to {MAX_LATENCY_US}, \
+                             not {n:?}"
+                        )
+                    })?;
+            }
             "--once" => once = true,
             "--help" | "-h" => return Ok(Command::Help),
             other => return Err(format!("unexpected argument {other:?}")),
@@ -123,6 +143,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
         socket: socket.ok_or("--socket PATH is required")?,
         device: DeviceConfig {
             event_idx,
+            latency_us,
             queues,
             workers,
             notify: notify.ok_or("--notify per-request|batched|always-batched is required")?,
@@ -193,12 +214,15 @@ mod tests {
                 "--queues",
                 "8",
                 "--thread-per-queue",
-                "--no-event-idx"
+                "--no-event-idx",
+                "--latency-us",
+                "50"
             ]),
             Ok(Command::Run(Args {
                 socket: "x".into(),
                 device: DeviceConfig {
                     event_idx: false,
+                    latency_us: 50,
                     queues: 8,
                     workers: Workers::PerQueue,
                     notify: NotifyMode::Batched,
@@ -236,6 +260,18 @@ mod tests {
             "{too_many}"
         );
         assert!(err(&["--socket", "s", "--notify", "batched", "--queues", "0"]).contains("\"0\""));
+        let slow = err(&[
+            "--socket",
+            "s",
+            "--notify",
+            "batched",
+            "--latency-us",
+            "2000000",
+        ]);
+        assert!(
+            slow.contains("--latency-us") && slow.contains("2000000"),
+            "{slow}"
+        );
     }
 
     #[test]

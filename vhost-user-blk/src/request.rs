@@ -17,10 +17,12 @@ use crate::disk::{RamDisk, SECTOR_SIZE};
 use crate::warn;
 use rcu_defer::read_lock;
 use rcu_defer::virtio::{Delivery, IrqNotifier, Moderation, Notify};
+use std::collections::VecDeque;
 use std::fmt;
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
@@ -565,6 +567,10 @@ fn ring_error(e: virtio_queue::Error) -> RingError {
 /// One queue handed to [`BlkServer::serve_queues`]: the virtqueue, and the
 /// notifier of its driver.
 pub struct QueueWork<'a, N: Notify + 'static> {
+    /// Names the queue from one call to the next (the device's queue
+    /// index): a delayed completion (see [`BlkServer::set_latency`]) goes
+    /// to the queue of the same `id` in a later call.
+    pub id: usize,
     /// The virtqueue (its rings in the guest memory the server is given).
     pub queue: &'a mut Queue,
     /// Signals the queue's driver.
@@ -591,6 +597,22 @@ pub struct BlkServer {
     /// Whether a refused request has been reported on stderr (only the
     /// first is; the rest are counted).
     refusal_reported: bool,
+    /// How long after it is executed a request completes (`None`: at
+    /// once).
+    latency: Option<Duration>,
+    /// Executed requests waiting for their completion time, oldest first.
+    delayed: VecDeque<Delayed>,
+}
+
+/// A request executed but not yet on the used ring (see
+/// [`BlkServer::set_latency`]).
+#[derive(Clone, Copy, Debug)]
+struct Delayed {
+    due: Instant,
+    /// [`QueueWork::id`] of its queue.
+    queue: usize,
+    head: u16,
+    used_len: u32,
 }
 
 impl BlkServer {
@@ -605,7 +627,117 @@ impl BlkServer {
             active: Vec::new(),
             stats: QueueStats::default(),
             refusal_reported: false,
+            latency: None,
+            delayed: VecDeque::new(),
         }
+    }
+
+    /// Makes the disk asynchronous: a request's data moves when the device
+    /// pops it, but it goes on the used ring only `latency` later, with
+    /// every other request due by then, in one pass
+    /// ([`complete_due`](Self::complete_due)), as completions come from
+    /// io_uring in bursts. `Duration::ZERO` completes at once.
+    pub fn set_latency(&mut self, latency: Duration) {
+        self.latency = (!latency.is_zero()).then_some(latency);
+    }
+
+    /// When the oldest delayed request is due, if one waits: the caller
+    /// arms a timer for it and then calls [`complete_due`](Self::complete_due).
+    pub fn next_due(&self) -> Option<Instant> {
+        self.delayed.front().map(|d| d.due)
+    }
+
+    /// Puts every delayed request that is due on its queue's used ring, in
+    /// one pass: batched or not as the mode (and its moderation) says, so
+    /// each queue's driver is signalled at most once when batched.
+    /// Requests of queues not in `queues` (disabled meanwhile) are dropped.
+    ///
+    /// Returns the ring errors, as [`serve_queues`](Self::serve_queues)
+    /// does.
+    pub fn complete_due<A, N>(
+        &mut self,
+        queues: &mut [QueueWork<'_, N>],
+        space: &A,
+    ) -> Vec<(usize, RingError)>
+    where
+        A: GuestAddressSpace,
+        N: Notify + 'static,
+    {
+        let mut errors = Vec::new();
+        let now = Instant::now();
+        match self.next_due() {
+            Some(due) if due <= now => {}
+            _ => return errors,
+        }
+        let delivery = self.start_pass();
+        let _pass = (delivery == Delivery::Batched).then(read_lock);
+        let mem = space.memory();
+        let mut completed = 0;
+        while let Some(done) = self.delayed.front().copied().filter(|d| d.due <= now) {
+            self.delayed.pop_front();
+            let Some((i, work)) = queues
+                .iter_mut()
+                .enumerate()
+                .find(|(_, work)| work.id == done.queue)
+            else {
+                continue;
+            };
+            if errors.iter().any(|(failed, _)| *failed == i) {
+                continue;
+            }
+            match self.complete(
+                work.queue,
+                &*mem,
+                work.irq,
+                done.head,
+                done.used_len,
+                delivery,
+            ) {
+                Ok(()) => completed += 1,
+                Err(e) => errors.push((i, e)),
+            }
+        }
+        self.end_pass(completed);
+        errors
+    }
+
+    /// The delivery of the next pass's signals.
+    fn start_pass(&mut self) -> Delivery {
+        match self.mode {
+            NotifyMode::PerRequest => Delivery::AtOnce,
+            NotifyMode::Batched => self.moderation.start_pass(),
+            NotifyMode::AlwaysBatched => Delivery::Batched,
+        }
+    }
+
+    fn end_pass(&mut self, completed: u64) {
+        if self.mode == NotifyMode::Batched {
+            self.moderation.end_pass(completed);
+        }
+    }
+
+    /// Puts one executed request on the used ring, and notifies if the
+    /// driver wants it.
+    fn complete<M: GuestMemory, N: Notify + 'static>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &M,
+        irq: &Arc<IrqNotifier<N>>,
+        head: u16,
+        used_len: u32,
+        delivery: Delivery,
+    ) -> Result<(), RingError> {
+        queue.add_used(mem, head, used_len).map_err(ring_error)?;
+        self.stats.requests += 1;
+        if queue.needs_notification(mem).map_err(ring_error)? {
+            match delivery {
+                Delivery::AtOnce => irq.notify_now(),
+                Delivery::Batched => irq.notify(),
+            }
+        } else {
+            self.stats.suppressed += 1;
+        }
+        Ok(())
     }
 
     /// What the server has counted so far, over all the queues it served.
@@ -632,7 +764,7 @@ impl BlkServer {
         A: GuestAddressSpace,
         N: Notify + 'static,
     {
-        let mut work = [QueueWork { queue, irq }];
+        let mut work = [QueueWork { id: 0, queue, irq }];
         match self.serve_queues(&mut work, space).pop() {
             Some((_, e)) => Err(e),
             None => Ok(()),
@@ -688,24 +820,26 @@ impl BlkServer {
         }
         while active.contains(&true) {
             {
-                let delivery = match self.mode {
-                    NotifyMode::PerRequest => Delivery::AtOnce,
-                    NotifyMode::Batched => self.moderation.start_pass(),
-                    NotifyMode::AlwaysBatched => Delivery::Batched,
+                // With a latency, a pass completes nothing (complete_due
+                // does), so it needs no delivery of its own.
+                let delivery = match self.latency {
+                    None => self.start_pass(),
+                    Some(_) => Delivery::AtOnce,
                 };
                 let _pass = (delivery == Delivery::Batched).then(read_lock);
                 let before = self.stats.requests;
                 let mem = space.memory();
+                let now = self.latency.map(|latency| Instant::now() + latency);
                 for (i, work) in queues.iter_mut().enumerate() {
                     if active[i] {
-                        if let Err(e) = self.pass::<A, N>(work.queue, &mem, work.irq, delivery) {
+                        if let Err(e) = self.pass::<A, N>(work, &mem, delivery, now) {
                             errors.push((i, e));
                             active[i] = false;
                         }
                     }
                 }
-                if self.mode == NotifyMode::Batched {
-                    self.moderation.end_pass(self.stats.requests - before);
+                if self.latency.is_none() {
+                    self.end_pass(self.stats.requests - before);
                 }
                 // Batched, the pass's signals go out here, as its section
                 // ends.
@@ -732,15 +866,16 @@ impl BlkServer {
     /// notifies if the driver wants it.
     fn pass<A, N>(
         &mut self,
-        queue: &mut Queue,
+        work: &mut QueueWork<'_, N>,
         mem: &A::T,
-        irq: &Arc<IrqNotifier<N>>,
         delivery: Delivery,
+        due: Option<Instant>,
     ) -> Result<(), RingError>
     where
         A: GuestAddressSpace,
         N: Notify + 'static,
     {
+        let queue = &mut *work.queue;
         queue.disable_notification(&**mem).map_err(ring_error)?;
         let mut popped = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem.clone()) {
@@ -763,17 +898,14 @@ impl BlkServer {
                 // No descriptor to hand back (add_used would refuse it).
                 continue;
             }
-            queue
-                .add_used(&**mem, head, outcome.used_len)
-                .map_err(ring_error)?;
-            self.stats.requests += 1;
-            if queue.needs_notification(&**mem).map_err(ring_error)? {
-                match delivery {
-                    Delivery::AtOnce => irq.notify_now(),
-                    Delivery::Batched => irq.notify(),
-                }
-            } else {
-                self.stats.suppressed += 1;
+            match due {
+                Some(due) => self.delayed.push_back(Delayed {
+                    due,
+                    queue: work.id,
+                    head,
+                    used_len: outcome.used_len,
+                }),
+                None => self.complete(queue, &**mem, work.irq, head, outcome.used_len, delivery)?,
             }
         }
         if popped {

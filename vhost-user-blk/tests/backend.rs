@@ -385,6 +385,7 @@ fn the_queue_count_is_the_configured_one_and_too_many_are_refused() {
             Arc::new(RwLock::new(RamDisk::new(SECTORS))),
             DeviceConfig {
                 event_idx: true,
+                latency_us: 0,
                 queues,
                 workers: Workers::One,
                 notify: NotifyMode::Batched,
@@ -405,6 +406,7 @@ fn the_queue_count_is_the_configured_one_and_too_many_are_refused() {
             Arc::new(RwLock::new(RamDisk::new(SECTORS))),
             DeviceConfig {
                 event_idx: true,
+                latency_us: 0,
                 queues,
                 workers: Workers::One,
                 notify: NotifyMode::Batched,
@@ -421,6 +423,7 @@ fn the_queue_count_is_the_configured_one_and_too_many_are_refused() {
 fn worker_threads_and_their_exit_events_follow_the_configuration() {
     let config = |workers| DeviceConfig {
         event_idx: true,
+        latency_us: 0,
         queues: 3,
         workers,
         notify: NotifyMode::PerRequest,
@@ -448,6 +451,7 @@ fn one_worker_serves_every_queue_with_work_on_a_kick() {
     for (mode, per_queue) in [(NotifyMode::AlwaysBatched, 1), (NotifyMode::PerRequest, 4)] {
         let mut d = multi_device(DeviceConfig {
             event_idx: true,
+            latency_us: 0,
             queues: 3,
             workers: Workers::One,
             notify: mode,
@@ -493,6 +497,7 @@ fn one_worker_serves_every_queue_with_work_on_a_kick() {
 fn a_worker_per_queue_serves_its_own_queue() {
     let mut d = multi_device(DeviceConfig {
         event_idx: true,
+        latency_us: 0,
         queues: 3,
         workers: Workers::PerQueue,
         notify: NotifyMode::Batched,
@@ -534,6 +539,7 @@ fn a_worker_per_queue_serves_its_own_queue() {
 fn a_disabled_queue_is_not_served_until_enabled() {
     let mut d = multi_device(DeviceConfig {
         event_idx: true,
+        latency_us: 0,
         queues: 2,
         workers: Workers::One,
         notify: NotifyMode::Batched,

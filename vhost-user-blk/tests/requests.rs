@@ -432,7 +432,8 @@ impl MultiSetup {
             .queues
             .iter_mut()
             .zip(&self.irqs)
-            .map(|(queue, irq)| QueueWork { queue, irq })
+            .enumerate()
+            .map(|(id, (queue, irq))| QueueWork { id, queue, irq })
             .collect();
         self.server.serve_queues(&mut work, &self.drivers[0].rcu)
     }
@@ -522,7 +523,12 @@ fn batched_signals_go_after_the_whole_pass_over_all_queues() {
     // within the pass: one signal for the pass).
     let mut work: Vec<QueueWork<'_, UsedAtSignal>> = queues
         .iter_mut()
-        .map(|queue| QueueWork { queue, irq: &irq })
+        .enumerate()
+        .map(|(id, queue)| QueueWork {
+            id,
+            queue,
+            irq: &irq,
+        })
         .collect();
     assert!(server.serve_queues(&mut work, &drivers[0].rcu).is_empty());
     assert_eq!(*irq.notifier().seen.lock().unwrap(), vec![vec![4, 4]]);
@@ -611,4 +617,54 @@ fn batched_mode_moderates_from_signals_at_once() {
     // per-request does, and all its requests complete.
     let (signals, stats) = one_pass(NotifyMode::Batched, false, 16);
     assert_eq!((signals, stats.requests, stats.suppressed), (16, 16, 0));
+}
+
+#[test]
+fn a_delayed_completion_waits_for_its_time_then_completes_with_the_burst() {
+    let mut s = setup(NotifyMode::AlwaysBatched);
+    s.server.set_latency(std::time::Duration::from_millis(5));
+    let posted: Vec<_> = (0..4)
+        .map(|sector| s.driver.post(VIRTIO_BLK_T_IN, sector, &[512]))
+        .collect();
+    s.serve();
+    // Popped and executed, not yet used.
+    assert!(s.driver.take_used().is_empty());
+    assert_eq!(s.server.stats().requests, 0);
+    let due = s.server.next_due().expect("four requests wait");
+    let mut work = [QueueWork {
+        id: 0,
+        queue: &mut s.queue,
+        irq: &s.irq,
+    }];
+    // Too early: nothing.
+    if std::time::Instant::now() < due {
+        assert!(s.server.complete_due(&mut work, &s.driver.rcu).is_empty());
+    }
+    while std::time::Instant::now() < due {
+        std::thread::sleep(due - std::time::Instant::now());
+    }
+    assert!(s.server.complete_due(&mut work, &s.driver.rcu).is_empty());
+    assert_eq!(s.server.next_due(), None);
+    assert_eq!(s.driver.take_used().len(), 4);
+    for (sector, p) in posted.iter().enumerate() {
+        assert_eq!(s.driver.status_of(p), S_OK);
+        assert_pattern(&s.driver.data_of(p), sector as u64 * 512);
+    }
+    // One burst, one pass, one signal.
+    assert_eq!(s.signals(), 1);
+    assert_eq!(s.server.stats().requests, 4);
+}
+
+#[test]
+fn a_delayed_completion_of_a_queue_no_longer_served_is_dropped() {
+    let mut s = setup(NotifyMode::PerRequest);
+    s.server.set_latency(std::time::Duration::from_micros(1));
+    s.driver.post(VIRTIO_BLK_T_IN, 0, &[512]);
+    s.serve();
+    std::thread::sleep(std::time::Duration::from_millis(1));
+    // The queue (id 0) is not among those handed over.
+    let mut none: [QueueWork<'_, Counter>; 0] = [];
+    assert!(s.server.complete_due(&mut none, &s.driver.rcu).is_empty());
+    assert_eq!(s.server.next_due(), None);
+    assert!(s.driver.take_used().is_empty());
 }
