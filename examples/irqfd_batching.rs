@@ -174,6 +174,7 @@ mod linux {
         let config = DeviceConfig {
             event_idx: true,
             latency_us: 0,
+            poll_us: 0,
             queues: args.queues,
             workers: args.workers,
             notify: mode.notify,

@@ -311,6 +311,10 @@ pub struct DeviceConfig {
     /// after the device pops it, with every other request due by then, in
     /// one pass (see `BlkServer::set_latency`); 0: at once.
     pub latency_us: u64,
+    /// After a pass, poll the queues for more work for up to this many
+    /// microseconds before sleeping until a kick, the window adapting to
+    /// the load (see `BlkServer::set_poll_max`); 0: never poll.
+    pub poll_us: u64,
     /// Whether the device offers VIRTIO_RING_F_EVENT_IDX. Without it every
     /// completion needs a signal (unless the driver sets
     /// VRING_AVAIL_F_NO_INTERRUPT), as with drivers that do not negotiate it.
@@ -326,6 +330,7 @@ impl DeviceConfig {
             notify,
             event_idx: true,
             latency_us: 0,
+            poll_us: 0,
         }
     }
 
@@ -455,6 +460,7 @@ impl BlkBackend {
                 .map(|_| {
                     let mut server = BlkServer::new(Arc::clone(&disk), config.notify);
                     server.set_latency(Duration::from_micros(config.latency_us));
+                    server.set_poll_max(Duration::from_micros(config.poll_us));
                     Mutex::new(server)
                 })
                 .collect(),

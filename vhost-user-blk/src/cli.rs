@@ -10,7 +10,7 @@ use std::path::PathBuf;
 pub const USAGE: &str = "\
 usage: vhost-user-blk --socket PATH --notify per-request|batched|always-batched
                       [--size-mib N] [--queues N] [--thread-per-queue]
-                      [--no-event-idx] [--latency-us N] [--once]
+                      [--no-event-idx] [--latency-us N] [--poll-us N] [--once]
 
 Serves a RAM disk (N MiB, default 256) as a vhost-user-blk device on the Unix
 socket PATH, one frontend connection at a time. Never-written sectors read as a
@@ -28,6 +28,9 @@ pattern: each 8-byte word holds its byte offset on the disk (little-endian).
   --thread-per-queue    a worker thread per queue (default: one worker thread
                         serves all the queues)
   --no-event-idx        do not offer EVENT_IDX: every completion needs a signal
+  --poll-us N           after a pass, poll the queues for up to N us (the window
+                        adapts to the load) before sleeping until a kick, as a
+                        QEMU IOThread's poll-max-ns does (default 0: never)
   --latency-us N        an asynchronous disk: a request completes N us after the
                         device pops it, with all others due by then, in one pass
                         (as io_uring completions come in bursts; default 0)
@@ -57,6 +60,9 @@ pub const MAX_SIZE_MIB: u64 = 1 << 20;
 /// The largest `--latency-us` (one second).
 pub const MAX_LATENCY_US: u64 = 1_000_000;
 
+/// The largest `--poll-us` (one millisecond).
+pub const MAX_POLL_US: u64 = 1000;
+
 /// What the command line asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -80,6 +86,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
     let mut workers = Workers::One;
     let mut event_idx = true;
     let mut latency_us = 0;
+    let mut poll_us = 0;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let Some(arg) = arg.to_str().map(str::to_owned) else {
@@ -121,6 +128,18 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
             }
             "--thread-per-queue" => workers = Workers::PerQueue,
             "--no-event-idx" => event_idx = false,
+            "--poll-us" => {
+                let n = value("--poll-us")?;
+                poll_us = n
+                    .to_str()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .filter(|n| *n <= MAX_POLL_US)
+                    .ok_or_else(|| {
+                        format!(
+                            "--poll-us must be a whole number from 0 to {MAX_POLL_US}, not {n:?}"
+                        )
+                    })?;
+            }
             "--latency-us" => {
                 let n = value("--latency-us")?;
                 latency_us = n
@@ -144,6 +163,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
         device: DeviceConfig {
             event_idx,
             latency_us,
+            poll_us,
             queues,
             workers,
             notify: notify.ok_or("--notify per-request|batched|always-batched is required")?,
@@ -223,6 +243,7 @@ mod tests {
                 device: DeviceConfig {
                     event_idx: false,
                     latency_us: 50,
+                    poll_us: 0,
                     queues: 8,
                     workers: Workers::PerQueue,
                     notify: NotifyMode::Batched,

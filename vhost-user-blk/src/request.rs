@@ -602,6 +602,85 @@ pub struct BlkServer {
     latency: Option<Duration>,
     /// Executed requests waiting for their completion time, oldest first.
     delayed: VecDeque<Delayed>,
+    /// How long to poll for more work after a pass (see
+    /// [`set_poll_max`](Self::set_poll_max)).
+    poller: Poller,
+}
+
+/// Adaptive polling after a pass, as QEMU's `aio_poll` does for an
+/// IOThread: a driver that resubmits within the window is served without a
+/// kick and without the device thread going to sleep (waking a sleeping
+/// thread costs tens of microseconds when its CPU is idle). The window
+/// grows while the device sleeps for less than the maximum between
+/// passes (polling a little longer would have caught the work), and
+/// shrinks when it sleeps for longer (polling is wasted on this load).
+#[derive(Debug, Default)]
+struct Poller {
+    max: Duration,
+    window: Duration,
+    /// When the device last stopped working (started polling or went to
+    /// sleep), while it waits for the next call.
+    idle_since: Option<Instant>,
+    /// Whether this call's poll found nothing, so that `idle_since` is when
+    /// it started polling.
+    polled_since: Option<Instant>,
+}
+
+/// The first window after a sleep that polling would have caught.
+const POLL_START: Duration = Duration::from_micros(4);
+
+impl Poller {
+    /// Called as a call to the server begins: adapts the window to how
+    /// long the device waited.
+    fn woke(&mut self) {
+        let Some(since) = self.idle_since.take() else {
+            return;
+        };
+        if !self.max.is_zero() {
+            self.adapt(since.elapsed());
+        }
+    }
+
+    /// Adapts the window to a wait of `waited` between calls.
+    fn adapt(&mut self, waited: Duration) {
+        if waited <= self.window {
+            // Polling would have caught it (work on another queue, or a
+            // kick just after the window): the window is right.
+        } else if waited > self.max {
+            self.window /= 2;
+            if self.window < POLL_START {
+                self.window = Duration::ZERO;
+            }
+        } else {
+            self.window = (self.window * 2).max(POLL_START).min(self.max);
+        }
+    }
+
+    /// Spins for up to the window until `work()` says there is some.
+    fn poll(&mut self, mut work: impl FnMut() -> bool) -> bool {
+        if self.window.is_zero() {
+            self.polled_since = Some(Instant::now());
+            return false;
+        }
+        let start = Instant::now();
+        let deadline = start + self.window;
+        loop {
+            if work() {
+                self.polled_since = None;
+                return true;
+            }
+            if Instant::now() >= deadline {
+                self.polled_since = Some(start);
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Called as the server goes idle until the next call.
+    fn sleeping(&mut self) {
+        self.idle_since = Some(self.polled_since.take().unwrap_or_else(Instant::now));
+    }
 }
 
 /// A request executed but not yet on the used ring (see
@@ -629,7 +708,16 @@ impl BlkServer {
             refusal_reported: false,
             latency: None,
             delayed: VecDeque::new(),
+            poller: Poller::default(),
         }
+    }
+
+    /// Polls for more work for up to `max` after each pass before going
+    /// idle, adapting the window to the load (see `Poller`); `Duration::ZERO`
+    /// (the default) never polls.
+    pub fn set_poll_max(&mut self, max: Duration) {
+        self.poller.max = max;
+        self.poller.window = self.poller.window.min(max);
     }
 
     /// Makes the disk asynchronous: a request's data moves when the device
@@ -804,6 +892,7 @@ impl BlkServer {
         N: Notify + 'static,
     {
         let mut errors = Vec::new();
+        self.poller.woke();
         let mut active = std::mem::take(&mut self.active);
         active.clear();
         {
@@ -845,9 +934,25 @@ impl BlkServer {
                 // ends.
             }
             let mem = space.memory();
+            // Kicks stay disabled while polling: a driver that posts more
+            // in the window needs no kick, and the device no wake-up.
+            let polled = self.poller.poll(|| {
+                queues
+                    .iter()
+                    .zip(&active)
+                    .any(|(work, active)| *active && has_work(work.queue, &*mem).unwrap_or(true))
+            });
             for (i, work) in queues.iter_mut().enumerate() {
                 if active[i] {
-                    match rearm(work.queue, &*mem) {
+                    let more = match polled {
+                        true => match has_work(work.queue, &*mem) {
+                            Ok(true) => Ok(true),
+                            Ok(false) => rearm(work.queue, &*mem),
+                            Err(e) => Err(e),
+                        },
+                        false => rearm(work.queue, &*mem),
+                    };
+                    match more {
                         Ok(more) => active[i] = more,
                         Err(e) => {
                             errors.push((i, e));
@@ -857,6 +962,7 @@ impl BlkServer {
                 }
             }
         }
+        self.poller.sleeping();
         self.active = active;
         errors
     }
@@ -981,4 +1087,69 @@ fn rearm<M: GuestMemory>(queue: &mut Queue, mem: &M) -> Result<bool, RingError> 
         return Err(too_far_ahead(queue, avail, pending));
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn poller(max_us: u64) -> Poller {
+        Poller {
+            max: Duration::from_micros(max_us),
+            ..Poller::default()
+        }
+    }
+
+    #[test]
+    fn the_poll_window_grows_while_the_driver_comes_back_within_the_maximum() {
+        let mut p = poller(50);
+        let mut windows = Vec::new();
+        for _ in 0..6 {
+            // The driver resubmits 30 us after the device went idle.
+            p.adapt(Duration::from_micros(30));
+            windows.push(p.window.as_micros());
+        }
+        assert_eq!(windows, [4, 8, 16, 32, 32, 32]);
+    }
+
+    #[test]
+    fn the_poll_window_shrinks_to_nothing_when_the_driver_is_slower_than_the_maximum() {
+        let mut p = poller(50);
+        p.window = Duration::from_micros(50);
+        let mut windows = Vec::new();
+        for _ in 0..5 {
+            p.adapt(Duration::from_micros(500));
+            windows.push(p.window.as_micros());
+        }
+        assert_eq!(windows, [25, 12, 6, 0, 0]);
+    }
+
+    #[test]
+    fn a_poller_without_a_maximum_never_spins() {
+        let mut p = poller(0);
+        let mut asked = 0;
+        assert!(!p.poll(|| {
+            asked += 1;
+            true
+        }));
+        assert_eq!(asked, 0);
+        p.sleeping();
+        p.woke();
+        assert_eq!(p.window, Duration::ZERO);
+    }
+
+    #[test]
+    fn polling_stops_at_the_first_sign_of_work_or_at_the_window_end() {
+        let mut p = poller(1000);
+        p.window = Duration::from_millis(1);
+        let mut asked = 0;
+        assert!(p.poll(|| {
+            asked += 1;
+            asked == 3
+        }));
+        assert_eq!(asked, 3);
+        let start = Instant::now();
+        assert!(!p.poll(|| false));
+        assert!(start.elapsed() >= Duration::from_millis(1));
+    }
 }

@@ -386,6 +386,7 @@ fn the_queue_count_is_the_configured_one_and_too_many_are_refused() {
             DeviceConfig {
                 event_idx: true,
                 latency_us: 0,
+                poll_us: 0,
                 queues,
                 workers: Workers::One,
                 notify: NotifyMode::Batched,
@@ -407,6 +408,7 @@ fn the_queue_count_is_the_configured_one_and_too_many_are_refused() {
             DeviceConfig {
                 event_idx: true,
                 latency_us: 0,
+                poll_us: 0,
                 queues,
                 workers: Workers::One,
                 notify: NotifyMode::Batched,
@@ -424,6 +426,7 @@ fn worker_threads_and_their_exit_events_follow_the_configuration() {
     let config = |workers| DeviceConfig {
         event_idx: true,
         latency_us: 0,
+        poll_us: 0,
         queues: 3,
         workers,
         notify: NotifyMode::PerRequest,
@@ -452,6 +455,7 @@ fn one_worker_serves_every_queue_with_work_on_a_kick() {
         let mut d = multi_device(DeviceConfig {
             event_idx: true,
             latency_us: 0,
+            poll_us: 0,
             queues: 3,
             workers: Workers::One,
             notify: mode,
@@ -498,6 +502,7 @@ fn a_worker_per_queue_serves_its_own_queue() {
     let mut d = multi_device(DeviceConfig {
         event_idx: true,
         latency_us: 0,
+        poll_us: 0,
         queues: 3,
         workers: Workers::PerQueue,
         notify: NotifyMode::Batched,
@@ -540,6 +545,7 @@ fn a_disabled_queue_is_not_served_until_enabled() {
     let mut d = multi_device(DeviceConfig {
         event_idx: true,
         latency_us: 0,
+        poll_us: 0,
         queues: 2,
         workers: Workers::One,
         notify: NotifyMode::Batched,
