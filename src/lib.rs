@@ -6,6 +6,11 @@
 //! frees the old one only after a *grace period*, a wait long enough that
 //! every reader that could have seen the old version has finished.
 //!
+//! This page gives the concepts. The [`guide`] teaches the crate topic by
+//! topic (moving from `RwLock`, rust-vmm and vhost-user devices, data-plane
+//! threads, reports, sandboxes, `fork`, signal handlers, correctness), with
+//! the API at a glance and the Cargo features on its first page.
+//!
 //! # Read sections
 //!
 //! A reader brackets its accesses with a read section: [`read_lock`] returns
@@ -202,6 +207,8 @@
 //! assert!(poll_state_synchronize_rcu(cookie));
 //! ```
 //!
+//! More, with examples: [`guide::data_plane`].
+//!
 //! # Deadlocks and stalls
 //!
 //! A grace period waits for every running read section, including one held
@@ -266,6 +273,8 @@
 //! });
 //! ```
 //!
+//! More, with examples: [`guide::reports`].
+//!
 //! # fork
 //!
 //! `fork()` at any moment is safe for both processes, with no call to make:
@@ -287,6 +296,8 @@
 //! not covered: one held by another thread at the fork stays locked in the
 //! child.
 //!
+//! More, with an example: [`guide::fork`].
+//!
 //! # Signal handlers
 //!
 //! A read section entered in a signal handler is async-signal-safe only
@@ -297,6 +308,8 @@
 //! outermost section's end (it may take a lock to wake a writer, and runs
 //! deferred calls), and every writer-side function are not
 //! async-signal-safe.
+//!
+//! More, with an example: [`guide::signals`].
 
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms)]

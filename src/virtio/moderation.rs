@@ -57,7 +57,8 @@ pub struct ModerationStats {
 }
 
 /// Chooses, for one device thread, whether its passes batch their signals;
-/// see the [module documentation](self).
+/// see the guide's [`vhost_user`](crate::guide::vhost_user#a-pass-per-read-section-and-when-to-batch)
+/// page for when each wins.
 ///
 /// ```
 /// # #[cfg(target_os = "linux")] {

@@ -1,7 +1,7 @@
 //! A vhost-user-blk backend on rust-vmm's `vhost-user-backend` 0.24, with a
 //! RAM disk, that notifies the guest through `rcu_defer::virtio::IrqNotifier`
-//! per request or batched per pass (see `README.md`, "vhost-user-blk
-//! backend", and the binary's `--help`).
+//! per request or batched per pass (see `docs/vhost-user-blk.md` and the
+//! binary's `--help`).
 //!
 //! Guest memory: vhost-user-backend's types are written over
 //! `GuestMemoryAtomic<GuestMemoryMmap<B>>` (`VhostUserDaemon::new` takes

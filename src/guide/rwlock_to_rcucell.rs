@@ -1,4 +1,4 @@
-//! Guide: moving device code from `RwLock<T>` to [`RcuCell<T>`].
+//! Moving device code from `RwLock<T>` to [`RcuCell<T>`].
 //!
 //! This module has no code of its own; every snippet below runs as a doc
 //! test.
@@ -58,7 +58,8 @@
 //! that needs the value after its section takes an owned copy,
 //! [`RcuCell::get_cloned`], or, with the value kept as an `Arc`
 //! (`RcuCell<Arc<Config>>`), [`RcuCell::load_full`], which clones only the
-//! `Arc` (the crate documentation has more on async code).
+//! `Arc` (the [crate documentation](crate#async-code-and-values-that-must-leave-the-section)
+//! has more on async code).
 //!
 //! # 2. Writers
 //!
