@@ -323,6 +323,7 @@ mod thread_bound;
 pub mod virtio;
 #[cfg(feature = "vm-memory")]
 pub mod vm;
+mod watchdog;
 
 pub use call_rcu::{
     call_rcu, drain_call_rcu, drain_call_rcu_timeout, set_call_rcu_batch_window, try_drain_call_rcu,
