@@ -146,7 +146,7 @@ use std::sync::Arc;
 /// // which waits for the read lock that `state` holds: a hang
 /// ```
 ///
-/// `rcu_defer::vhost_user` (feature `vhost-user-backend`, to come) ships a
+/// [`vhost_user`](crate::vhost_user) (feature `vhost-user-backend`) ships a
 /// vring whose notifier keeps the call eventfd itself and takes no vring
 /// lock, so this cannot happen with it. If it happens with a notifier of
 /// your own, the `rcu-watchdog` thread reports it (a
@@ -297,10 +297,26 @@ mod eventfd {
 }
 
 #[cfg(all(target_os = "linux", feature = "vmm-sys-util"))]
+#[cfg_attr(docsrs, doc(cfg(all(target_os = "linux", feature = "vmm-sys-util"))))]
 impl Notify for vmm_sys_util::eventfd::EventFd {
     /// One eventfd write of 1.
     fn signal(&self) -> io::Result<()> {
         self.write(1)
+    }
+}
+
+/// What vhost-user-backend keeps a vring's call eventfd as. Only with the
+/// `vhost-user-backend` feature, whose vhost-user-backend 0.24 needs
+/// vmm-sys-util 0.15, the first release with `event::EventNotifier`.
+#[cfg(all(target_os = "linux", feature = "vhost-user-backend"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(all(target_os = "linux", feature = "vhost-user-backend")))
+)]
+impl Notify for vmm_sys_util::event::EventNotifier {
+    /// One eventfd write of 1 (`EventNotifier::notify`).
+    fn signal(&self) -> io::Result<()> {
+        self.notify()
     }
 }
 
