@@ -29,10 +29,13 @@ use crate::sync::Ordering;
 
 /// Bits of a held word below the sequence number: the count of queued
 /// signals (bits 1..16) and the running flag (bit 0).
+#[cfg(not(loom))]
 const SEQ_SHIFT: u32 = 16;
 /// The running flag: the queued signals are being sent.
+#[cfg(not(loom))]
 const RUNNING: u64 = 1;
 /// The count of queued signals, shifted left by 1.
+#[cfg(not(loom))]
 const COUNT_MASK: u64 = ((1 << SEQ_SHIFT) - 1) & !RUNNING;
 
 /// A thread's held-notification state, in its reader record; see the
