@@ -162,6 +162,15 @@ use std::sync::Arc;
             `vmm_sys_util::event::EventNotifier` with its `vhost-user-backend` feature; for \
             another type, implement `Notify` (its `signal` must not block)"
 )]
+///
+/// Without the feature that implements it, the compiler's error says
+/// which one to turn on:
+///
+/// ```compile_fail,E0277
+/// # fn call_fd() -> std::fs::File { unimplemented!() }
+/// // A `File` is not a `Notify`: wrap it in a type that implements it.
+/// let irq = rcu_defer::virtio::IrqNotifier::new(call_fd());
+/// ```
 pub trait Notify {
     /// Sends one notification. Must not block, nor take a lock that the
     /// code around a read section may hold (see the [trait's
