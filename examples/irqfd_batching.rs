@@ -17,8 +17,11 @@
 //!
 //! - per-request: `IrqNotifier::notify_now()` for each completion that
 //!   EVENT_IDX says the driver waits for: an eventfd write each;
-//! - batched: each pass over the queues is one read section and calls
-//!   `notify()`, so a pass costs each queue at most one eventfd write.
+//! - batched (the backend's default): each pass over the queues either
+//!   signals at once or is one read section whose `notify()` calls cost
+//!   each queue at most one eventfd write, as the worker thread's
+//!   `rcu_defer::virtio::Moderation` chooses by measuring which completes
+//!   more.
 //!
 //! Each mode completes `--requests` reads in `--rounds` rounds, run
 //! alternately (which mode goes first alternates too); a mode's IOPS is the
@@ -66,6 +69,9 @@ mod linux {
         requests: u64,
         rounds: u64,
         workers: Workers,
+        event_idx: bool,
+        latency_us: u64,
+        poll_us: u64,
     }
 
     fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -75,6 +81,9 @@ mod linux {
             requests: 2_000_000,
             rounds: 5,
             workers: Workers::One,
+            event_idx: true,
+            latency_us: 0,
+            poll_us: 0,
         };
         let mut args = args.peekable();
         while let Some(arg) = args.next() {
@@ -89,11 +98,16 @@ mod linux {
                 "--requests" => parsed.requests = value("--requests")?,
                 "--rounds" => parsed.rounds = value("--rounds")?,
                 "--thread-per-queue" => parsed.workers = Workers::PerQueue,
+                "--no-event-idx" => parsed.event_idx = false,
+                "--latency-us" => parsed.latency_us = value("--latency-us")?.min(1_000_000),
+                "--poll-us" => parsed.poll_us = value("--poll-us")?.min(1000),
                 "--help" | "-h" => {
                     println!(
                         "cargo run --release --example irqfd_batching -- [--queues N (1..={MAX_QUEUES}, \
                          default 1)] [--iodepth N (per queue, default 64)] [--requests N (per \
-                         mode, default 2000000)] [--rounds N (default 5)] [--thread-per-queue]"
+                         mode, default 2000000)] [--rounds N (default 5)] [--thread-per-queue] \
+                         [--no-event-idx] [--latency-us N] [--poll-us N] (the backend's \
+                         options of those names)"
                     );
                     std::process::exit(0);
                 }
@@ -169,6 +183,9 @@ mod linux {
         let socket =
             std::env::temp_dir().join(format!("irqfd-batching-{}.sock", std::process::id()));
         let config = DeviceConfig {
+            event_idx: args.event_idx,
+            latency_us: args.latency_us,
+            poll_us: args.poll_us,
             queues: args.queues,
             workers: args.workers,
             notify: mode.notify,
@@ -226,12 +243,21 @@ mod linux {
         println!(
             "irqfd batching: libblkio's virtio-blk driver against the vhost-user-blk backend \
              ({} queue{}, {workers} worker thread{}), iodepth {} per queue (4 KiB random \
-             reads), EVENT_IDX on; {} reads per mode in {} alternating rounds, {:?} flavor, \
-             {cpus} CPUs",
+             reads), EVENT_IDX {}{}{}; {} reads per mode in {} alternating rounds, {:?} \
+             flavor, {cpus} CPUs",
             args.queues,
             plural(args.queues),
             plural(workers),
             args.iodepth,
+            if args.event_idx { "on" } else { "off" },
+            match args.latency_us {
+                0 => String::new(),
+                us => format!(", disk latency {us} us"),
+            },
+            match args.poll_us {
+                0 => String::new(),
+                us => format!(", polling up to {us} us"),
+            },
             per_queue * args.queues as u64 * args.rounds,
             args.rounds,
             rcu_defer::flavor(),

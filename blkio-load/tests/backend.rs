@@ -59,8 +59,16 @@ fn every_read_and_write_checks_out_in_each_mode() {
         ("one-per-request", Workers::One, NotifyMode::PerRequest),
         ("one-batched", Workers::One, NotifyMode::Batched),
         ("per-queue-batched", Workers::PerQueue, NotifyMode::Batched),
+        (
+            "one-always-batched",
+            Workers::One,
+            NotifyMode::AlwaysBatched,
+        ),
     ] {
         let config = DeviceConfig {
+            event_idx: true,
+            latency_us: 0,
+            poll_us: 0,
             queues: 2,
             workers,
             notify,
@@ -80,6 +88,44 @@ fn every_read_and_write_checks_out_in_each_mode() {
         assert_eq!(stats.queue.errors, 0, "{name}");
         assert!(report.wakeups() > 0, "{name}");
         assert!(report.result_line().starts_with("blkio-load result: iops="));
+    }
+}
+
+#[test]
+fn an_asynchronous_disk_without_event_idx_completes_every_request_in_bursts() {
+    // Completions come from a timer, 200 us after each request was popped,
+    // in one pass each; every completion needs a signal (no EVENT_IDX).
+    for notify in [
+        NotifyMode::PerRequest,
+        NotifyMode::Batched,
+        NotifyMode::AlwaysBatched,
+    ] {
+        let name = format!("latency-{}", notify.name());
+        let config = DeviceConfig {
+            event_idx: false,
+            latency_us: 200,
+            poll_us: 0,
+            queues: 2,
+            workers: Workers::One,
+            notify,
+        };
+        let (path, server) = serve_once(&name, config, disk());
+        let report = load::run(&job(path, Rw::RandRw, 2, 8, 1000)).unwrap();
+        let stats = server.join().unwrap();
+        for queue in &report.queues {
+            assert_eq!(queue.reads + queue.writes, 1000, "{name}");
+            assert_eq!(queue.read_backs, queue.writes, "{name}");
+        }
+        assert_eq!(stats.queue.requests, report.completions(), "{name}");
+        assert_eq!(stats.queue.suppressed, 0, "{name}: no EVENT_IDX");
+        if notify == NotifyMode::PerRequest {
+            assert_eq!(stats.signals, stats.queue.requests, "{name}");
+        }
+        if notify == NotifyMode::AlwaysBatched {
+            // Each burst signals each queue once, and bursts hold several
+            // completions when 8 requests per queue are in flight.
+            assert!(stats.signals < stats.queue.requests, "{name}: {stats:?}");
+        }
     }
 }
 
@@ -126,6 +172,9 @@ fn a_wrong_word_fails_the_run_naming_its_offset() {
 #[test]
 fn more_queues_than_the_backend_has_are_refused() {
     let config = DeviceConfig {
+        event_idx: true,
+        latency_us: 0,
+        poll_us: 0,
         queues: 2,
         workers: Workers::One,
         notify: NotifyMode::PerRequest,
@@ -150,6 +199,9 @@ fn read_one(io: &mut QueueIo, offset: u64) -> Done {
 #[test]
 fn memory_regions_added_and_removed_while_requests_run() {
     let config = DeviceConfig {
+        event_idx: true,
+        latency_us: 0,
+        poll_us: 0,
         queues: 2,
         workers: Workers::One,
         notify: NotifyMode::Batched,
@@ -169,7 +221,10 @@ fn memory_regions_added_and_removed_while_requests_run() {
         let io = &mut second[0];
         for round in 0..8u64 {
             io.remap(&mut device.blkio).unwrap();
-            let offset = (round * 7 + 1) * 4096;
+            // An odd block: queue 1's share of the disk (queue i of n
+            // loads blocks i, i + n, ...), which queue 0's writes never
+            // touch.
+            let offset = (round * 14 + 1) * 4096;
             assert_eq!(read_one(io, offset), Done { slot: 0, ret: 0 });
             check::check_exact(io.slot(0), offset, None).unwrap();
         }

@@ -202,6 +202,9 @@ fn a_client_killed_with_requests_in_flight_leaves_the_backend_serving() {
         ),
     ] {
         let config = DeviceConfig {
+            event_idx: true,
+            latency_us: 0,
+            poll_us: 0,
             queues: 2,
             workers,
             notify,

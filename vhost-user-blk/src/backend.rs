@@ -9,12 +9,18 @@ use crate::warn;
 use rcu_defer::vhost_user::{CallNotifier, RcuVring};
 use rcu_defer::virtio::IrqNotifier;
 use rcu_defer::vm::GuestMemoryRcu;
+use rustix::time::{
+    timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags,
+    Timespec,
+};
 use std::io;
 use std::mem::{offset_of, size_of};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringT};
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringT};
 use virtio_bindings::virtio_blk::{
     virtio_blk_config, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
     VIRTIO_BLK_F_SEG_MAX,
@@ -41,13 +47,13 @@ pub const SEG_MAX: u32 = 126;
 /// The block size the device advertises, in bytes.
 pub const BLK_SIZE: u32 = 512;
 
-/// The virtio features the device offers: VERSION_1, EVENT_IDX,
-/// INDIRECT_DESC, and virtio-blk's SEG_MAX, BLK_SIZE, FLUSH and MQ (the
-/// configuration space says how many queues), plus vhost-user's
+/// The virtio features the device offers: VERSION_1, EVENT_IDX (when
+/// `event_idx`), INDIRECT_DESC, and virtio-blk's SEG_MAX, BLK_SIZE, FLUSH
+/// and MQ (the configuration space says how many queues), plus vhost-user's
 /// PROTOCOL_FEATURES.
-pub fn virtio_features() -> u64 {
+pub fn virtio_features(event_idx: bool) -> u64 {
     (1 << VIRTIO_F_VERSION_1)
-        | (1 << VIRTIO_RING_F_EVENT_IDX)
+        | (u64::from(event_idx) << VIRTIO_RING_F_EVENT_IDX)
         | (1 << VIRTIO_RING_F_INDIRECT_DESC)
         | (1 << VIRTIO_BLK_F_SEG_MAX)
         | (1 << VIRTIO_BLK_F_BLK_SIZE)
@@ -136,6 +142,18 @@ pub struct DeviceConfig {
     pub workers: Workers,
     /// When the driver is notified of completions.
     pub notify: NotifyMode,
+    /// An asynchronous disk: each request completes this many microseconds
+    /// after the device pops it, with every other request due by then, in
+    /// one pass (see `BlkServer::set_latency`); 0: at once.
+    pub latency_us: u64,
+    /// After a pass, poll the queues for more work for up to this many
+    /// microseconds before sleeping until a kick, the window adapting to
+    /// the load (see `BlkServer::set_poll_max`); 0: never poll.
+    pub poll_us: u64,
+    /// Whether the device offers VIRTIO_RING_F_EVENT_IDX. Without it every
+    /// completion needs a signal (unless the driver sets
+    /// VRING_AVAIL_F_NO_INTERRUPT), as with drivers that do not negotiate it.
+    pub event_idx: bool,
 }
 
 impl DeviceConfig {
@@ -145,6 +163,9 @@ impl DeviceConfig {
             queues: 1,
             workers: Workers::One,
             notify,
+            event_idx: true,
+            latency_us: 0,
+            poll_us: 0,
         }
     }
 
@@ -178,6 +199,40 @@ pub struct BlkBackend {
     /// Whether a ring error has been reported on stderr (only the first
     /// is).
     ring_error_reported: AtomicBool,
+    /// Each worker thread's timer for its delayed completions
+    /// (`config.latency_us`; empty without one).
+    timers: Vec<OwnedFd>,
+}
+
+/// The timer of a worker thread with delayed completions: the
+/// `handle_event` device event after the queues' and vhost-user-backend's
+/// own.
+fn timer_event(queues: usize) -> u16 {
+    queues as u16 + 1
+}
+
+/// Arms `timer` to fire at `due` (at once if that has passed), or disarms
+/// it.
+fn arm(timer: &OwnedFd, due: Option<Instant>) -> io::Result<()> {
+    let value = match due {
+        // A zero it_value disarms: a due time already past fires in 1 ns.
+        Some(due) => due
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_nanos(1)),
+        None => Duration::ZERO,
+    };
+    let spec = Itimerspec {
+        it_interval: Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: Timespec {
+            tv_sec: value.as_secs() as _,
+            tv_nsec: value.subsec_nanos() as _,
+        },
+    };
+    timerfd_settime(timer, TimerfdTimerFlags::empty(), &spec)?;
+    Ok(())
 }
 
 /// What a connection's backend did: the stats line's figures, less the CPU
@@ -221,11 +276,30 @@ impl BlkBackend {
                     .map_err(|e| io::Error::new(e.kind(), format!("cannot create an eventfd: {e}")))
             })
             .collect::<io::Result<Vec<_>>>()?;
+        let timers = if config.latency_us == 0 {
+            Vec::new()
+        } else {
+            (0..queues_per_thread.len())
+                .map(|_| {
+                    timerfd_create(
+                        TimerfdClockId::Monotonic,
+                        TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+                    )
+                    .map_err(|e| io::Error::other(format!("cannot create a timerfd: {e}")))
+                })
+                .collect::<io::Result<Vec<_>>>()?
+        };
         Ok(BlkBackend {
             capacity_sectors,
             servers: (0..queues_per_thread.len())
-                .map(|_| Mutex::new(BlkServer::new(Arc::clone(&disk), config.notify)))
+                .map(|_| {
+                    let mut server = BlkServer::new(Arc::clone(&disk), config.notify);
+                    server.set_latency(Duration::from_micros(config.latency_us));
+                    server.set_poll_max(Duration::from_micros(config.poll_us));
+                    Mutex::new(server)
+                })
                 .collect(),
+            timers,
             irqs: (0..config.queues).map(|_| OnceLock::new()).collect(),
             config,
             queues_per_thread,
@@ -233,6 +307,26 @@ impl BlkBackend {
             exits: Mutex::new(exits),
             ring_error_reported: AtomicBool::new(false),
         })
+    }
+
+    /// Registers each worker thread's timer of delayed completions with
+    /// `daemon`'s event loops (nothing to do without `config.latency_us`).
+    /// Call before the daemon starts serving.
+    ///
+    /// # Errors
+    ///
+    /// The epoll registration failed.
+    pub fn register_timers(&self, daemon: &VhostUserDaemon<Arc<BlkBackend>>) -> io::Result<()> {
+        for (timer, handler) in self.timers.iter().zip(daemon.get_epoll_handlers()) {
+            handler
+                .register_listener(
+                    timer.as_raw_fd(),
+                    EventSet::IN,
+                    u64::from(timer_event(self.config.queues)),
+                )
+                .map_err(|e| io::Error::other(format!("cannot watch a timerfd: {e}")))?;
+        }
+        Ok(())
     }
 
     /// The device's set-up.
@@ -286,7 +380,7 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn features(&self) -> u64 {
-        virtio_features()
+        virtio_features(self.config.event_idx)
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -333,7 +427,8 @@ impl VhostUserBackend for BlkBackend {
         vrings: &[BlkVring],
         thread_id: usize,
     ) -> io::Result<()> {
-        if usize::from(device_event) >= vrings.len() {
+        let timer = device_event == timer_event(self.config.queues);
+        if usize::from(device_event) >= vrings.len() && !timer {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("an event for queue {device_event}, which the device does not have"),
@@ -352,14 +447,28 @@ impl VhostUserBackend for BlkBackend {
         let mut work: Vec<QueueWork<'_, CallNotifier>> = states
             .iter_mut()
             .zip(vrings)
-            .filter(|(state, _)| state.is_enabled())
-            .map(|(state, vring)| QueueWork {
+            .zip(self.thread_queues(thread_id))
+            .filter(|((state, _), _)| state.is_enabled())
+            .map(|((state, vring), id)| QueueWork {
+                id,
                 queue: state.get_queue_mut(),
                 irq: vring.irq(),
             })
             .collect();
         let mut server = server.lock().unwrap_or_else(PoisonError::into_inner);
-        let errors = server.serve_queues(&mut work, &self.mem);
+        let mut errors = if timer {
+            // Level-triggered: clear the expiry (none left is fine, the
+            // fd is non-blocking).
+            let mut expirations = [0u8; 8];
+            let _ = rustix::io::read(&self.timers[thread_id], &mut expirations);
+            Vec::new()
+        } else {
+            server.serve_queues(&mut work, &self.mem)
+        };
+        if let Some(timer) = self.timers.get(thread_id) {
+            errors.extend(server.complete_due(&mut work, &self.mem));
+            arm(timer, server.next_due())?;
+        }
         if let Some((_, e)) = errors.first() {
             // An error here would end the worker thread, and with it the
             // device: report it and wait for the next kick instead.

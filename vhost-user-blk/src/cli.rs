@@ -8,8 +8,9 @@ use std::path::PathBuf;
 
 /// `--help`.
 pub const USAGE: &str = "\
-usage: vhost-user-blk --socket PATH --notify per-request|batched [--size-mib N]
-                      [--queues N] [--thread-per-queue] [--once]
+usage: vhost-user-blk --socket PATH --notify per-request|batched|always-batched
+                      [--size-mib N] [--queues N] [--thread-per-queue]
+                      [--no-event-idx] [--latency-us N] [--poll-us N] [--once]
 
 Serves a RAM disk (N MiB, default 256) as a vhost-user-blk device on the Unix
 socket PATH, one frontend connection at a time. Never-written sectors read as a
@@ -17,11 +18,22 @@ pattern: each 8-byte word holds its byte offset on the disk (little-endian).
 
   --notify per-request  signal a queue's call eventfd after each completion that
                         the driver wants to be told of (EVENT_IDX)
-  --notify batched      at most one signal per queue per pass over the queues
-                        with available requests
+  --notify batched      each pass over the queues with available requests
+                        either signals at once or batches its signals (at most
+                        one per queue, at the pass's end), whichever the
+                        worker thread measures to complete more
+  --notify always-batched
+                        every pass batches its signals
   --queues N            the device's queues, 1 to 8 (default 1)
   --thread-per-queue    a worker thread per queue (default: one worker thread
                         serves all the queues)
+  --no-event-idx        do not offer EVENT_IDX: every completion needs a signal
+  --poll-us N           after a pass, poll the queues for up to N us (the window
+                        adapts to the load) before sleeping until a kick, as a
+                        QEMU IOThread's poll-max-ns does (default 0: never)
+  --latency-us N        an asynchronous disk: a request completes N us after the
+                        device pops it, with all others due by then, in one pass
+                        (as io_uring completions come in bursts; default 0)
   --once                exit after the first connection ends
 
 At the end of each connection one line goes to stdout:
@@ -45,6 +57,12 @@ pub struct Args {
 /// in sectors must stay far from overflowing).
 pub const MAX_SIZE_MIB: u64 = 1 << 20;
 
+/// The largest `--latency-us` (one second).
+pub const MAX_LATENCY_US: u64 = 1_000_000;
+
+/// The largest `--poll-us` (one millisecond).
+pub const MAX_POLL_US: u64 = 1000;
+
 /// What the command line asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -66,6 +84,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
     let mut once = false;
     let mut queues = 1;
     let mut workers = Workers::One;
+    let mut event_idx = true;
+    let mut latency_us = 0;
+    let mut poll_us = 0;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let Some(arg) = arg.to_str().map(str::to_owned) else {
@@ -76,15 +97,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
             "--socket" => socket = Some(PathBuf::from(value("--socket")?)),
             "--notify" => {
                 let mode = value("--notify")?;
-                notify = Some(match mode.to_str() {
-                    Some("per-request") => NotifyMode::PerRequest,
-                    Some("batched") => NotifyMode::Batched,
-                    _ => {
-                        return Err(format!(
-                            "--notify must be per-request or batched, not {mode:?}"
-                        ))
-                    }
-                });
+                notify = Some(mode.to_str().and_then(NotifyMode::from_name).ok_or_else(|| {
+                    format!("--notify must be per-request, batched or always-batched, not {mode:?}")
+                })?);
             }
             "--size-mib" => {
                 let n = value("--size-mib")?;
@@ -112,6 +127,32 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
                     })?;
             }
             "--thread-per-queue" => workers = Workers::PerQueue,
+            "--no-event-idx" => event_idx = false,
+            "--poll-us" => {
+                let n = value("--poll-us")?;
+                poll_us = n
+                    .to_str()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .filter(|n| *n <= MAX_POLL_US)
+                    .ok_or_else(|| {
+                        format!(
+                            "--poll-us must be a whole number from 0 to {MAX_POLL_US}, not {n:?}"
+                        )
+                    })?;
+            }
+            "--latency-us" => {
+                let n = value("--latency-us")?;
+                latency_us = n
+                    .to_str()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .filter(|n| *n <= MAX_LATENCY_US)
+                    .ok_or_else(|| {
+                        format!(
+                            "--latency-us must be a whole number from 0 to {MAX_LATENCY_US}, \
+                             not {n:?}"
+                        )
+                    })?;
+            }
             "--once" => once = true,
             "--help" | "-h" => return Ok(Command::Help),
             other => return Err(format!("unexpected argument {other:?}")),
@@ -120,9 +161,12 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
     Ok(Command::Run(Args {
         socket: socket.ok_or("--socket PATH is required")?,
         device: DeviceConfig {
+            event_idx,
+            latency_us,
+            poll_us,
             queues,
             workers,
-            notify: notify.ok_or("--notify per-request|batched is required")?,
+            notify: notify.ok_or("--notify per-request|batched|always-batched is required")?,
         },
         size_mib,
         once,
@@ -189,11 +233,17 @@ mod tests {
                 "batched",
                 "--queues",
                 "8",
-                "--thread-per-queue"
+                "--thread-per-queue",
+                "--no-event-idx",
+                "--latency-us",
+                "50"
             ]),
             Ok(Command::Run(Args {
                 socket: "x".into(),
                 device: DeviceConfig {
+                    event_idx: false,
+                    latency_us: 50,
+                    poll_us: 0,
                     queues: 8,
                     workers: Workers::PerQueue,
                     notify: NotifyMode::Batched,
@@ -202,6 +252,17 @@ mod tests {
                 once: false,
             }))
         );
+        for mode in [
+            NotifyMode::PerRequest,
+            NotifyMode::Batched,
+            NotifyMode::AlwaysBatched,
+        ] {
+            let Ok(Command::Run(args)) = parse_strs(&["--socket", "x", "--notify", mode.name()])
+            else {
+                panic!("--notify {} does not parse", mode.name());
+            };
+            assert_eq!(args.device.notify, mode);
+        }
         assert_eq!(parse_strs(&["--help"]), Ok(Command::Help));
     }
 
@@ -220,6 +281,18 @@ mod tests {
             "{too_many}"
         );
         assert!(err(&["--socket", "s", "--notify", "batched", "--queues", "0"]).contains("\"0\""));
+        let slow = err(&[
+            "--socket",
+            "s",
+            "--notify",
+            "batched",
+            "--latency-us",
+            "2000000",
+        ]);
+        assert!(
+            slow.contains("--latency-us") && slow.contains("2000000"),
+            "{slow}"
+        );
     }
 
     #[test]

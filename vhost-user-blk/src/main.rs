@@ -153,6 +153,9 @@ fn run(args: &Args) -> Result<(), String> {
             GuestMemoryAtomic::new(GuestMemoryMmap::new()),
         )
         .map_err(|e| format!("cannot set up the vhost-user daemon: {e}"))?;
+        backend
+            .register_timers(&daemon)
+            .map_err(|e| format!("cannot set up the device: {e}"))?;
         if !control.start_accepting() {
             break;
         }

@@ -16,11 +16,13 @@
 use crate::disk::{RamDisk, SECTOR_SIZE};
 use crate::warn;
 use rcu_defer::read_lock;
-use rcu_defer::virtio::{IrqNotifier, Notify};
+use rcu_defer::virtio::{Delivery, IrqNotifier, Moderation, Notify};
+use std::collections::VecDeque;
 use std::fmt;
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
@@ -53,19 +55,38 @@ pub enum NotifyMode {
     /// `IrqNotifier::notify_now` after each completion that needs a
     /// notification: one eventfd write each.
     PerRequest,
-    /// Each pass over the available requests is one read section, and each
-    /// completion that needs a notification calls `IrqNotifier::notify`:
-    /// one eventfd write when the pass ends, however many it completed.
+    /// Each pass batches its signals or sends them at once as
+    /// `rcu_defer::virtio::Moderation` chooses for the worker thread, by
+    /// measuring which completes more: batching where it pays, never much
+    /// slower than per-request where it does not.
     Batched,
+    /// Every pass over the available requests is one read section, and each
+    /// completion that needs a notification calls `IrqNotifier::notify`:
+    /// one eventfd write per queue when the pass ends, however many it
+    /// completed (what QEMU's `defer_call` does for an IOThread).
+    AlwaysBatched,
 }
 
 impl NotifyMode {
-    /// The command-line spelling: `per-request` or `batched`.
+    /// The command-line spelling: `per-request`, `batched` or
+    /// `always-batched`.
     pub fn name(self) -> &'static str {
         match self {
             NotifyMode::PerRequest => "per-request",
             NotifyMode::Batched => "batched",
+            NotifyMode::AlwaysBatched => "always-batched",
         }
+    }
+
+    /// The mode spelled `name` on the command line.
+    pub fn from_name(name: &str) -> Option<NotifyMode> {
+        [
+            NotifyMode::PerRequest,
+            NotifyMode::Batched,
+            NotifyMode::AlwaysBatched,
+        ]
+        .into_iter()
+        .find(|mode| mode.name() == name)
     }
 }
 
@@ -546,6 +567,10 @@ fn ring_error(e: virtio_queue::Error) -> RingError {
 /// One queue handed to [`BlkServer::serve_queues`]: the virtqueue, and the
 /// notifier of its driver.
 pub struct QueueWork<'a, N: Notify + 'static> {
+    /// Names the queue from one call to the next (the device's queue
+    /// index): a delayed completion (see [`BlkServer::set_latency`]) goes
+    /// to the queue of the same `id` in a later call.
+    pub id: usize,
     /// The virtqueue (its rings in the guest memory the server is given).
     pub queue: &'a mut Queue,
     /// Signals the queue's driver.
@@ -559,6 +584,8 @@ pub struct QueueWork<'a, N: Notify + 'static> {
 pub struct BlkServer {
     disk: Arc<RwLock<RamDisk>>,
     mode: NotifyMode,
+    /// Whether each pass batches (`NotifyMode::Batched`).
+    moderation: Moderation,
     /// The current chain's descriptors (reused across requests).
     descs: Vec<Descriptor>,
     /// The copy buffer (reused likewise).
@@ -570,6 +597,101 @@ pub struct BlkServer {
     /// Whether a refused request has been reported on stderr (only the
     /// first is; the rest are counted).
     refusal_reported: bool,
+    /// How long after it is executed a request completes (`None`: at
+    /// once).
+    latency: Option<Duration>,
+    /// Executed requests waiting for their completion time, oldest first.
+    delayed: VecDeque<Delayed>,
+    /// How long to poll for more work after a pass (see
+    /// [`set_poll_max`](Self::set_poll_max)).
+    poller: Poller,
+}
+
+/// Adaptive polling after a pass, as QEMU's `aio_poll` does for an
+/// IOThread: a driver that resubmits within the window is served without a
+/// kick and without the device thread going to sleep (waking a sleeping
+/// thread costs tens of microseconds when its CPU is idle). The window
+/// grows while the device sleeps for less than the maximum between
+/// passes (polling a little longer would have caught the work), and
+/// shrinks when it sleeps for longer (polling is wasted on this load).
+#[derive(Debug, Default)]
+struct Poller {
+    max: Duration,
+    window: Duration,
+    /// When the device last stopped working (started polling or went to
+    /// sleep), while it waits for the next call.
+    idle_since: Option<Instant>,
+    /// Whether this call's poll found nothing, so that `idle_since` is when
+    /// it started polling.
+    polled_since: Option<Instant>,
+}
+
+/// The first window after a sleep that polling would have caught.
+const POLL_START: Duration = Duration::from_micros(4);
+
+impl Poller {
+    /// Called as a call to the server begins: adapts the window to how
+    /// long the device waited.
+    fn woke(&mut self) {
+        let Some(since) = self.idle_since.take() else {
+            return;
+        };
+        if !self.max.is_zero() {
+            self.adapt(since.elapsed());
+        }
+    }
+
+    /// Adapts the window to a wait of `waited` between calls.
+    fn adapt(&mut self, waited: Duration) {
+        if waited <= self.window {
+            // Polling would have caught it (work on another queue, or a
+            // kick just after the window): the window is right.
+        } else if waited > self.max {
+            self.window /= 2;
+            if self.window < POLL_START {
+                self.window = Duration::ZERO;
+            }
+        } else {
+            self.window = (self.window * 2).max(POLL_START).min(self.max);
+        }
+    }
+
+    /// Spins for up to the window until `work()` says there is some.
+    fn poll(&mut self, mut work: impl FnMut() -> bool) -> bool {
+        if self.window.is_zero() {
+            self.polled_since = Some(Instant::now());
+            return false;
+        }
+        let start = Instant::now();
+        let deadline = start + self.window;
+        loop {
+            if work() {
+                self.polled_since = None;
+                return true;
+            }
+            if Instant::now() >= deadline {
+                self.polled_since = Some(start);
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Called as the server goes idle until the next call.
+    fn sleeping(&mut self) {
+        self.idle_since = Some(self.polled_since.take().unwrap_or_else(Instant::now));
+    }
+}
+
+/// A request executed but not yet on the used ring (see
+/// [`BlkServer::set_latency`]).
+#[derive(Clone, Copy, Debug)]
+struct Delayed {
+    due: Instant,
+    /// [`QueueWork::id`] of its queue.
+    queue: usize,
+    head: u16,
+    used_len: u32,
 }
 
 impl BlkServer {
@@ -578,12 +700,132 @@ impl BlkServer {
         BlkServer {
             disk,
             mode,
+            moderation: Moderation::new(),
             descs: Vec::new(),
             scratch: Vec::new(),
             active: Vec::new(),
             stats: QueueStats::default(),
             refusal_reported: false,
+            latency: None,
+            delayed: VecDeque::new(),
+            poller: Poller::default(),
         }
+    }
+
+    /// Polls for more work for up to `max` after each pass before going
+    /// idle, adapting the window to the load (see `Poller`); `Duration::ZERO`
+    /// (the default) never polls.
+    pub fn set_poll_max(&mut self, max: Duration) {
+        self.poller.max = max;
+        self.poller.window = self.poller.window.min(max);
+    }
+
+    /// Makes the disk asynchronous: a request's data moves when the device
+    /// pops it, but it goes on the used ring only `latency` later, with
+    /// every other request due by then, in one pass
+    /// ([`complete_due`](Self::complete_due)), as completions come from
+    /// io_uring in bursts. `Duration::ZERO` completes at once.
+    pub fn set_latency(&mut self, latency: Duration) {
+        self.latency = (!latency.is_zero()).then_some(latency);
+    }
+
+    /// When the oldest delayed request is due, if one waits: the caller
+    /// arms a timer for it and then calls [`complete_due`](Self::complete_due).
+    pub fn next_due(&self) -> Option<Instant> {
+        self.delayed.front().map(|d| d.due)
+    }
+
+    /// Puts every delayed request that is due on its queue's used ring, in
+    /// one pass: batched or not as the mode (and its moderation) says, so
+    /// each queue's driver is signalled at most once when batched.
+    /// Requests of queues not in `queues` (disabled meanwhile) are dropped.
+    ///
+    /// Returns the ring errors, as [`serve_queues`](Self::serve_queues)
+    /// does.
+    pub fn complete_due<A, N>(
+        &mut self,
+        queues: &mut [QueueWork<'_, N>],
+        space: &A,
+    ) -> Vec<(usize, RingError)>
+    where
+        A: GuestAddressSpace,
+        N: Notify + 'static,
+    {
+        let mut errors = Vec::new();
+        let now = Instant::now();
+        match self.next_due() {
+            Some(due) if due <= now => {}
+            _ => return errors,
+        }
+        let delivery = self.start_pass();
+        let _pass = (delivery == Delivery::Batched).then(read_lock);
+        let mem = space.memory();
+        let mut completed = 0;
+        while let Some(done) = self.delayed.front().copied().filter(|d| d.due <= now) {
+            self.delayed.pop_front();
+            let Some((i, work)) = queues
+                .iter_mut()
+                .enumerate()
+                .find(|(_, work)| work.id == done.queue)
+            else {
+                continue;
+            };
+            if errors.iter().any(|(failed, _)| *failed == i) {
+                continue;
+            }
+            match self.complete(
+                work.queue,
+                &*mem,
+                work.irq,
+                done.head,
+                done.used_len,
+                delivery,
+            ) {
+                Ok(()) => completed += 1,
+                Err(e) => errors.push((i, e)),
+            }
+        }
+        self.end_pass(completed);
+        errors
+    }
+
+    /// The delivery of the next pass's signals.
+    fn start_pass(&mut self) -> Delivery {
+        match self.mode {
+            NotifyMode::PerRequest => Delivery::AtOnce,
+            NotifyMode::Batched => self.moderation.start_pass(),
+            NotifyMode::AlwaysBatched => Delivery::Batched,
+        }
+    }
+
+    fn end_pass(&mut self, completed: u64) {
+        if self.mode == NotifyMode::Batched {
+            self.moderation.end_pass(completed);
+        }
+    }
+
+    /// Puts one executed request on the used ring, and notifies if the
+    /// driver wants it.
+    fn complete<M: GuestMemory, N: Notify + 'static>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &M,
+        irq: &Arc<IrqNotifier<N>>,
+        head: u16,
+        used_len: u32,
+        delivery: Delivery,
+    ) -> Result<(), RingError> {
+        queue.add_used(mem, head, used_len).map_err(ring_error)?;
+        self.stats.requests += 1;
+        if queue.needs_notification(mem).map_err(ring_error)? {
+            match delivery {
+                Delivery::AtOnce => irq.notify_now(),
+                Delivery::Batched => irq.notify(),
+            }
+        } else {
+            self.stats.suppressed += 1;
+        }
+        Ok(())
     }
 
     /// What the server has counted so far, over all the queues it served.
@@ -610,7 +852,7 @@ impl BlkServer {
         A: GuestAddressSpace,
         N: Notify + 'static,
     {
-        let mut work = [QueueWork { queue, irq }];
+        let mut work = [QueueWork { id: 0, queue, irq }];
         match self.serve_queues(&mut work, space).pop() {
             Some((_, e)) => Err(e),
             None => Ok(()),
@@ -629,10 +871,11 @@ impl BlkServer {
     /// its driver kicks when it adds a request. Queues that are not ready
     /// are skipped.
     ///
-    /// Batched, each pass is one read section over all its queues, so each
-    /// queue's notifier signals at most once per pass, when the pass ends.
-    /// Per request, each completion that needs a notification is signalled
-    /// at once.
+    /// A batched pass is one read section over all its queues, so each
+    /// queue's notifier signals at most once per pass, when the pass ends;
+    /// otherwise each completion that needs a notification is signalled at
+    /// once. `NotifyMode::Batched` lets the server's `Moderation` choose,
+    /// pass by pass.
     ///
     /// Returns the ring errors, each with the index in `queues` of the
     /// queue it happened on: a [`RingError`] when a queue's rings cannot be
@@ -649,6 +892,7 @@ impl BlkServer {
         N: Notify + 'static,
     {
         let mut errors = Vec::new();
+        self.poller.woke();
         let mut active = std::mem::take(&mut self.active);
         active.clear();
         {
@@ -665,26 +909,50 @@ impl BlkServer {
         }
         while active.contains(&true) {
             {
-                let _pass = match self.mode {
-                    NotifyMode::Batched => Some(read_lock()),
-                    NotifyMode::PerRequest => None,
+                // With a latency, a pass completes nothing (complete_due
+                // does), so it needs no delivery of its own.
+                let delivery = match self.latency {
+                    None => self.start_pass(),
+                    Some(_) => Delivery::AtOnce,
                 };
+                let _pass = (delivery == Delivery::Batched).then(read_lock);
+                let before = self.stats.requests;
                 let mem = space.memory();
+                let now = self.latency.map(|latency| Instant::now() + latency);
                 for (i, work) in queues.iter_mut().enumerate() {
                     if active[i] {
-                        if let Err(e) = self.pass::<A, N>(work.queue, &mem, work.irq) {
+                        if let Err(e) = self.pass::<A, N>(work, &mem, delivery, now) {
                             errors.push((i, e));
                             active[i] = false;
                         }
                     }
                 }
+                if self.latency.is_none() {
+                    self.end_pass(self.stats.requests - before);
+                }
                 // Batched, the pass's signals go out here, as its section
                 // ends.
             }
             let mem = space.memory();
+            // Kicks stay disabled while polling: a driver that posts more
+            // in the window needs no kick, and the device no wake-up.
+            let polled = self.poller.poll(|| {
+                queues
+                    .iter()
+                    .zip(&active)
+                    .any(|(work, active)| *active && has_work(work.queue, &*mem).unwrap_or(true))
+            });
             for (i, work) in queues.iter_mut().enumerate() {
                 if active[i] {
-                    match rearm(work.queue, &*mem) {
+                    let more = match polled {
+                        true => match has_work(work.queue, &*mem) {
+                            Ok(true) => Ok(true),
+                            Ok(false) => rearm(work.queue, &*mem),
+                            Err(e) => Err(e),
+                        },
+                        false => rearm(work.queue, &*mem),
+                    };
+                    match more {
                         Ok(more) => active[i] = more,
                         Err(e) => {
                             errors.push((i, e));
@@ -694,6 +962,7 @@ impl BlkServer {
                 }
             }
         }
+        self.poller.sleeping();
         self.active = active;
         errors
     }
@@ -703,14 +972,16 @@ impl BlkServer {
     /// notifies if the driver wants it.
     fn pass<A, N>(
         &mut self,
-        queue: &mut Queue,
+        work: &mut QueueWork<'_, N>,
         mem: &A::T,
-        irq: &Arc<IrqNotifier<N>>,
+        delivery: Delivery,
+        due: Option<Instant>,
     ) -> Result<(), RingError>
     where
         A: GuestAddressSpace,
         N: Notify + 'static,
     {
+        let queue = &mut *work.queue;
         queue.disable_notification(&**mem).map_err(ring_error)?;
         let mut popped = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem.clone()) {
@@ -733,17 +1004,14 @@ impl BlkServer {
                 // No descriptor to hand back (add_used would refuse it).
                 continue;
             }
-            queue
-                .add_used(&**mem, head, outcome.used_len)
-                .map_err(ring_error)?;
-            self.stats.requests += 1;
-            if queue.needs_notification(&**mem).map_err(ring_error)? {
-                match self.mode {
-                    NotifyMode::PerRequest => irq.notify_now(),
-                    NotifyMode::Batched => irq.notify(),
-                }
-            } else {
-                self.stats.suppressed += 1;
+            match due {
+                Some(due) => self.delayed.push_back(Delayed {
+                    due,
+                    queue: work.id,
+                    head,
+                    used_len: outcome.used_len,
+                }),
+                None => self.complete(queue, &**mem, work.irq, head, outcome.used_len, delivery)?,
             }
         }
         if popped {
@@ -819,4 +1087,69 @@ fn rearm<M: GuestMemory>(queue: &mut Queue, mem: &M) -> Result<bool, RingError> 
         return Err(too_far_ahead(queue, avail, pending));
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn poller(max_us: u64) -> Poller {
+        Poller {
+            max: Duration::from_micros(max_us),
+            ..Poller::default()
+        }
+    }
+
+    #[test]
+    fn the_poll_window_grows_while_the_driver_comes_back_within_the_maximum() {
+        let mut p = poller(50);
+        let mut windows = Vec::new();
+        for _ in 0..6 {
+            // The driver resubmits 30 us after the device went idle.
+            p.adapt(Duration::from_micros(30));
+            windows.push(p.window.as_micros());
+        }
+        assert_eq!(windows, [4, 8, 16, 32, 32, 32]);
+    }
+
+    #[test]
+    fn the_poll_window_shrinks_to_nothing_when_the_driver_is_slower_than_the_maximum() {
+        let mut p = poller(50);
+        p.window = Duration::from_micros(50);
+        let mut windows = Vec::new();
+        for _ in 0..5 {
+            p.adapt(Duration::from_micros(500));
+            windows.push(p.window.as_micros());
+        }
+        assert_eq!(windows, [25, 12, 6, 0, 0]);
+    }
+
+    #[test]
+    fn a_poller_without_a_maximum_never_spins() {
+        let mut p = poller(0);
+        let mut asked = 0;
+        assert!(!p.poll(|| {
+            asked += 1;
+            true
+        }));
+        assert_eq!(asked, 0);
+        p.sleeping();
+        p.woke();
+        assert_eq!(p.window, Duration::ZERO);
+    }
+
+    #[test]
+    fn polling_stops_at_the_first_sign_of_work_or_at_the_window_end() {
+        let mut p = poller(1000);
+        p.window = Duration::from_millis(1);
+        let mut asked = 0;
+        assert!(p.poll(|| {
+            asked += 1;
+            asked == 3
+        }));
+        assert_eq!(asked, 3);
+        let start = Instant::now();
+        assert!(!p.poll(|| false));
+        assert!(start.elapsed() >= Duration::from_millis(1));
+    }
 }

@@ -76,6 +76,7 @@ pub fn serve_one(
         GuestMemoryAtomic::new(GuestMemoryMmap::new()),
     )
     .map_err(|e| io::Error::other(format!("cannot set up the vhost-user daemon: {e}")))?;
+    backend.register_timers(&daemon)?;
     let handle = thread::Builder::new()
         .name("vhost-user-blk".to_owned())
         .spawn(move || {

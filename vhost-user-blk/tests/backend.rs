@@ -132,7 +132,7 @@ impl Device {
 
 #[test]
 fn a_kick_serves_the_queue_and_signals_the_call_eventfd() {
-    for (mode, signals) in [(NotifyMode::PerRequest, 8), (NotifyMode::Batched, 1)] {
+    for (mode, signals) in [(NotifyMode::PerRequest, 8), (NotifyMode::AlwaysBatched, 1)] {
         let mut d = device(mode, false);
         let call = EventFd::new().unwrap();
         d.vring.set_call(Some(call_file(&call)));
@@ -384,6 +384,9 @@ fn the_queue_count_is_the_configured_one_and_too_many_are_refused() {
         let backend = BlkBackend::new(
             Arc::new(RwLock::new(RamDisk::new(SECTORS))),
             DeviceConfig {
+                event_idx: true,
+                latency_us: 0,
+                poll_us: 0,
                 queues,
                 workers: Workers::One,
                 notify: NotifyMode::Batched,
@@ -403,6 +406,9 @@ fn the_queue_count_is_the_configured_one_and_too_many_are_refused() {
         let err = BlkBackend::new(
             Arc::new(RwLock::new(RamDisk::new(SECTORS))),
             DeviceConfig {
+                event_idx: true,
+                latency_us: 0,
+                poll_us: 0,
                 queues,
                 workers: Workers::One,
                 notify: NotifyMode::Batched,
@@ -418,6 +424,9 @@ fn the_queue_count_is_the_configured_one_and_too_many_are_refused() {
 #[test]
 fn worker_threads_and_their_exit_events_follow_the_configuration() {
     let config = |workers| DeviceConfig {
+        event_idx: true,
+        latency_us: 0,
+        poll_us: 0,
         queues: 3,
         workers,
         notify: NotifyMode::PerRequest,
@@ -442,8 +451,11 @@ fn worker_threads_and_their_exit_events_follow_the_configuration() {
 
 #[test]
 fn one_worker_serves_every_queue_with_work_on_a_kick() {
-    for (mode, per_queue) in [(NotifyMode::Batched, 1), (NotifyMode::PerRequest, 4)] {
+    for (mode, per_queue) in [(NotifyMode::AlwaysBatched, 1), (NotifyMode::PerRequest, 4)] {
         let mut d = multi_device(DeviceConfig {
+            event_idx: true,
+            latency_us: 0,
+            poll_us: 0,
             queues: 3,
             workers: Workers::One,
             notify: mode,
@@ -488,6 +500,9 @@ fn one_worker_serves_every_queue_with_work_on_a_kick() {
 #[test]
 fn a_worker_per_queue_serves_its_own_queue() {
     let mut d = multi_device(DeviceConfig {
+        event_idx: true,
+        latency_us: 0,
+        poll_us: 0,
         queues: 3,
         workers: Workers::PerQueue,
         notify: NotifyMode::Batched,
@@ -528,6 +543,9 @@ fn a_worker_per_queue_serves_its_own_queue() {
 #[test]
 fn a_disabled_queue_is_not_served_until_enabled() {
     let mut d = multi_device(DeviceConfig {
+        event_idx: true,
+        latency_us: 0,
+        poll_us: 0,
         queues: 2,
         workers: Workers::One,
         notify: NotifyMode::Batched,

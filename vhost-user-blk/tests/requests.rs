@@ -80,7 +80,7 @@ fn reads_return_the_pattern() {
 
 #[test]
 fn writes_read_back_and_leave_the_rest_alone() {
-    let mut s = setup(NotifyMode::Batched);
+    let mut s = setup(NotifyMode::AlwaysBatched);
     let data: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 256) as u8).collect();
     let write = s.driver.post(VIRTIO_BLK_T_OUT, 100, &[1536, 2560]);
     s.driver
@@ -161,7 +161,7 @@ fn flush_and_get_id_succeed() {
 
 #[test]
 fn indirect_chains_are_followed() {
-    let mut s = setup(NotifyMode::Batched);
+    let mut s = setup(NotifyMode::AlwaysBatched);
     let header = s.driver.header(VIRTIO_BLK_T_IN, 9);
     let data = s.driver.alloc(2048);
     let status = s.driver.status();
@@ -219,7 +219,7 @@ fn unknown_types_get_unsupp() {
 
 #[test]
 fn malformed_chains_are_refused_counted_and_survived() {
-    let mut s = setup(NotifyMode::Batched);
+    let mut s = setup(NotifyMode::AlwaysBatched);
     let d = &mut s.driver;
     let mut expect = Vec::new(); // (head, used length, status address or none, status)
 
@@ -335,7 +335,7 @@ fn a_head_outside_the_table_is_counted_and_skipped() {
 
 #[test]
 fn an_avail_index_far_ahead_is_a_ring_error_not_a_spin() {
-    let mut s = setup(NotifyMode::Batched);
+    let mut s = setup(NotifyMode::AlwaysBatched);
     s.driver.set_avail_idx(QUEUE_SIZE + 5);
     let err = s
         .server
@@ -364,7 +364,7 @@ fn one_pass(mode: NotifyMode, event_idx: bool, n: u64) -> (u64, QueueStats) {
 fn per_request_signals_each_completion_batched_signals_once_per_pass() {
     let (signals, stats) = one_pass(NotifyMode::PerRequest, false, 16);
     assert_eq!((signals, stats.requests, stats.suppressed), (16, 16, 0));
-    let (signals, stats) = one_pass(NotifyMode::Batched, false, 16);
+    let (signals, stats) = one_pass(NotifyMode::AlwaysBatched, false, 16);
     assert_eq!((signals, stats.requests, stats.suppressed), (1, 16, 0));
 }
 
@@ -373,13 +373,13 @@ fn event_idx_suppresses_completions_the_driver_did_not_ask_about() {
     // used_event 0: only the first completion needs a notification.
     let (signals, stats) = one_pass(NotifyMode::PerRequest, true, 16);
     assert_eq!((signals, stats.requests, stats.suppressed), (1, 16, 15));
-    let (signals, stats) = one_pass(NotifyMode::Batched, true, 16);
+    let (signals, stats) = one_pass(NotifyMode::AlwaysBatched, true, 16);
     assert_eq!((signals, stats.requests, stats.suppressed), (1, 16, 15));
 }
 
 #[test]
 fn batched_signals_once_per_pass_across_passes() {
-    let mut s = setup(NotifyMode::Batched);
+    let mut s = setup(NotifyMode::AlwaysBatched);
     for pass in 0..3u64 {
         for i in 0..4 {
             s.driver.post(VIRTIO_BLK_T_IN, pass * 4 + i, &[512]);
@@ -394,7 +394,7 @@ fn batched_signals_once_per_pass_across_passes() {
 fn batched_signals_wait_for_the_end_of_the_pass() {
     // A pass run inside the caller's own read section: its signal goes when
     // that section ends.
-    let mut s = setup(NotifyMode::Batched);
+    let mut s = setup(NotifyMode::AlwaysBatched);
     s.driver.post(VIRTIO_BLK_T_IN, 0, &[512]);
     {
         let _outer = rcu_defer::read_lock();
@@ -432,7 +432,8 @@ impl MultiSetup {
             .queues
             .iter_mut()
             .zip(&self.irqs)
-            .map(|(queue, irq)| QueueWork { queue, irq })
+            .enumerate()
+            .map(|(id, (queue, irq))| QueueWork { id, queue, irq })
             .collect();
         self.server.serve_queues(&mut work, &self.drivers[0].rcu)
     }
@@ -444,7 +445,7 @@ impl MultiSetup {
 
 #[test]
 fn batched_signals_each_queue_once_per_pass_over_all_of_them() {
-    let mut s = multi_setup(NotifyMode::Batched, 3);
+    let mut s = multi_setup(NotifyMode::AlwaysBatched, 3);
     for q in 0..3 {
         for i in 0..(q as u64 + 2) {
             s.drivers[q].post(VIRTIO_BLK_T_IN, i, &[512]);
@@ -516,13 +517,18 @@ fn batched_signals_go_after_the_whole_pass_over_all_queues() {
     let mut queues: Vec<Queue> = drivers.iter().map(Driver::queue).collect();
     let mut server = BlkServer::new(
         Arc::new(RwLock::new(RamDisk::new(SECTORS))),
-        NotifyMode::Batched,
+        NotifyMode::AlwaysBatched,
     );
     // Both queues signal through the one recording notifier (deduplicated
     // within the pass: one signal for the pass).
     let mut work: Vec<QueueWork<'_, UsedAtSignal>> = queues
         .iter_mut()
-        .map(|queue| QueueWork { queue, irq: &irq })
+        .enumerate()
+        .map(|(id, queue)| QueueWork {
+            id,
+            queue,
+            irq: &irq,
+        })
         .collect();
     assert!(server.serve_queues(&mut work, &drivers[0].rcu).is_empty());
     assert_eq!(*irq.notifier().seen.lock().unwrap(), vec![vec![4, 4]]);
@@ -530,7 +536,7 @@ fn batched_signals_go_after_the_whole_pass_over_all_queues() {
 
 #[test]
 fn a_broken_ring_stops_its_queue_only() {
-    let mut s = multi_setup(NotifyMode::Batched, 2);
+    let mut s = multi_setup(NotifyMode::AlwaysBatched, 2);
     s.drivers[0].set_avail_idx(QUEUE_SIZE + 1);
     let fine = s.drivers[1].post(VIRTIO_BLK_T_IN, 3, &[512]);
     let errors = s.serve();
@@ -543,7 +549,7 @@ fn a_broken_ring_stops_its_queue_only() {
 
 #[test]
 fn a_queue_without_work_keeps_its_kicks_enabled() {
-    let mut s = multi_setup(NotifyMode::Batched, 2);
+    let mut s = multi_setup(NotifyMode::AlwaysBatched, 2);
     s.drivers[1].post(VIRTIO_BLK_T_IN, 0, &[512]);
     assert!(s.serve().is_empty());
     // Queue 0 was not touched: no used entries, no signal, and the driver
@@ -568,7 +574,7 @@ fn serve_bounded(
     std::thread::spawn(move || {
         let mut server = BlkServer::new(
             Arc::new(RwLock::new(RamDisk::new(SECTORS))),
-            NotifyMode::Batched,
+            NotifyMode::AlwaysBatched,
         );
         let irq = counting_notifier();
         let served = server.serve_queue(&mut queue, &rcu, &irq);
@@ -602,4 +608,63 @@ fn an_avail_ring_running_past_guest_memory_is_a_ring_error_not_a_spin() {
     driver.map.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
     let err = serve_bounded(queue, &driver).unwrap_err();
     assert!(err.to_string().contains("cannot be read"), "{err}");
+}
+
+#[test]
+fn batched_mode_moderates_from_signals_at_once() {
+    // The default mode's moderation starts by measuring signals at once:
+    // a first pass signals each completion the driver asked about, as
+    // per-request does, and all its requests complete.
+    let (signals, stats) = one_pass(NotifyMode::Batched, false, 16);
+    assert_eq!((signals, stats.requests, stats.suppressed), (16, 16, 0));
+}
+
+#[test]
+fn a_delayed_completion_waits_for_its_time_then_completes_with_the_burst() {
+    let mut s = setup(NotifyMode::AlwaysBatched);
+    s.server.set_latency(std::time::Duration::from_millis(5));
+    let posted: Vec<_> = (0..4)
+        .map(|sector| s.driver.post(VIRTIO_BLK_T_IN, sector, &[512]))
+        .collect();
+    s.serve();
+    // Popped and executed, not yet used.
+    assert!(s.driver.take_used().is_empty());
+    assert_eq!(s.server.stats().requests, 0);
+    let due = s.server.next_due().expect("four requests wait");
+    let mut work = [QueueWork {
+        id: 0,
+        queue: &mut s.queue,
+        irq: &s.irq,
+    }];
+    // Too early: nothing.
+    if std::time::Instant::now() < due {
+        assert!(s.server.complete_due(&mut work, &s.driver.rcu).is_empty());
+    }
+    while std::time::Instant::now() < due {
+        std::thread::sleep(due - std::time::Instant::now());
+    }
+    assert!(s.server.complete_due(&mut work, &s.driver.rcu).is_empty());
+    assert_eq!(s.server.next_due(), None);
+    assert_eq!(s.driver.take_used().len(), 4);
+    for (sector, p) in posted.iter().enumerate() {
+        assert_eq!(s.driver.status_of(p), S_OK);
+        assert_pattern(&s.driver.data_of(p), sector as u64 * 512);
+    }
+    // One burst, one pass, one signal.
+    assert_eq!(s.signals(), 1);
+    assert_eq!(s.server.stats().requests, 4);
+}
+
+#[test]
+fn a_delayed_completion_of_a_queue_no_longer_served_is_dropped() {
+    let mut s = setup(NotifyMode::PerRequest);
+    s.server.set_latency(std::time::Duration::from_micros(1));
+    s.driver.post(VIRTIO_BLK_T_IN, 0, &[512]);
+    s.serve();
+    std::thread::sleep(std::time::Duration::from_millis(1));
+    // The queue (id 0) is not among those handed over.
+    let mut none: [QueueWork<'_, Counter>; 0] = [];
+    assert!(s.server.complete_due(&mut none, &s.driver.rcu).is_empty());
+    assert_eq!(s.server.next_due(), None);
+    assert!(s.driver.take_used().is_empty());
 }
