@@ -339,6 +339,12 @@ global! {
 /// (default 21 s, like the Linux kernel's RCU CPU stall warning); `None`
 /// disables stall reports. Takes effect for grace periods that sleep after
 /// the call.
+///
+/// The same limit applies to a read section that holds back batched guest
+/// notifications (see [`virtio`](crate::virtio#sections-that-block)): past
+/// it, the `rcu-watchdog` thread makes a
+/// [`ReportKind::HeldNotification`](crate::ReportKind::HeldNotification)
+/// report, and `None` turns those off too.
 pub fn set_stall_timeout(limit: Option<Duration>) {
     let ms = match limit {
         None => STALL_DISABLED,

@@ -144,6 +144,34 @@
 //! [`IrqNotifier::notify`](virtio::IrqNotifier::notify) sets the interrupt
 //! status at once and signals the irqfd once per outermost section.
 //!
+//! # rust-vmm, and the Cargo features
+//!
+//! For virtual machine monitors and vhost-user backends built on rust-vmm:
+//!
+//! - [`virtio`] (always): [`IrqNotifier`](virtio::IrqNotifier), batched
+//!   guest notifications over any [`Notify`](virtio::Notify); its
+//!   documentation has a `virtio-queue` device loop.
+//! - `vm` (feature **`vm-memory`**, vm-memory 0.18):
+//!   `GuestMemoryRcu`, a drop-in for `vm_memory::GuestMemoryAtomic` whose
+//!   `memory()` is a read section instead of a reference count; its
+//!   documentation lists the differences (a handle is not `Send`; owned
+//!   snapshots are).
+//! - `vhost_user` (feature **`vhost-user-backend`**, Linux,
+//!   vhost-user-backend 0.24): the vring type and memory mirroring that let
+//!   a `VhostUserBackend` serve its queues through `GuestMemoryRcu` and
+//!   notify through `IrqNotifier` with no lock trap; also `Notify` for
+//!   `vmm_sys_util::event::EventNotifier`. Turns on `vm-memory` and
+//!   `vmm-sys-util`.
+//! - **`vmm-sys-util`** (Linux): `Notify` for
+//!   `vmm_sys_util::eventfd::EventFd`.
+//! - **`log`** and **`tracing`**: where [reports](#reports) go by default;
+//!   with `tracing`, one event when a guest notification is requested and
+//!   one when it is sent.
+//!
+//! A read section that holds back batched guest notifications for longer
+//! than the stall timeout is reported even if no writer waits (see
+//! [`virtio`](virtio#sections-that-block)).
+//!
 //! # Flavors
 //!
 //! The price of a read section is the price of its memory fences. In the
@@ -311,6 +339,7 @@
 //!
 //! More, with an example: [`guide::signals`].
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms)]
 
@@ -333,9 +362,17 @@ mod section_calls;
 mod sync;
 mod sys;
 mod thread_bound;
+#[cfg(all(target_os = "linux", feature = "vhost-user-backend"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(all(target_os = "linux", feature = "vhost-user-backend")))
+)]
+pub mod vhost_user;
 pub mod virtio;
 #[cfg(feature = "vm-memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "vm-memory")))]
 pub mod vm;
+mod watchdog;
 
 pub use call_rcu::{
     call_rcu, drain_call_rcu, drain_call_rcu_timeout, set_call_rcu_batch_window, try_drain_call_rcu,

@@ -32,6 +32,7 @@ use crate::sync::{
     Ordering,
 };
 use crate::thread_bound::ThreadBound;
+use crate::watchdog::HeldWord;
 #[cfg(not(loom))]
 pub(crate) use registry::{hold_for_fork, RegistryHeld};
 pub(crate) use registry::{registry, Blocker, Owner, Registry};
@@ -107,6 +108,7 @@ thread_local_pinned! {
             online_at: AtomicPtr::new(std::ptr::null_mut()),
             quiescent_at: AtomicPtr::new(std::ptr::null_mut()),
             online_state: OwnLine(AtomicU64::new(0)),
+            held: HeldWord::new(),
         },
         stand_in: Cell::new(None),
         thread_id: Cell::new(None),
@@ -114,6 +116,7 @@ thread_local_pinned! {
         online: Cell::new(false),
         defer: DeferState::new(),
         section_calls: SectionCalls::new(),
+        held_sections: Cell::new(0),
     };
 }
 
@@ -158,6 +161,9 @@ pub(crate) struct Record {
     /// online/offline transitions. `ctr` keeps the same value for the
     /// owner's own use (`quiescent` compares with it).
     online_state: OwnLine<AtomicU64>,
+    /// Whether the owner's section has guest notifications queued, for the
+    /// watchdog (see `watchdog`).
+    pub(crate) held: HeldWord,
 }
 
 /// A value alone on its cache line pair (128 bytes: adjacent-line
@@ -187,6 +193,9 @@ pub(crate) struct Local {
     pub(crate) defer: DeferState,
     /// Calls that run at the outermost end before it is published.
     pub(crate) section_calls: SectionCalls,
+    /// How many sections have queued section calls: numbers them in
+    /// `record.held`.
+    held_sections: Cell<u64>,
 }
 
 /// A section that published `ctr` blocks the grace period that set the
@@ -254,6 +263,7 @@ impl Record {
             online_at: AtomicPtr::new(std::ptr::null_mut()),
             quiescent_at: AtomicPtr::new(std::ptr::null_mut()),
             online_state: OwnLine(AtomicU64::new(0)),
+            held: HeldWord::new(),
         }
     }
 
@@ -493,7 +503,9 @@ impl Local {
     #[inline(never)]
     fn exit_deferred(&self) {
         let unwinding = EndOnUnwind(self);
+        self.record.held.running();
         let section_panic = self.section_calls.run();
+        self.record.held.clear();
         std::mem::forget(unwinding);
         self.end_outermost();
         local::run_if_due(self, section_panic);
@@ -644,9 +656,14 @@ impl Local {
         if ctr & NEST_MASK == 0 {
             return false;
         }
+        let before = self.section_calls.pending();
         // SAFETY: inside a section (depth > 0), and the caller's promise.
         if !unsafe { self.section_calls.record(f, data) } {
             return false;
+        }
+        let after = self.section_calls.pending();
+        if after != before {
+            self.note_held(after);
         }
         if ctr & DEFERRED == 0 {
             // Relaxed: owner-only bits, read back by this thread's exit (see
@@ -656,6 +673,18 @@ impl Local {
                 .store((ctr | DEFERRED) & !ONLINE, Ordering::Relaxed);
         }
         true
+    }
+
+    /// A new section call was recorded; `pending` are now queued. Tells
+    /// the watchdog (a new section number for the first).
+    #[inline(always)]
+    fn note_held(&self, pending: usize) {
+        let mut seq = self.held_sections.get();
+        if pending == 1 {
+            seq = seq.wrapping_add(1);
+            self.held_sections.set(seq);
+        }
+        self.record.held.queued(seq, pending);
     }
 
     /// Inside a read section: the outermost exit must run deferred calls.
@@ -919,6 +948,7 @@ impl Drop for EndOnUnwind<'_> {
     fn drop(&mut self) {
         let local = self.0;
         local.section_calls.abandon();
+        local.record.held.clear();
         local.end_outermost();
         local::run_if_due(local, None);
     }

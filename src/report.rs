@@ -41,7 +41,15 @@ pub enum ReportKind {
     /// The `rcu-call` thread works again after failures reported as
     /// [`CallRcuThread`](ReportKind::CallRcuThread).
     CallRcuThreadRecovered,
-    /// A setting cannot be honoured: an unusable `RCU_DEFER_FLAVOR`.
+    /// A read section has held back queued guest notifications
+    /// ([`IrqNotifier::notify`](crate::virtio::IrqNotifier::notify) inside
+    /// it) for longer than the stall timeout, or a queued notification's
+    /// `Notify::signal` has not returned for that long: the guest is not
+    /// being interrupted. Made by the `rcu-watchdog` thread, once per
+    /// section; see [`virtio`](crate::virtio#sections-that-block).
+    HeldNotification,
+    /// A setting cannot be honoured: an unusable `RCU_DEFER_FLAVOR`, or a
+    /// helper thread that cannot be started.
     Config,
     /// The `fork()` handlers cannot be registered.
     ForkHandlers,
@@ -55,6 +63,7 @@ impl ReportKind {
                 Severity::Error
             }
             ReportKind::Stall
+            | ReportKind::HeldNotification
             | ReportKind::ExitInSection
             | ReportKind::Config
             | ReportKind::ForkHandlers => Severity::Warning,

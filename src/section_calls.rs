@@ -92,6 +92,12 @@ impl SectionCalls {
         true
     }
 
+    /// How many calls are pending (meaningless while they run).
+    #[inline(always)]
+    pub(crate) fn pending(&self) -> usize {
+        self.len.get()
+    }
+
     /// Runs the pending calls in recording order and empties the array.
     /// Called at the outermost end of a section, before the end is
     /// published.

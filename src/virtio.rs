@@ -36,6 +36,77 @@
 //! guests for which each signal is an interrupt injection, gain from every
 //! signal saved. [`Moderation`] measures both ways on the running load and
 //! batches only where batching completes more.
+//!
+//! # A virtio-queue device loop
+//!
+//! With rust-vmm's `virtio-queue` and guest memory in a
+//! [`GuestMemoryRcu`](crate::vm::GuestMemoryRcu) (feature `vm-memory`),
+//! one handle is the pass's read section: every completion of the pass
+//! goes on the used ring through it, and the guest is signalled once, when
+//! the handle (and any chain holding a clone of it) is dropped.
+//!
+//! ```
+//! # #[cfg(all(target_os = "linux", feature = "vm-memory"))] {
+//! use rcu_defer::virtio::{EventFd, IrqNotifier};
+//! use rcu_defer::vm::GuestMemoryRcu;
+//! use virtio_queue::{Queue, QueueT};
+//! use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryMmap};
+//! # use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+//!
+//! let memory = GuestMemoryRcu::new(
+//!     GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap(),
+//! );
+//! let irq = IrqNotifier::new(EventFd::new()?); // the queue's irqfd
+//! # let ram = memory.snapshot();
+//! # let driver = virtio_queue::mock::MockSplitQueue::create(&*ram, GuestAddress(0), 16);
+//! # let chains: Vec<_> = (0..4u16).map(|i| RawDescriptor::from(Descriptor::new(0x8000 + 0x100 * u64::from(i), 0x100, 2, 0))).collect();
+//! # driver.add_desc_chains(&chains, 0).unwrap();
+//! let mut queue: Queue = // ... set up by the driver's configuration
+//! #     driver.create_queue().unwrap();
+//!
+//! // One pass, after a kick: a single handle is the pass's read section.
+//! {
+//!     let mem = memory.memory();
+//!     while let Some(chain) = queue.pop_descriptor_chain(mem.clone()) {
+//!         // ... serve the request in `chain` ...
+//!         queue.add_used(&*mem, chain.head_index(), 0).unwrap();
+//!         if queue.needs_notification(&*mem).unwrap() {
+//!             irq.notify(); // queued: no syscall yet
+//!         }
+//!     }
+//! } // the pass's section ends: one eventfd write for all its requests
+//! assert_eq!(irq.notifier().consume()?, 1);
+//! # assert_eq!(irq.stats().signalled, 1);
+//! # }
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! # Sections that block
+//!
+//! A queued signal is sent when the section ends, so a section that does
+//! not end holds it back. A guest-memory handle taken once and kept across
+//! a blocking wait (`let mem = memory.memory();`, then a blocking read of
+//! the kick eventfd in a loop) holds back the very interrupt the guest
+//! waits for before it kicks again: device and driver wait for each other.
+//! Take the handle per pass, after the wait, as above. rcu-defer's own
+//! [`EventFd::wait`] panics inside a read section; other blocking calls
+//! (vmm-sys-util's `EventFd::read`, `epoll_wait`) cannot be checked, so put
+//! [`assert_may_block`](crate::assert_may_block) before them.
+//!
+//! Where a section holds queued notifications for longer than the stall
+//! timeout ([`set_stall_timeout`](crate::set_stall_timeout), 21 s by
+//! default), the `rcu-watchdog` thread, started with the first
+//! [`IrqNotifier`], makes a
+//! [`ReportKind::HeldNotification`](crate::ReportKind::HeldNotification)
+//! report naming the thread, where the section began and how many
+//! notifications it holds, even if no writer is waiting for a grace period.
+//! It does the same for a queued signal that has not returned for that
+//! long (see [`Notify`] for the lock trap that causes one). The watchdog
+//! looks four times per stall timeout and takes no lock a reader takes;
+//! `set_stall_timeout(None)` turns its reports off. It watches signals
+//! queued in read sections, not those of a
+//! [`DeferScope`](crate::DeferScope), which exists for code that blocks
+//! while it batches.
 
 mod moderation;
 
@@ -54,8 +125,73 @@ use std::sync::Arc;
 
 /// Something that can interrupt the guest: an irqfd, an eventfd, or a test
 /// double.
+///
+/// Implemented here for [`EventFd`], for `Arc<N>`, and, with Cargo
+/// features, for `vmm_sys_util::eventfd::EventFd` (feature `vmm-sys-util`)
+/// and `vmm_sys_util::event::EventNotifier` (feature `vhost-user-backend`).
+///
+/// # When a queued signal runs, and what it must not take
+///
+/// [`IrqNotifier::notify`] inside a read section does not call
+/// [`signal`](Notify::signal): it queues it, and the signal runs when the
+/// thread's *outermost* section ends, on that thread, inside the drop of
+/// whichever guard ends it: a [`ReadGuard`](crate::ReadGuard), a
+/// [`GuestMemoryRcuHandle`](crate::vm::GuestMemoryRcuHandle), a
+/// `DescriptorChain` holding one. Whatever the code around that drop still
+/// holds (a lock guard taken before the section, or in the same scope and
+/// dropped after it) is held while `signal` runs. So `signal` must not
+/// block, and must not take a lock that such code may hold; it should do
+/// one non-blocking write and return.
+///
+/// The trap, from vhost-user-backend: a `Notify` that calls
+/// `VringRwLock::signal_used_queue` (which takes the vring's read lock),
+/// queued while the vring's `get_mut()` write guard is alive and a guest
+/// memory handle taken after it is dropped first, hangs at that drop, on
+/// the thread's own lock:
+///
+/// ```text
+/// let mut state = vring.get_mut();   // the vring's write lock
+/// let mem = memory.memory();         // the read section
+/// /* ... add_used ... */ irq.notify(); // queues VringCall::signal
+/// // end of scope: `mem` drops first and runs signal_used_queue(),
+/// // which waits for the read lock that `state` holds: a hang
+/// ```
+///
+/// [`vhost_user`](crate::vhost_user) (feature `vhost-user-backend`) ships a
+/// vring whose notifier keeps the call eventfd itself and takes no vring
+/// lock, so this cannot happen with it. If it happens with a notifier of
+/// your own, the `rcu-watchdog` thread reports it (a
+/// [`ReportKind::HeldNotification`](crate::ReportKind::HeldNotification)
+/// report naming the thread and where the section began) once the signal
+/// has not returned for the stall timeout: the thread stays stuck, but
+/// not silently.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a guest notifier: it does not implement `rcu_defer::virtio::Notify`",
+    label = "not a `Notify`",
+    note = "rcu-defer implements `Notify` for its own `virtio::EventFd`, for \
+            `vmm_sys_util::eventfd::EventFd` with its `vmm-sys-util` feature, and for \
+            `vmm_sys_util::event::EventNotifier` with its `vhost-user-backend` feature; for \
+            another type, implement `Notify` (its `signal` must not block)"
+)]
+///
+/// Without the feature that implements it, the compiler's error says
+/// which one to turn on:
+///
+/// ```compile_fail,E0277
+/// # fn call_fd() -> std::fs::File { unimplemented!() }
+/// // A `File` is not a `Notify`: wrap it in a type that implements it.
+/// let irq = rcu_defer::virtio::IrqNotifier::new(call_fd());
+/// ```
 pub trait Notify {
-    /// Sends one notification. Must not block.
+    /// Sends one notification. Must not block, nor take a lock that the
+    /// code around a read section may hold (see the [trait's
+    /// documentation](Notify)): a batched notification's signal runs as
+    /// the outermost section ends.
+    ///
+    /// # Errors
+    ///
+    /// Whatever sending failed with; [`IrqNotifier`] counts it in
+    /// [`NotifyStats::failed`] and reports the first.
     fn signal(&self) -> io::Result<()>;
 }
 
@@ -181,9 +317,26 @@ mod eventfd {
 }
 
 #[cfg(all(target_os = "linux", feature = "vmm-sys-util"))]
+#[cfg_attr(docsrs, doc(cfg(all(target_os = "linux", feature = "vmm-sys-util"))))]
 impl Notify for vmm_sys_util::eventfd::EventFd {
+    /// One eventfd write of 1.
     fn signal(&self) -> io::Result<()> {
         self.write(1)
+    }
+}
+
+/// What vhost-user-backend keeps a vring's call eventfd as. Only with the
+/// `vhost-user-backend` feature, whose vhost-user-backend 0.24 needs
+/// vmm-sys-util 0.15, the first release with `event::EventNotifier`.
+#[cfg(all(target_os = "linux", feature = "vhost-user-backend"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(all(target_os = "linux", feature = "vhost-user-backend")))
+)]
+impl Notify for vmm_sys_util::event::EventNotifier {
+    /// One eventfd write of 1 (`EventNotifier::notify`).
+    fn signal(&self) -> io::Result<()> {
+        self.notify()
     }
 }
 
@@ -310,6 +463,7 @@ impl<N: Notify + 'static> IrqNotifier<N> {
     /// called on; the notifier is dropped when the last clone is (its state
     /// after a grace period, see the [type's documentation](Self)).
     pub fn new(notifier: N) -> Arc<Self> {
+        crate::watchdog::ensure_started();
         let state = Box::new(State {
             notifier,
             deliver_arc: Self::deliver_arc,

@@ -42,7 +42,8 @@
 //! | [`online()`](crate::online) → [`Online`](crate::Online): `quiescent()`, `try_quiescent()`, `offline(f)` | make a polling thread a quiescent-state-based reader (liburcu's `urcu-qsbr`): its read sections cost a depth counter and a location store, it reports quiescent states |
 //! | [`start_poll_synchronize_rcu()`](crate::start_poll_synchronize_rcu), [`get_state_synchronize_rcu()`](crate::get_state_synchronize_rcu) → [`PollState`](crate::PollState); [`poll_state_synchronize_rcu(s)`](crate::poll_state_synchronize_rcu), [`cond_synchronize_rcu(s)`](crate::cond_synchronize_rcu) | polled grace periods: a cookie checked without blocking, waited for only if still needed |
 //! | [`virtio::IrqNotifier`](crate::virtio::IrqNotifier), [`virtio::EventFd`](crate::virtio::EventFd), [`virtio::vring_need_event`](crate::virtio::vring_need_event), [`virtio::Moderation`](crate::virtio::Moderation) | batched guest notifications over an eventfd (irqfd); the EVENT_IDX rule; choosing per pass, by measuring, whether to batch |
-//! | `vm::GuestMemoryRcu` | guest memory map for rust-vmm (`vm-memory` feature): a drop-in for `GuestMemoryAtomic` whose `memory()` is a read section, not a reference count |
+//! | `vm::GuestMemoryRcu` | guest memory map for rust-vmm (`vm-memory` feature): a drop-in for `GuestMemoryAtomic` whose `memory()` is a read section, not a reference count; `snapshot()` for an owned `Arc<M>` |
+//! | `vhost_user::RcuVring`, `vhost_user::CallNotifier` | a vring for vhost-user-backend 0.24 (`vhost-user-backend` feature) whose `IrqNotifier` follows the call eventfd with no vring lock |
 //! | [`flavor()`](crate::flavor), [`set_flavor(f)`](crate::set_flavor) | [`Membarrier`](crate::Flavor::Membarrier) (readers pay compiler fences only) or [`Fence`](crate::Flavor::Fence); choose one before first use |
 //! | [`set_stall_timeout`](crate::set_stall_timeout), [`set_stall_handler`](crate::set_stall_handler), [`assert_may_block`](crate::assert_may_block) | stall reports (the handler may be a closure) and deadlock checks |
 //! | [`set_report_handler(f)`](crate::set_report_handler), [`Report`](crate::Report), [`ReportKind`](crate::ReportKind), [`Severity`](crate::Severity) | where the library's reports go (a panicking callback, a failed guest notification, a thread exiting inside a read section, a stall, ...): default `log` or `tracing` when one listens, else stderr |
@@ -54,6 +55,10 @@
 //!   vmm-sys-util from 0.11 to 0.15: [`rust_vmm`] says how to make Cargo
 //!   pick the monitor's release);
 //! - `vm-memory`: adds `vm::GuestMemoryRcu` (depends on `vm-memory` 0.18);
+//! - `vhost-user-backend` (Linux): adds `vhost_user` and `Notify` for
+//!   `vmm_sys_util::event::EventNotifier` (depends on vhost-user-backend
+//!   0.24, and so on vmm-sys-util 0.15; it turns on `vm-memory` and
+//!   `vmm-sys-util`);
 //! - `tracing`: emits one `tracing` event when a guest notification is
 //!   requested and one when the signal is really sent, and delivers
 //!   reports as `tracing` events;

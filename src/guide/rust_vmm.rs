@@ -16,6 +16,10 @@
 //! dropped after a grace period on the `rcu-call` thread, never under a
 //! handle and never on a device thread.
 //!
+//! The snippet needs vm-memory's `backend-mmap` feature (for
+//! `GuestMemoryMmap`): `vm-memory = { version = "0.18", features =
+//! ["backend-mmap"] }`.
+//!
 //! ```
 //! use rcu_defer::vm::GuestMemoryRcu; // instead of vm_memory::GuestMemoryAtomic
 //! use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryMmap};
@@ -42,7 +46,14 @@
 //! # Guest notifications in a device loop
 //!
 //! A handle is a read section, so it is not `Send`, and a thread holding one
-//! must not wait for a grace period. In a virtio-queue device loop,
+//! must not wait for a grace period, nor block: notifications batched inside
+//! it are sent when it ends (a section that holds them back for longer than
+//! the stall timeout is reported). To send guest memory, or a
+//! `DescriptorChain`, to another thread, take an owned snapshot,
+//! `memory.snapshot()` or `handle.into_inner()` (an `Arc<M>`, as
+//! `GuestMemoryAtomic`'s `into_inner`); `From<Arc<M>>` is there too. The
+//! `vm` module's documentation lists the remaining differences. In a
+//! virtio-queue device loop,
 //! [`virtio::IrqNotifier`](crate::virtio::IrqNotifier) goes in the
 //! completion pass: take one handle for the pass (`let mem =
 //! memory.memory()`; it is the pass's read section), and for each finished

@@ -6,6 +6,13 @@
 //! it does with rcu-defer, for a backend of your own on rust-vmm's
 //! `vhost-user-backend`.
 //!
+//! With the `vhost-user-backend` feature (Linux), `rcu_defer::vhost_user`
+//! ships the pieces below: `RcuVring`, a `Vring` type whose `IrqNotifier`
+//! follows SET_VRING_CALL and signals with no vring lock (a `Notify` that
+//! calls `VringRwLock::signal_used_queue` would hang when a signal queued
+//! under the vring's `get_mut()` guard runs), and `GuestMemoryRcu::follow`
+//! for `update_memory`. The workspace's backend uses both.
+//!
 //! # Guest memory: a mirror in a `GuestMemoryRcu`
 //!
 //! vhost-user-backend's types are written over

@@ -168,6 +168,24 @@ impl Registry {
             .collect()
     }
 
+    /// The records whose sections have guest notifications queued, for the
+    /// watchdog.
+    #[cfg(not(loom))]
+    pub(crate) fn held_sections(&self) -> Vec<crate::watchdog::HeldSection> {
+        self.entries
+            .iter()
+            .filter_map(|entry| {
+                let word = entry.record.held.load();
+                (word != 0).then(|| crate::watchdog::HeldSection {
+                    key: entry.record as *const Record as usize,
+                    word,
+                    owner: entry.owner.clone(),
+                    entered_at: entry.record.entered_at(),
+                })
+            })
+            .collect()
+    }
+
     /// Adds a thread's own record.
     pub(super) fn add_thread_local(&mut self, record: &'static Record, owner: Owner) {
         self.entries.push(Entry {

@@ -1,44 +1,40 @@
-//! The vhost-user side: the device's features and configuration space, the
-//! vring type that follows the frontend's call eventfd, and the
-//! `VhostUserBackend` that hands kicks to the [`BlkServer`].
+//! The vhost-user side: the device's features and configuration space, and
+//! the `VhostUserBackend` that hands kicks to the [`BlkServer`]. The vring
+//! type, which follows the frontend's call eventfd, is rcu-defer's
+//! `vhost_user::RcuVring`.
 
 use crate::disk::RamDisk;
 use crate::request::{BlkServer, NotifyMode, QueueStats, QueueWork};
 use crate::warn;
-use rcu_defer::virtio::{IrqNotifier, Notify};
+use rcu_defer::vhost_user::{CallNotifier, RcuVring};
+use rcu_defer::virtio::IrqNotifier;
 use rcu_defer::vm::GuestMemoryRcu;
 use rustix::time::{
     timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags,
     Timespec,
 };
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::mem::{offset_of, size_of};
-use std::ops::Deref;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{
-    VhostUserBackend, VhostUserDaemon, VringRwLock, VringState, VringStateGuard,
-    VringStateMutGuard, VringT,
-};
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringT};
 use virtio_bindings::virtio_blk::{
     virtio_blk_config, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
     VIRTIO_BLK_F_SEG_MAX,
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::Error as QueueError;
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
 /// Guest memory as vhost-user-backend hands it over.
-pub type AtomicMemory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
+pub type AtomicMemory = rcu_defer::vhost_user::AtomicMemory<()>;
 
 /// The most queues the device can have.
 pub const MAX_QUEUES: usize = 8;
@@ -108,172 +104,11 @@ pub fn config_space(capacity_sectors: u64, num_queues: usize) -> Vec<u8> {
     config
 }
 
-/// The frontend's call eventfd of a vring, as last set: what the vring's
-/// [`IrqNotifier`] signals. The frontend may replace it at any time
-/// (`SET_VRING_CALL`, e.g. when QEMU switches between its irqfd and its
-/// own handler as the guest masks the interrupt); each signal goes to the
-/// one current then.
-#[derive(Debug, Default)]
-pub struct CallFd {
-    fd: RwLock<Option<File>>,
-}
-
-impl CallFd {
-    /// Makes `fd` the eventfd that signals go to (`None`: none).
-    pub fn replace(&self, fd: Option<File>) {
-        *self.fd.write().unwrap_or_else(PoisonError::into_inner) = fd;
-    }
-}
-
-impl Notify for CallFd {
-    /// One eventfd write (adds 1 to its counter).
-    fn signal(&self) -> io::Result<()> {
-        let fd = self.fd.read().unwrap_or_else(PoisonError::into_inner);
-        let Some(file) = fd.as_ref() else {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "the frontend has set no call eventfd for the queue",
-            ));
-        };
-        match (&*file).write(&1u64.to_ne_bytes())? {
-            8 => Ok(()),
-            n => Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!("a write to the call eventfd took {n} bytes, not 8"),
-            )),
-        }
-    }
-}
-
-/// vhost-user-backend's `VringRwLock`, plus an [`IrqNotifier`] over the
-/// vring's call eventfd: `set_call` hands the notifier a duplicate of each
-/// new call fd, so that signals need no lock on the vring.
-#[derive(Clone)]
-pub struct BlkVring {
-    inner: VringRwLock<AtomicMemory>,
-    irq: Arc<IrqNotifier<CallFd>>,
-}
-
-impl BlkVring {
-    /// The notifier of the driver: signals the current call eventfd.
-    pub fn irq(&self) -> &Arc<IrqNotifier<CallFd>> {
-        &self.irq
-    }
-}
-
-impl<'a> VringStateGuard<'a, AtomicMemory> for BlkVring {
-    type G = RwLockReadGuard<'a, VringState<AtomicMemory>>;
-}
-
-impl<'a> VringStateMutGuard<'a, AtomicMemory> for BlkVring {
-    type G = RwLockWriteGuard<'a, VringState<AtomicMemory>>;
-}
-
-impl VringT<AtomicMemory> for BlkVring {
-    fn new(mem: AtomicMemory, max_queue_size: u16) -> Result<Self, QueueError> {
-        Ok(BlkVring {
-            inner: VringRwLock::new(mem, max_queue_size)?,
-            irq: IrqNotifier::new(CallFd::default()),
-        })
-    }
-
-    fn get_ref(&self) -> <Self as VringStateGuard<'_, AtomicMemory>>::G {
-        self.inner.get_ref()
-    }
-
-    fn get_mut(&self) -> <Self as VringStateMutGuard<'_, AtomicMemory>>::G {
-        self.inner.get_mut()
-    }
-
-    fn add_used(&self, desc_index: u16, len: u32) -> Result<(), QueueError> {
-        self.inner.add_used(desc_index, len)
-    }
-
-    fn signal_used_queue(&self) -> io::Result<()> {
-        self.irq.notify_now();
-        Ok(())
-    }
-
-    fn enable_notification(&self) -> Result<bool, QueueError> {
-        self.inner.enable_notification()
-    }
-
-    fn disable_notification(&self) -> Result<(), QueueError> {
-        self.inner.disable_notification()
-    }
-
-    fn needs_notification(&self) -> Result<bool, QueueError> {
-        self.inner.needs_notification()
-    }
-
-    fn set_enabled(&self, enabled: bool) {
-        self.inner.set_enabled(enabled);
-    }
-
-    fn set_queue_info(
-        &self,
-        desc_table: u64,
-        avail_ring: u64,
-        used_ring: u64,
-    ) -> Result<(), QueueError> {
-        self.inner.set_queue_info(desc_table, avail_ring, used_ring)
-    }
-
-    fn queue_next_avail(&self) -> u16 {
-        self.inner.queue_next_avail()
-    }
-
-    fn set_queue_next_avail(&self, base: u16) {
-        self.inner.set_queue_next_avail(base);
-    }
-
-    fn set_queue_next_used(&self, idx: u16) {
-        self.inner.set_queue_next_used(idx);
-    }
-
-    fn queue_used_idx(&self) -> Result<u16, QueueError> {
-        self.inner.queue_used_idx()
-    }
-
-    fn set_queue_size(&self, num: u16) {
-        self.inner.set_queue_size(num);
-    }
-
-    fn set_queue_event_idx(&self, enabled: bool) {
-        self.inner.set_queue_event_idx(enabled);
-    }
-
-    fn set_queue_ready(&self, ready: bool) {
-        self.inner.set_queue_ready(ready);
-    }
-
-    fn set_kick(&self, file: Option<File>) {
-        self.inner.set_kick(file);
-    }
-
-    fn read_kick(&self) -> io::Result<bool> {
-        self.inner.read_kick()
-    }
-
-    fn set_call(&self, file: Option<File>) {
-        let dup = match file.as_ref().map(File::try_clone).transpose() {
-            Ok(dup) => dup,
-            Err(e) => {
-                warn(format_args!(
-                    "cannot duplicate the queue's call eventfd ({e}): \
-                     the guest will not be notified until the frontend sets another"
-                ));
-                None
-            }
-        };
-        self.inner.set_call(file);
-        self.irq.notifier().replace(dup);
-    }
-
-    fn set_err(&self, file: Option<File>) {
-        self.inner.set_err(file);
-    }
-}
+/// The vring type: vhost-user-backend's `VringRwLock` plus an
+/// [`IrqNotifier`] over the vring's call eventfd, which follows
+/// SET_VRING_CALL and signals with no lock on the vring
+/// (`rcu_defer::vhost_user::RcuVring`).
+pub type BlkVring = RcuVring;
 
 /// How the device's queues are spread over worker threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -358,7 +193,7 @@ pub struct BlkBackend {
     servers: Vec<Mutex<BlkServer>>,
     /// Each queue's notifier, taken from its vring when its worker thread
     /// first runs.
-    irqs: Vec<OnceLock<Arc<IrqNotifier<CallFd>>>>,
+    irqs: Vec<OnceLock<Arc<IrqNotifier<CallNotifier>>>>,
     /// Each worker thread's exit eventfd, handed to vhost-user-backend once.
     exits: Mutex<Vec<Option<(EventConsumer, EventNotifier)>>>,
     /// Whether a ring error has been reported on stderr (only the first
@@ -570,11 +405,7 @@ impl VhostUserBackend for BlkBackend {
     fn update_memory(&self, mem: AtomicMemory) -> io::Result<()> {
         // The same regions (a `GuestMemoryMmap` clone shares them): the old
         // map goes after a grace period, never under a request.
-        let map = mem.memory().deref().clone();
-        self.mem
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .replace(map);
+        self.mem.follow(&mem);
         Ok(())
     }
 
@@ -613,7 +444,7 @@ impl VhostUserBackend for BlkBackend {
             self.irqs[queue].get_or_init(|| Arc::clone(vring.irq()));
         }
         let mut states: Vec<_> = vrings.iter().map(VringT::get_mut).collect();
-        let mut work: Vec<QueueWork<'_, CallFd>> = states
+        let mut work: Vec<QueueWork<'_, CallNotifier>> = states
             .iter_mut()
             .zip(vrings)
             .zip(self.thread_queues(thread_id))
