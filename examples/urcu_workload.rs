@@ -31,11 +31,10 @@
 //! - `qsbr`: readers are online threads (`rcu_defer::online`): a read
 //!   section is the nesting counter only, and each reader reports a
 //!   quiescent state once every 1024 reads, as liburcu's `test_urcu_qsbr`
-//!   does. The process uses the fence flavor (set `RCU_DEFER_FLAVOR` to
-//!   override): online readers pay no fence for their sections in either
-//!   flavor, and the fence flavor's grace period pays two plain fences
-//!   where the membarrier flavor pays two `membarrier(2)` calls, which is
-//!   what liburcu's urcu-qsbr does too.
+//!   does. The flavor is the library's default (`RCU_DEFER_FLAVOR` still
+//!   chooses): with every reader online and the writer not a reader, the
+//!   membarrier flavor's grace periods issue no `membarrier(2)`, as
+//!   liburcu's urcu-qsbr issues none.
 //!
 //! `--no-sections` (with `--flavor qsbr` only): the online readers load and
 //! check the value with no read section at all. That is still safe: an
@@ -311,9 +310,7 @@ fn parse(args: &[String]) -> Option<Config> {
                     "fence" => Some(Flavor::Fence),
                     "qsbr" => {
                         config.qsbr = true;
-                        std::env::var_os("RCU_DEFER_FLAVOR")
-                            .is_none()
-                            .then_some(Flavor::Fence)
+                        None
                     }
                     _ => return None,
                 }

@@ -26,6 +26,15 @@ pub enum LoomFault {
     /// The writer's scan treats every online record as quiescent: grace
     /// periods wait for ordinary read sections only.
     WriterIgnoresOnline = 4,
+    /// The membarrier flavor's grace periods never issue the expedited
+    /// barrier, ordinary readers or not.
+    SkipExpeditedBarrier = 5,
+    /// A thread that leaves the online state (goes offline, or drops its
+    /// handle) does not count itself as an ordinary reader.
+    OfflineUncounted = 6,
+    /// A thread that registers on its first read section does not count
+    /// itself as an ordinary reader.
+    RegisterUncounted = 7,
 }
 
 /// The active fault. A plain `std` atomic on purpose: it is a test switch,

@@ -3,7 +3,10 @@
 
 use crate::detect::Error;
 use crate::fork;
+use crate::reader::ordinary_readers;
 use crate::report::report;
+#[cfg(not(loom))]
+use crate::sync::AtomicU64;
 #[cfg(not(loom))]
 use crate::sync::MutexGuard;
 use crate::sync::{compiler_fence, fence, global, lock, AtomicU8, Mutex, Ordering};
@@ -31,6 +34,9 @@ pub enum Flavor {
     /// `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` per grace-period step,
     /// which makes every running reader execute a full fence. The default on
     /// Linux when the kernel offers it (liburcu's `urcu-memb`, QEMU's scheme).
+    /// While no thread is an ordinary reader (all readers are
+    /// [online](crate::online)), grace periods issue a plain fence instead,
+    /// as liburcu's `urcu-qsbr`.
     Membarrier,
     /// Readers issue a real `SeqCst` fence on entering and leaving their
     /// outermost section; writers issue ordinary fences and make no system
@@ -170,7 +176,8 @@ pub fn set_flavor(requested: Flavor) -> Result<(), FlavorError> {
             Err(FlavorError::AlreadyDecided { requested, decided })
         };
     }
-    if requested == Flavor::Membarrier {
+    // Under loom the membarrier flavor is emulated (see `emulated`).
+    if requested == Flavor::Membarrier && !cfg!(loom) {
         if let Err(e) = sys::membarrier_register() {
             return Err(FlavorError::MembarrierUnavailable {
                 reason: e.to_string(),
@@ -183,6 +190,8 @@ pub fn set_flavor(requested: Flavor) -> Result<(), FlavorError> {
 
 /// Records the decision; the caller holds `DECIDING`.
 fn publish(flavor: Flavor) {
+    #[cfg(loom)]
+    emulated::switch(flavor == Flavor::Membarrier);
     // Release pairs with the Acquire load in `decided`.
     FLAVOR.store(code_of(flavor), Ordering::Release);
 }
@@ -290,6 +299,8 @@ pub(crate) fn reader_fence(real: bool) {
         real_reader_fence();
     } else {
         compiler_fence(Ordering::SeqCst);
+        #[cfg(loom)]
+        emulated::reader_site();
     }
 }
 
@@ -323,9 +334,31 @@ pub(crate) fn writer_fence() -> Result<(), Error> {
     }
     match flavor() {
         Flavor::Membarrier => {
+            // A full fence in every case. It pairs with the real fence after
+            // a thread counts itself as an ordinary reader
+            // (`Local::count_ordinary`), so that the load of the count below
+            // misses no such thread whose loads could miss what this thread
+            // stored before the fence; and with the online threads' real
+            // fences (going online or offline, a new quiescent state before
+            // its wake-up check), which are the whole of their side.
+            fence(Ordering::SeqCst);
+            #[cfg(loom)]
+            if crate::fault::active(crate::fault::LoomFault::SkipExpeditedBarrier) {
+                return Ok(());
+            }
+            if !ordinary_readers() {
+                // No thread can be inside a section whose fence is a
+                // compiler fence: the fence above is all the grace period
+                // needs, as liburcu's urcu-qsbr writer's.
+                #[cfg(not(loom))]
+                SKIPPED.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            #[cfg(not(loom))]
+            EXPEDITED.fetch_add(1, Ordering::Relaxed);
             // The kernel brackets this command with smp_mb() on the calling
             // CPU too, so it is also a full fence for the writer itself.
-            sys::membarrier().map_err(|e| Error::MembarrierFailed {
+            expedited_barrier().map_err(|e| Error::MembarrierFailed {
                 errno: e.raw_os_error().unwrap_or(0),
             })
         }
@@ -333,5 +366,123 @@ pub(crate) fn writer_fence() -> Result<(), Error> {
             fence(Ordering::SeqCst);
             Ok(())
         }
+    }
+}
+
+/// The membarrier flavor's expedited barrier: every running thread of the
+/// process executes a full fence.
+#[cfg(not(loom))]
+fn expedited_barrier() -> std::io::Result<()> {
+    sys::membarrier()
+}
+
+/// Under loom, the emulated barrier (see `emulated`).
+#[cfg(loom)]
+fn expedited_barrier() -> std::io::Result<()> {
+    emulated::barrier();
+    Ok(())
+}
+
+/// Expedited barriers issued by grace periods (membarrier flavor) since the
+/// process started; not counted under loom.
+#[cfg(not(loom))]
+static EXPEDITED: AtomicU64 = AtomicU64::new(0);
+/// Expedited barriers skipped (no ordinary reader); not counted under loom.
+#[cfg(not(loom))]
+static SKIPPED: AtomicU64 = AtomicU64::new(0);
+
+/// What grace periods' writer-side fences did, for tests and benchmarks.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BarrierStats {
+    /// Writer fences that issued the expedited barrier (`membarrier(2)`).
+    pub expedited: u64,
+    /// Writer fences of the membarrier flavor that found no ordinary
+    /// reader and issued a plain fence only.
+    pub skipped: u64,
+}
+
+/// What grace periods' writer-side fences have done so far in this
+/// process. Not part of the API: for tests and benchmarks.
+#[doc(hidden)]
+pub fn barrier_stats() -> BarrierStats {
+    #[cfg(not(loom))]
+    {
+        // Relaxed: statistics.
+        BarrierStats {
+            expedited: EXPEDITED.load(Ordering::Relaxed),
+            skipped: SKIPPED.load(Ordering::Relaxed),
+        }
+    }
+    #[cfg(loom)]
+    BarrierStats::default()
+}
+
+/// The membarrier flavor under loom, which has no such system call and no
+/// compiler fence. A model selects it with `set_flavor(Flavor::Membarrier)`
+/// (by default loom runs the fence flavor). What `membarrier(2)` promises
+/// is that every other running thread executes a full fence at some point
+/// during the call. The emulation places that fence at the readers'
+/// compiler-fence sites (`reader_fence(false)`, which the protocol puts
+/// right after each store a writer must see and before each load that must
+/// see the writer): each site is an AcqRel read-modify-write of an epoch,
+/// and the barrier is one too. Read-modify-writes of one atomic are totally
+/// ordered, so for each site either the barrier reads from it (the
+/// reader's stores before the site are visible to the writer after its
+/// barrier) or it reads from the barrier (the reader's loads after the site
+/// see what the writer stored before it).
+///
+/// That is weaker than the real barrier (whose fence may fall anywhere,
+/// not only at a site) except in one way: two readers' sites order each
+/// other, which compiler fences do not. Models of the membarrier flavor
+/// therefore have one ordinary reader thread at a time.
+///
+/// The barrier's fence may also fall before the grace-period counter load
+/// that begins an ordinary section (`Record::publish`), and it must have if
+/// that load reads a value stored after the barrier: the emulation makes
+/// that load Acquire, which pairs with the writer's fence before its store.
+///
+/// A grace period that skips the barrier leaves the readers' sites with
+/// nothing to pair with: a reader that the writer wrongly took for online
+/// gets what its compiler fences really give it, no ordering.
+#[cfg(loom)]
+pub(crate) mod emulated {
+    use crate::sync::{fence, global, AtomicU64, Ordering, UnmodeledAtomicU8};
+
+    global! {
+        /// Advanced by each emulated barrier; the readers' sites read it.
+        static EPOCH: AtomicU64 = AtomicU64::new(0);
+    }
+
+    /// Whether the current execution runs the membarrier flavor. A plain
+    /// `std` atomic (a test switch, set by each execution's flavor
+    /// decision): a test binary must not mix flavors across its models,
+    /// which run in parallel.
+    static ON: UnmodeledAtomicU8 = UnmodeledAtomicU8::new(0);
+
+    /// Whether the current execution runs the emulated membarrier flavor.
+    pub(crate) fn on() -> bool {
+        ON.load(Ordering::SeqCst) != 0
+    }
+
+    /// Records the execution's flavor.
+    pub(super) fn switch(on: bool) {
+        ON.store(u8::from(on), Ordering::SeqCst);
+    }
+
+    /// A reader's compiler fence in the membarrier flavor.
+    pub(super) fn reader_site() {
+        if on() {
+            // AcqRel pairs with the AcqRel of `barrier`, whichever of the two
+            // comes first in the epoch's modification order.
+            EPOCH.fetch_add(0, Ordering::AcqRel);
+        }
+    }
+
+    /// The writer's barrier.
+    pub(super) fn barrier() {
+        // AcqRel pairs with the AcqRel of each reader site (see above).
+        EPOCH.fetch_add(1, Ordering::AcqRel);
+        fence(Ordering::SeqCst);
     }
 }

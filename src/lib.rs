@@ -393,6 +393,8 @@ pub use reader::{in_read_section, read_depth, read_lock, ReadGuard};
 pub use report::{set_report_handler, Report, ReportKind, Severity};
 
 #[doc(hidden)]
+pub use flavor::{barrier_stats, BarrierStats};
+#[doc(hidden)]
 pub use reader::{registry_stats, RegistryStats};
 
 #[cfg(loom)]

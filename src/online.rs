@@ -70,6 +70,21 @@ use std::panic::Location;
 /// with where it went online and where it last reported a quiescent state):
 /// block inside [`Online::offline`].
 ///
+/// What mixing costs, by flavor. In the default
+/// [`Flavor::Membarrier`](crate::Flavor::Membarrier), a grace period sends
+/// the expedited barrier (`membarrier(2)`: an interrupt to every CPU that
+/// runs a thread of the process) only while some thread is an *ordinary*
+/// reader: one that has entered a read section while not online and has
+/// not exited since, or an online thread inside [`Online::offline`] or
+/// waiting for a grace period. A program whose readers are all online
+/// waits for grace periods with plain fences, as liburcu's urcu-qsbr does;
+/// one ordinary reader makes every grace period pay the barrier and
+/// interrupt the online threads too. Where grace periods are frequent and
+/// ordinary sections few, call
+/// [`set_flavor(Flavor::Fence)`](crate::set_flavor) first thing in `main`:
+/// ordinary sections then pay a real fence each, grace periods no system
+/// call, and online threads nothing either way.
+///
 /// A thread that exits while online goes offline; so does one that forks,
 /// in neither process: the child keeps the forking thread's online state.
 ///

@@ -91,6 +91,18 @@ const UNREGISTERED: u8 = 8;
 const ENTER_SLOW: u8 = REAL_FENCE | STAND_IN | UNREGISTERED;
 
 global! {
+    /// How many registered threads are ordinary readers (registered, not
+    /// online, their registration not gone): the threads whose read
+    /// sections order themselves against a grace period with the flavor's
+    /// reader fence alone, a compiler fence in the membarrier flavor. While
+    /// it is 0, no thread can be inside such a section, and a grace period
+    /// needs no expedited barrier (see `flavor::writer_fence`). Each thread
+    /// counts itself (`Local::counted`) when it becomes an ordinary reader
+    /// and uncounts itself when it goes online or exits.
+    static ORDINARY: AtomicU64 = AtomicU64::new(0);
+}
+
+global! {
     /// The grace-period counter: readers copy it into their record on
     /// entering their outermost section; a grace period advances it and then
     /// waits for every record that holds an older value.
@@ -114,6 +126,7 @@ thread_local_pinned! {
         thread_id: Cell::new(None),
         online_handle: Cell::new(None),
         online: Cell::new(false),
+        counted: Cell::new(false),
         defer: DeferState::new(),
         section_calls: SectionCalls::new(),
         held_sections: Cell::new(0),
@@ -188,6 +201,9 @@ pub(crate) struct Local {
     /// sections, and inside them unless the section deferred a call (see
     /// `mark_deferred`).
     online: Cell<bool>,
+    /// Whether the thread is counted in `ORDINARY`: registered, not online,
+    /// and its registration not gone.
+    counted: Cell<bool>,
     /// `call_local`'s state (in the same thread-local, so that recording a
     /// call finds the read depth and the pending calls together).
     pub(crate) defer: DeferState,
@@ -246,11 +262,46 @@ pub(crate) fn gp_counter_acquire() -> u64 {
     GP_CTR.load(Ordering::Acquire)
 }
 
+/// The grace-period counter value for an ordinary section's entry: see
+/// `gp_counter`. Under loom's emulation of the membarrier flavor the load
+/// is Acquire (see `flavor::emulated`).
+#[inline(always)]
+fn entry_gp_counter() -> u64 {
+    #[cfg(loom)]
+    if crate::flavor::emulated::on() {
+        // Acquire pairs with the leader's fence before it advanced the
+        // counter: the emulated barrier's fence came before this load.
+        return GP_CTR.load(Ordering::Acquire);
+    }
+    gp_counter()
+}
+
 /// Publishes a new grace-period counter value (the leader only).
 pub(crate) fn set_gp_counter(value: u64) {
     // Relaxed: readers that load the new value need no data from the writer
     // beyond what the writer's fence before this store already ordered.
     GP_CTR.store(value, Ordering::Relaxed);
+}
+
+/// Whether a thread may be inside an ordinary read section whose reader
+/// fence is a compiler fence (see `ORDINARY`). The caller (a grace period's
+/// writer) has issued a full fence since it last stored anything readers
+/// must see, and issues the flavor's barrier if this says yes.
+pub(crate) fn ordinary_readers() -> bool {
+    // Acquire pairs with the Release decrement in `Local::uncount_ordinary`:
+    // a writer that sees the count drop sees the online state published
+    // before the drop. An increment missed here is ordered by the fences:
+    // the caller's full fence before this load pairs with the real fence
+    // after the increment in `Local::count_ordinary`.
+    ORDINARY.load(Ordering::Acquire) != 0
+}
+
+/// In a forked child, where only the forking thread exists: the count is
+/// that thread's own.
+#[cfg(not(loom))]
+pub(crate) fn reset_ordinary_after_fork(own_counted: bool) {
+    // Relaxed: the child runs one thread, which holds the registry lock.
+    ORDINARY.store(u64::from(own_counted), Ordering::Relaxed);
 }
 
 impl Record {
@@ -308,12 +359,18 @@ impl Record {
         // Relaxed: read by writers only in reports; the ctr store below
         // is what the protocol orders.
         self.entered_at.store(as_ptr(at), Ordering::Relaxed);
-        // Relaxed: the fence that follows (the caller's) orders this store
-        // before the section's loads; it pairs with the writer's fence that
-        // precedes its scan of `ctr`. The stored value does not depend on a
-        // load of `ctr`, so no store-to-load chain links one section to the
-        // next.
-        self.ctr.store(gp_counter() | 1, Ordering::Relaxed);
+        // The fence that follows (the caller's) orders this store before
+        // the section's loads; it pairs with the writer's fence that
+        // precedes its scan of `ctr`. Release pairs with the writer's
+        // Acquire fence after a scan that reads this value as not blocking
+        // (the section began after the grace period did): the thread's
+        // earlier sections, whose end the scan skipped over, happen before
+        // the free. (The fence flavor's fence at the previous exit did that
+        // too; a compiler fence does not, and on x86-64 the store is the
+        // same instruction either way.) The stored value does not depend on
+        // a load of `ctr`, so no store-to-load chain links one section to
+        // the next.
+        self.ctr.store(entry_gp_counter() | 1, Ordering::Release);
     }
 
     /// Ends the section published in this (stand-in) record: the slow-path
@@ -354,6 +411,42 @@ fn as_ptr(at: &'static Location<'static>) -> *mut Location<'static> {
 }
 
 impl Local {
+    /// The thread becomes an ordinary reader (it registers, or leaves the
+    /// online state): counted in `ORDINARY` before any of its ordinary
+    /// sections, followed by a real fence.
+    fn count_ordinary(&self, #[cfg(loom)] fault: crate::fault::LoomFault) {
+        #[cfg(loom)]
+        if crate::fault::active(fault) {
+            return;
+        }
+        if self.counted.replace(true) {
+            return;
+        }
+        // AcqRel: a read-modify-write, so that the writer's load finds it in
+        // the count's modification order; the fence below does the ordering.
+        ORDINARY.fetch_add(1, Ordering::AcqRel);
+        // Pairs with the writer's full fence before its load of the count
+        // (`ordinary_readers`): either that load sees this increment and the
+        // writer issues the expedited barrier, or the writer's fence comes
+        // first and every load of this thread after this fence (its ordinary
+        // sections, whose own fence is a compiler fence) sees what the
+        // writer stored before its fence.
+        real_reader_fence();
+    }
+
+    /// The thread stops being an ordinary reader (it has published its
+    /// online state, or leaves the registry).
+    fn uncount_ordinary(&self) {
+        if !self.counted.replace(false) {
+            return;
+        }
+        // Release pairs with the Acquire load in `ordinary_readers`: a writer
+        // that sees the count without this thread (and skips the barrier)
+        // sees the online state published before this, or the record gone
+        // from the registry.
+        ORDINARY.fetch_sub(1, Ordering::Release);
+    }
+
     #[inline(always)]
     fn enter(&self, at: &'static Location<'static>) {
         let record = &self.record;
@@ -448,13 +541,16 @@ impl Local {
     /// wakes a writer that waits for this thread.
     #[inline(always)]
     fn publish_quiescent(&self, ctr: u64) {
-        self.publish_quiescent_in(&self.record.ctr, ctr);
+        self.publish_quiescent_in(&self.record.ctr, ctr, false);
     }
 
     /// Publishes an online thread's new state, `value`: a quiescent state
     /// (the current grace-period value with `ONLINE`) or 0 (offline), in
     /// `ctr` for the thread's own use and in `online_state`, which writers
-    /// read; then wakes a writer that waits for this thread.
+    /// read; then wakes a writer that waits for this thread. The fence
+    /// before the wake-up check is a real one in every flavor: a writer
+    /// that waits for online threads alone issues no expedited barrier
+    /// (see `flavor::writer_fence`).
     fn publish_online_state(&self, value: u64) {
         // Release, as the store to `online_state` below: a writer judges
         // the thread by `ctr` when its scan reads an online state that is
@@ -463,13 +559,14 @@ impl Local {
         // fence after its scan must then pair with this store, which ends
         // the protection of every load before it.
         self.record.ctr.store(value, Ordering::Release);
-        self.publish_quiescent_in(&self.record.online_state.0, value);
+        self.publish_quiescent_in(&self.record.online_state.0, value, true);
     }
 
     /// `publish_quiescent`, storing `value` in `word` (`ctr` or
-    /// `online_state`).
+    /// `online_state`), with a real fence before the wake-up check if
+    /// `real` (a constant at each call).
     #[inline(always)]
-    fn publish_quiescent_in(&self, word: &AtomicU64, value: u64) {
+    fn publish_quiescent_in(&self, word: &AtomicU64, value: u64, real: bool) {
         let record = &self.record;
         // Release pairs with the writer's Acquire fence after it reads this
         // value: every load of the section (or, online, every load since the
@@ -480,10 +577,13 @@ impl Local {
         // flavor this is the reader's whole side of the fence that pairs
         // with the writer's membarrier after it sets `WAITING`; the fence
         // flavor adds a real fence below, which `REAL_FENCE` sends it to.
-        reader_fence(false);
+        // With `real` (an online state) it is a real fence, which pairs with
+        // the writer's full fence after it sets `WAITING` whether or not
+        // the writer adds the barrier.
+        reader_fence(real);
         let mut signal = record.signal.load(Ordering::Relaxed);
         if signal != 0 {
-            if signal & REAL_FENCE != 0 {
+            if signal & REAL_FENCE != 0 && !real {
                 // The fence flavor's side of the exit fence, here rather
                 // than out of line, for the reason given in `enter`.
                 real_reader_fence();
@@ -530,6 +630,14 @@ impl Local {
             // the fence below orders the section's loads after it.
             self.register();
             signal = record.signal.load(Ordering::Relaxed);
+            if signal & STAND_IN == 0 {
+                // An ordinary reader from now on: its later sections fence
+                // with a compiler fence only, so writers must know of it.
+                self.count_ordinary(
+                    #[cfg(loom)]
+                    crate::fault::LoomFault::RegisterUncounted,
+                );
+            }
         }
         if signal & STAND_IN != 0 {
             // The thread's registration is gone (or could not be armed): the
@@ -742,27 +850,31 @@ impl Local {
             .store(std::ptr::null_mut(), Ordering::Relaxed);
         self.publish_online();
         self.online.set(true);
+        // After the online state is published (see `uncount_ordinary`).
+        self.uncount_ordinary();
         true
     }
 
     /// Publishes the online state at the current grace-period value: the
-    /// online twin of an outermost entry, and like it followed by the
-    /// flavor's fence before the thread's next loads.
+    /// online twin of an outermost entry, and like it followed by a fence
+    /// before the thread's next loads, a real one in every flavor (writers
+    /// that wait for online threads alone issue no expedited barrier).
     fn publish_online(&self) {
         let record = &self.record;
-        // Relaxed: as in `publish`, the fence below orders this store before
-        // the thread's later loads; it pairs with the writer's fence before
-        // its scan: either the scan sees the thread online, or the thread's
+        // As in `publish`: the fence below orders this store before the
+        // thread's later loads; it pairs with the writer's fence before its
+        // scan: either the scan sees the thread online, or the thread's
         // loads see everything the writer unpublished before that fence.
+        // And Release, as there: a writer whose scan reads this value as not
+        // blocking (it is newer than its grace period) skips over the end of
+        // the sections the thread ran offline, whose loads must happen
+        // before its free.
         let value = gp_counter() | ONLINE;
-        record.ctr.store(value, Ordering::Relaxed);
-        // Relaxed: the same, where writers read it (see `online_state`).
-        record.online_state.0.store(value, Ordering::Relaxed);
-        // Relaxed: the owner's flavor bit.
-        let real = record.signal.load(Ordering::Relaxed) & REAL_FENCE != 0;
-        // The store→load fence described above; in the membarrier flavor
-        // the writer's membarrier makes the compiler fence a full one.
-        reader_fence(real);
+        record.ctr.store(value, Ordering::Release);
+        // The same, where writers read it (see `online_state`).
+        record.online_state.0.store(value, Ordering::Release);
+        // The store→load fence described above.
+        real_reader_fence();
     }
 
     /// Reports a quiescent state: the thread holds no reference obtained
@@ -809,6 +921,12 @@ impl Local {
         if !self.online.replace(false) {
             return Ok(false);
         }
+        // Counted before its offline state is published: an ordinary reader
+        // from here on.
+        self.count_ordinary(
+            #[cfg(loom)]
+            crate::fault::LoomFault::OfflineUncounted,
+        );
         self.publish_online_state(0);
         Ok(true)
     }
@@ -859,6 +977,8 @@ impl Local {
                 .store((ctr & !LOW_MASK) | ONLINE, Ordering::Relaxed);
         }
         self.online.set(true);
+        // After the online state is published (see `uncount_ordinary`).
+        self.uncount_ordinary();
     }
 
     /// The thread's `Online` handle is dropped: it goes offline. Inside a
@@ -871,6 +991,11 @@ impl Local {
         if !self.online.replace(false) {
             return;
         }
+        // An ordinary reader from here on (counted before its state changes).
+        self.count_ordinary(
+            #[cfg(loom)]
+            crate::fault::LoomFault::OfflineUncounted,
+        );
         let ctr = self.record.ctr();
         if ctr & NEST_MASK == 0 {
             self.publish_online_state(0);
@@ -995,6 +1120,8 @@ impl Drop for Registration {
         }
         if ctr == 0 {
             registry.remove(i);
+            // Off the registry: writers need not reach it.
+            local.uncount_ordinary();
             // A writer may be asleep waiting for this thread if it was
             // online (an ordinary thread outside any section blocks
             // nothing): it asked under the registry lock, so before this
@@ -1034,6 +1161,9 @@ impl Drop for Registration {
         // the thread's entry out, and may move the stand-in's, which is
         // done with.
         registry.remove(i);
+        // The stand-in ends the section with a real fence (`unpublish`):
+        // writers need not reach the thread with a barrier.
+        local.uncount_ordinary();
         drop(registry);
         local.stand_in.set(Some(stand_in));
         record.signal.store(STAND_IN, Ordering::Relaxed);

@@ -320,12 +320,15 @@ impl RegistryHeld {
     /// stand-in that publishes its section, if it forked while exiting
     /// inside one), with its open section, if any.
     pub(crate) fn after_fork_child(&mut self) {
-        let (own, own_stand_in) = LOCAL
+        let (own, own_stand_in, own_counted) = LOCAL
             .try_with(|local| {
                 let own: *const Record = &local.record;
-                (own, local.stand_in.get().map(|r| r as *const Record))
+                let stand_in = local.stand_in.get().map(|r| r as *const Record);
+                (own, stand_in, local.counted.get())
             })
-            .unwrap_or((std::ptr::null(), None));
+            .unwrap_or((std::ptr::null(), None, false));
+        // Only the forking thread can be an ordinary reader here.
+        super::reset_ordinary_after_fork(own_counted);
         self.0.entries.retain_mut(|entry| {
             let record: *const Record = entry.record;
             if record == own || Some(record) == own_stand_in {

@@ -16,7 +16,10 @@ pub(crate) mod eventfd;
 #[cfg(not(all(target_os = "linux", not(loom))))]
 mod fallback;
 #[cfg(not(all(target_os = "linux", not(loom))))]
-pub(crate) use fallback::{membarrier, membarrier_register};
+pub(crate) use fallback::membarrier_register;
+// Under loom the membarrier flavor is emulated (`flavor::emulated`).
+#[cfg(all(not(target_os = "linux"), not(loom)))]
+pub(crate) use fallback::membarrier;
 // Under loom nothing registers fork handlers (`fork.rs`).
 #[cfg(all(not(target_os = "linux"), not(loom)))]
 pub(crate) use fallback::{register_atfork, spawn_after_fork, write_stderr};
