@@ -72,10 +72,32 @@
 //!   fork) within `FORK_CHILD_LIMIT`, after which it exits; the parent
 //!   checks its exit status, and the run goes on.
 //!
+//! A second mix, in a child process of its own with the library's defaults,
+//! is about the membarrier flavor's expedited barrier, which a grace period
+//! sends only while some thread is an ordinary reader (not online): online
+//! readers only (more of them), the same writers, flooders that queue no
+//! burst inside a section, an updater and a ring writer that never enter a
+//! read section, and no short-lived readers, through three phases of at
+//! least a third of the run each:
+//!
+//! 1. online readers that never leave the online state: no grace period
+//!    may send the barrier, and some must skip it;
+//! 2. short-lived ordinary readers register, read and exit, and the online
+//!    readers go offline, wait for grace periods and drop their handles:
+//!    grace periods must send the barrier;
+//! 3. once every online reader is online for good and every short-lived
+//!    reader has exited (and one grace period later, for one that counted
+//!    the readers before), no grace period may send the barrier again, and
+//!    some must skip it.
+//!
+//! Every check of the first mix holds in each phase. Where the kernel offers
+//! no membarrier, the child says so and passes.
+//!
 //! Thread counts scale with `std::thread::available_parallelism` (at least
-//! two of each kind). The default run takes about 2 s per flavor (the
-//! default flavor in this process, the fence flavor in a child process, at
-//! the same time); `torture_long` (ignored by default) runs for
+//! two of each kind). Each default run takes about 2 s (the default flavor
+//! in this process, the fence flavor and the online-only mix each in a
+//! child process, all at the same time); `torture_long` and
+//! `torture_long_with_online_readers_only` (ignored by default) run for
 //! `RCU_DEFER_TORTURE_SECS` seconds (60 if unset):
 //!
 //! ```text
@@ -86,9 +108,10 @@ mod common;
 
 use common::{child_command, is_child, output_within, within_limit, MARKER};
 use rcu_defer::{
-    call_local, call_local_fn, call_rcu, cond_synchronize_rcu, drain_call_rcu, flavor,
-    in_read_section, online, poll_state_synchronize_rcu, read_depth, read_lock, set_stall_handler,
-    set_stall_timeout, start_poll_synchronize_rcu, synchronize_rcu, Flavor, RcuCell, StallReport,
+    barrier_stats, call_local, call_local_fn, call_rcu, cond_synchronize_rcu, drain_call_rcu,
+    flavor, in_read_section, online, poll_state_synchronize_rcu, read_depth, read_lock,
+    set_stall_handler, set_stall_timeout, start_poll_synchronize_rcu, synchronize_rcu,
+    BarrierStats, Flavor, RcuCell, StallReport,
 };
 use std::any::Any;
 use std::collections::VecDeque;
@@ -270,8 +293,39 @@ struct Stats {
     longest_wait_us: AtomicU64,
 }
 
+/// Which threads a run has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mix {
+    /// Every kind of thread at once, for the whole run.
+    Everything,
+    /// Online readers, and no ordinary reader (no thread that enters a read
+    /// section while not online) but in the middle third of the run (see
+    /// `Phase`): the membarrier flavor's grace periods must skip the
+    /// expedited barrier, and send it while ordinary readers come and go.
+    OnlineOnly,
+}
+
+/// The phases of a `Mix::OnlineOnly` run, in `Shared::phase`.
+mod phase {
+    /// Online readers only, which stay online (quiescent states only).
+    pub const ONLINE_ONLY: u8 = 0;
+    /// Short-lived ordinary readers register, enter sections and exit;
+    /// online readers go offline, wait for grace periods and drop their
+    /// handles now and then.
+    pub const MIXED: u8 = 1;
+    /// Online readers only again: each online reader and the thread churn
+    /// acknowledge it (`Shared::online_again`) once they have stopped
+    /// leaving the online state and every ordinary reader has exited.
+    pub const ONLINE_AGAIN: u8 = 2;
+}
+
 /// What all threads of a run share.
 struct Shared {
+    mix: Mix,
+    /// The phase of a `Mix::OnlineOnly` run (see `phase`).
+    phase: AtomicU8,
+    /// Threads that have acknowledged `phase::ONLINE_AGAIN`.
+    online_again: AtomicUsize,
     cell: RcuCell<Slot>,
     /// The sequence number the updater last published.
     latest: AtomicU64,
@@ -282,6 +336,24 @@ struct Shared {
     retired: Arc<AtomicUsize>,
     /// Items and flood callbacks in existence.
     live: Arc<AtomicUsize>,
+}
+
+impl Shared {
+    /// Whether online readers may leave the online state (go offline, wait
+    /// for a grace period, drop their handle) now.
+    fn may_leave_online(&self) -> bool {
+        self.mix == Mix::Everything || self.phase.load(Ordering::SeqCst) == phase::MIXED
+    }
+
+    /// Whether ordinary readers may register now.
+    fn may_register_ordinary(&self) -> bool {
+        self.mix == Mix::Everything || self.phase.load(Ordering::SeqCst) == phase::MIXED
+    }
+
+    /// Whether this is a `Mix::OnlineOnly` run past its mixed phase.
+    fn online_again(&self) -> bool {
+        self.mix == Mix::OnlineOnly && self.phase.load(Ordering::SeqCst) == phase::ONLINE_AGAIN
+    }
 }
 
 /// Readers that saw a grace-period age of 2 or more and said so.
@@ -565,12 +637,19 @@ fn online_reader(id: u64, shared: &Shared) {
     let mut last_seq = 0;
     let mut handle = Some(online());
     let mut held: Vec<BareRead> = Vec::new();
+    let mut acknowledged = false;
     while !shared.stop.load(Ordering::Relaxed) {
         let Some(current) = handle.as_ref() else {
             handle = Some(online());
             stats.online_rejoins.fetch_add(1, Ordering::Relaxed);
             continue;
         };
+        // Online here, and from now on never leaving the online state.
+        if !acknowledged && shared.online_again() {
+            shared.online_again.fetch_add(1, Ordering::SeqCst);
+            acknowledged = true;
+        }
+        let may_leave = shared.may_leave_online();
         section(shared, &who, &mut rng, &tally, &mut last_seq);
         held.push(BareRead::take(ring));
         stats.online_bare_reads.fetch_add(1, Ordering::Relaxed);
@@ -587,7 +666,7 @@ fn online_reader(id: u64, shared: &Shared) {
                 stats.online_quiescents.fetch_add(1, Ordering::Relaxed);
             }
             // Going offline is a quiescent state too.
-            16 => {
+            16 if may_leave => {
                 for bare in held.drain(..) {
                     bare.check(ring, &who, "before going offline");
                 }
@@ -596,7 +675,7 @@ fn online_reader(id: u64, shared: &Shared) {
             }
             // A grace period from an online thread goes offline for the
             // wait.
-            17 => {
+            17 if may_leave => {
                 for bare in held.drain(..) {
                     bare.check(ring, &who, "before its own grace period");
                 }
@@ -604,7 +683,7 @@ fn online_reader(id: u64, shared: &Shared) {
                 stats.online_synchronizes.fetch_add(1, Ordering::Relaxed);
             }
             // Dropping the handle takes the thread offline.
-            18 => {
+            18 if may_leave => {
                 for bare in held.drain(..) {
                     bare.check(ring, &who, "before it dropped its handle");
                 }
@@ -616,16 +695,28 @@ fn online_reader(id: u64, shared: &Shared) {
     for bare in held.drain(..) {
         bare.check(ring, &who, "at the end of the run");
     }
+    // (An ordinary reader from here until it exits: the run is over.)
     drop(handle);
     check_tally(&who, &tally);
 }
 
-/// Starts short-lived readers, `at_once` at a time, each entering a few
-/// sections and exiting, until the run stops.
+/// Starts short-lived (ordinary) readers, `at_once` at a time, each
+/// entering a few sections and exiting, until the run stops; in a
+/// `Mix::OnlineOnly` run only in its mixed phase.
 fn thread_churn(shared: &Arc<Shared>, at_once: usize) {
     let mut rng = Rng::new(0xC0FFEE);
     let mut next_id = 0u64;
+    let mut acknowledged = false;
     while !shared.stop.load(Ordering::Relaxed) {
+        if !shared.may_register_ordinary() {
+            // Every thread of the last batch has been joined, so has exited.
+            if !acknowledged && shared.online_again() {
+                shared.online_again.fetch_add(1, Ordering::SeqCst);
+                acknowledged = true;
+            }
+            thread::sleep(Duration::from_millis(1));
+            continue;
+        }
         let threads: Vec<_> = (0..at_once)
             .map(|_| {
                 next_id += 1;
@@ -739,13 +830,17 @@ fn in_forked_child(shared: &Shared) -> Result<(), String> {
 // ---------------------------------------------------------------------------
 // Writers.
 
-fn updater(shared: &Shared) -> u64 {
+/// Publishes new items until the run stops, starting from `first`, the
+/// cell's first item; returns the last sequence number published. Never
+/// enters a read section, so that it is no reader (grace periods for
+/// online readers alone send no expedited barrier).
+fn updater(shared: &Shared, first: Arc<Item>) -> u64 {
     let stats = &shared.stats;
     let cell = &shared.cell;
     let mut seq = 0;
     // The item published now, and those unpublished since the updater last
     // waited for a grace period: the next grace period ages them.
-    let mut current = Arc::clone(&cell.read(&read_lock()).item);
+    let mut current = first;
     let mut pending: Vec<Arc<Item>> = Vec::new();
     let age = |items: &mut Vec<Arc<Item>>| {
         for item in items.drain(..) {
@@ -930,7 +1025,9 @@ fn flooder(id: u64, shared: &Shared) {
     };
     while !shared.stop.load(Ordering::Relaxed) {
         let size = 1 + rng.below(BURST) as usize;
-        let in_section = rng.below(4) == 0;
+        // (A section on a thread that is not online makes it an ordinary
+        // reader.)
+        let in_section = shared.mix == Mix::Everything && rng.below(4) == 0;
         let burst = Arc::new(Burst {
             runs: (0..size).map(|_| AtomicU8::new(0)).collect(),
             ran: AtomicUsize::new(0),
@@ -1007,22 +1104,157 @@ fn spawn<T: Send + 'static>(
         .unwrap()
 }
 
-/// Runs the torture for `duration` and prints what happened.
-fn torture(duration: Duration) {
+/// What grace periods' writer fences did (`barrier_stats`) between two
+/// points of a run.
+fn barriers_since(since: BarrierStats) -> BarrierStats {
+    let now = barrier_stats();
+    BarrierStats {
+        expedited: now.expedited - since.expedited,
+        skipped: now.skipped - since.skipped,
+    }
+}
+
+/// What the expedited barrier did in the phases of a `Mix::OnlineOnly` run.
+#[derive(Debug)]
+struct PhaseBarriers {
+    /// Across the first phase (online readers only).
+    online_only: BarrierStats,
+    /// Across the mixed phase.
+    mixed: BarrierStats,
+    /// From a grace period that began after every thread acknowledged the
+    /// last phase, to the stop.
+    online_again: BarrierStats,
+}
+
+/// Waits at least `at_least`, and then until `done()` holds; `false` at
+/// once if a worker has ended before the run stopped (it panicked, which
+/// its join re-raises). Past `deadline`, a hang: panics naming `what`.
+fn wait_until(
+    what: &str,
+    at_least: Duration,
+    deadline: Instant,
+    workers: &[thread::JoinHandle<()>],
+    done: impl Fn() -> bool,
+) -> bool {
+    let started = Instant::now();
+    loop {
+        if workers.iter().any(thread::JoinHandle::is_finished) {
+            return false;
+        }
+        if started.elapsed() >= at_least && done() {
+            return true;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "torture: still waiting for {what} after {:?}: hang",
+            started.elapsed()
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Steers a `Mix::OnlineOnly` run through its phases (see `phase`), a third
+/// of `duration` each at least, and each until the barrier did what the
+/// phase is there to show; `None` if a worker ended early.
+fn steer_online_only(
+    shared: &Shared,
+    duration: Duration,
+    at_start: BarrierStats,
+    workers: &[thread::JoinHandle<()>],
+    acknowledgers: usize,
+) -> Option<PhaseBarriers> {
+    let third = duration / 3;
+    let deadline = Instant::now() + duration + HANG_MARGIN / 2;
+    let skipped_since = |since: BarrierStats| move || barriers_since(since).skipped > 0;
+
+    let online_only_done = wait_until(
+        "a grace period that skips the barrier (online readers only)",
+        third,
+        deadline,
+        workers,
+        skipped_since(at_start),
+    );
+    if !online_only_done {
+        return None;
+    }
+    let online_only = barriers_since(at_start);
+    let mixed_start = barrier_stats();
+
+    shared.phase.store(phase::MIXED, Ordering::SeqCst);
+    let mixed_done = wait_until(
+        "a grace period that sends the barrier while ordinary readers come and go",
+        third,
+        deadline,
+        workers,
+        || {
+            barriers_since(mixed_start).expedited > 0
+                && shared.stats.short_threads.load(Ordering::Relaxed) > 0
+        },
+    );
+    if !mixed_done {
+        return None;
+    }
+    let mixed = barriers_since(mixed_start);
+
+    shared.phase.store(phase::ONLINE_AGAIN, Ordering::SeqCst);
+    let acknowledged = wait_until(
+        "every online reader and the thread churn to leave the mixed phase",
+        Duration::ZERO,
+        deadline,
+        workers,
+        || shared.online_again.load(Ordering::SeqCst) == acknowledgers,
+    );
+    if !acknowledged {
+        return None;
+    }
+    // A grace period may have loaded the count of ordinary readers before
+    // the last of them left, and be about to send the barrier: this one
+    // waits for it (grace periods run one at a time). This thread is no
+    // reader, so its wait makes no thread ordinary.
+    synchronize_rcu();
+    let again_start = barrier_stats();
+    let again_done = wait_until(
+        "a grace period that skips the barrier again (every ordinary reader has exited)",
+        third,
+        deadline,
+        workers,
+        skipped_since(again_start),
+    );
+    if !again_done {
+        return None;
+    }
+    Some(PhaseBarriers {
+        online_only,
+        mixed,
+        online_again: barriers_since(again_start),
+    })
+}
+
+/// Runs the torture for `duration` with the threads of `mix`, and prints
+/// what happened.
+fn torture(duration: Duration, mix: Mix) {
     hush_handler_panics();
     set_stall_timeout(Some(STALL_TIMEOUT));
     set_stall_handler(panicking_stall_handler);
+    let at_start = barrier_stats();
     let cpus = cpus();
-    let readers = cpus.max(2);
-    let online_readers = (cpus / 2).max(1);
+    let (readers, online_readers) = match mix {
+        Mix::Everything => (cpus.max(2), (cpus / 2).max(1)),
+        Mix::OnlineOnly => (0, cpus.max(2)),
+    };
     let flooders = (cpus / 2).max(2);
     let short_at_once = (cpus / 2).max(2);
 
     let retired = Arc::new(AtomicUsize::new(0));
     let live = Arc::new(AtomicUsize::new(0));
     let baseline = live.load(Ordering::SeqCst);
+    let first = new_slot(0, &retired, &live);
+    let first_item = Arc::clone(&first.item);
     let shared = Arc::new(Shared {
-        cell: RcuCell::new(new_slot(0, &retired, &live)),
+        mix,
+        phase: AtomicU8::new(phase::ONLINE_ONLY),
+        online_again: AtomicUsize::new(0),
+        cell: RcuCell::new(first),
         latest: AtomicU64::new(0),
         ring: Arc::new(Ring {
             current: AtomicUsize::new(0),
@@ -1068,10 +1300,32 @@ fn torture(duration: Duration) {
     ));
     #[cfg(target_os = "linux")]
     workers.push(spawn(&shared, "torture-forker".to_owned(), |s| forker(s)));
-    let updater_thread = spawn(&shared, "torture-updater".to_owned(), |s| updater(s));
+    let updater_thread = spawn(&shared, "torture-updater".to_owned(), move |s| {
+        updater(s, first_item)
+    });
 
     let started = Instant::now();
-    thread::sleep(duration);
+    let phases = match mix {
+        Mix::Everything => {
+            thread::sleep(duration);
+            None
+        }
+        Mix::OnlineOnly => {
+            // The online readers and the thread churn acknowledge the last
+            // phase.
+            let phases =
+                steer_online_only(&shared, duration, at_start, &workers, online_readers + 1);
+            if phases.is_none() {
+                // A worker ended early: its join below says why.
+                assert!(
+                    workers.iter().any(thread::JoinHandle::is_finished),
+                    "the online-only run ended early with no worker ended"
+                );
+            }
+            phases
+        }
+    };
+    let barriers = barriers_since(at_start);
     shared.stop.store(true, Ordering::Relaxed);
     let mut failure = None;
     for handle in workers {
@@ -1122,7 +1376,7 @@ fn torture(duration: Duration) {
     let pipe: Vec<u64> = stats.pipe.iter().map(get).collect();
     let longest_wait = Duration::from_micros(get(&stats.longest_wait_us));
     eprintln!(
-        "torture ({} flavor, {ran:.1?}; {readers} readers, {online_readers} online readers, \
+        "torture ({} flavor, {mix:?}, {ran:.1?}; {readers} readers, {online_readers} online readers, \
          {flooders} flooders, short-lived readers {short_at_once} at a time): \
          {} reads ({} nested, {} in {} short-lived threads), \
          online: {} reads outside sections, {} quiescent states, {} offline waits, \
@@ -1134,6 +1388,7 @@ fn torture(duration: Duration) {
          call_local: {} recorded, {} ran; {} forked children checked; \
          stall handler: {} calls, {} panicked; longest wait for a grace period or drain: \
          {longest_wait:.1?}; \
+         writer fences until the stop: {barriers:?}, by phase: {phases:?}; \
          reader grace-period age (pipe) [0, 1, 2+]: {pipe:?}; \
          reader age in updates [0, 1, .., 7+]: {behind:?}",
         flavor(),
@@ -1192,12 +1447,29 @@ fn torture(duration: Duration) {
         get(&stats.forks) > 0 || cfg!(not(target_os = "linux")),
         "no child was forked"
     );
+    if mix == Mix::OnlineOnly {
+        let phases = phases.expect("the run went through its phases");
+        assert_eq!(
+            flavor(),
+            Flavor::Membarrier,
+            "the online-only run is about the membarrier flavor's barrier"
+        );
+        // Online readers only: no grace period sent the barrier.
+        assert_eq!(phases.online_only.expedited, 0, "{phases:?}");
+        assert!(phases.online_only.skipped > 0, "{phases:?}");
+        // Ordinary readers came and went: grace periods sent it.
+        assert!(phases.mixed.expedited > 0, "{phases:?}");
+        // Every ordinary reader gone, every online reader online again:
+        // grace periods skip it again, and none sends it.
+        assert_eq!(phases.online_again.expedited, 0, "{phases:?}");
+        assert!(phases.online_again.skipped > 0, "{phases:?}");
+    }
 }
 
 #[test]
 fn torture_readers_never_see_a_retired_object() {
     within_limit("torture", DEFAULT_RUN + HANG_MARGIN, || {
-        torture(DEFAULT_RUN)
+        torture(DEFAULT_RUN, Mix::Everything)
     });
 }
 
@@ -1207,7 +1479,7 @@ fn torture_readers_never_see_a_retired_object_in_the_fence_flavor() {
     if is_child(TEST) {
         assert_eq!(flavor(), Flavor::Fence);
         within_limit("torture (fence)", DEFAULT_RUN + HANG_MARGIN, || {
-            torture(DEFAULT_RUN)
+            torture(DEFAULT_RUN, Mix::Everything)
         });
         println!("{MARKER}done");
         return;
@@ -1226,17 +1498,77 @@ fn torture_readers_never_see_a_retired_object_in_the_fence_flavor() {
     );
 }
 
-#[test]
-#[ignore = "long: RCU_DEFER_TORTURE_SECS seconds (default 60)"]
-fn torture_long() {
+/// The run's duration of the long tortures: `RCU_DEFER_TORTURE_SECS`
+/// seconds, 60 if unset.
+fn long_run() -> Duration {
     let secs: u64 = match env::var("RCU_DEFER_TORTURE_SECS") {
         Ok(value) => value.parse().unwrap_or_else(|_| {
             panic!("RCU_DEFER_TORTURE_SECS must be a number of seconds, not {value:?}")
         }),
         Err(_) => 60,
     };
-    let duration = Duration::from_secs(secs);
+    Duration::from_secs(secs)
+}
+
+#[test]
+#[ignore = "long: RCU_DEFER_TORTURE_SECS seconds (default 60)"]
+fn torture_long() {
+    let duration = long_run();
     within_limit("long torture", duration + HANG_MARGIN, move || {
-        torture(duration)
+        torture(duration, Mix::Everything)
     });
+}
+
+/// Runs the `Mix::OnlineOnly` torture for `duration` as `test`'s part in a
+/// child process with the library's defaults (no `RCU_DEFER_FLAVOR`): the
+/// expedited barrier is counted process-wide, and the other tortures of
+/// this binary run ordinary readers. Where the kernel offers no membarrier
+/// there is no barrier to skip: the child says so and passes.
+fn online_only_in_child(test: &str, duration: Duration) {
+    if is_child(test) {
+        if !common::kernel_offers_membarrier() {
+            assert_eq!(flavor(), Flavor::Fence);
+            println!(
+                "{MARKER}skip: this kernel offers no membarrier(2), so there is no barrier to skip"
+            );
+            return;
+        }
+        // With the defaults, where the kernel offers it.
+        assert_eq!(flavor(), Flavor::Membarrier);
+        within_limit("torture (online only)", duration + HANG_MARGIN, move || {
+            torture(duration, Mix::OnlineOnly)
+        });
+        println!("{MARKER}done");
+        return;
+    }
+    let mut command = child_command(test);
+    // The long run's test is ignored unless asked for.
+    command.arg("--include-ignored");
+    command.env_remove("RCU_DEFER_FLAVOR");
+    let output = output_within(command, duration + HANG_MARGIN + HANG_MARGIN);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    print!("{stdout}");
+    eprint!("{stderr}");
+    assert!(
+        output.status.success()
+            && (stdout.contains(&format!("{MARKER}done"))
+                || stdout.contains(&format!("{MARKER}skip"))),
+        "the online-only torture failed:\n{stdout}\n{stderr}"
+    );
+}
+
+#[test]
+fn torture_with_online_readers_only_skips_the_barrier_and_sends_it_while_ordinary_readers_come_and_go(
+) {
+    online_only_in_child(
+        "torture_with_online_readers_only_skips_the_barrier_and_sends_it_while_ordinary_readers_come_and_go",
+        DEFAULT_RUN,
+    );
+}
+
+#[test]
+#[ignore = "long: RCU_DEFER_TORTURE_SECS seconds (default 60)"]
+fn torture_long_with_online_readers_only() {
+    online_only_in_child("torture_long_with_online_readers_only", long_run());
 }

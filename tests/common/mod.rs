@@ -237,3 +237,22 @@ pub fn wait_child(pid: libc::pid_t, limit: Duration) -> libc::c_int {
         thread::sleep(Duration::from_millis(2));
     }
 }
+
+/// Whether the kernel offers `membarrier(2)`'s private expedited command,
+/// which the membarrier flavor needs (asked with `MEMBARRIER_CMD_QUERY`).
+#[cfg(target_os = "linux")]
+pub fn kernel_offers_membarrier() -> bool {
+    const MEMBARRIER_CMD_QUERY: libc::c_long = 0;
+    const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
+    // SAFETY: the query command takes no pointer and changes nothing; it
+    // returns the supported commands as a bit mask, or -1.
+    let commands = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0) };
+    commands > 0 && commands & MEMBARRIER_CMD_PRIVATE_EXPEDITED != 0
+}
+
+/// Whether the kernel offers `membarrier(2)`'s private expedited command:
+/// not on this system.
+#[cfg(not(target_os = "linux"))]
+pub fn kernel_offers_membarrier() -> bool {
+    false
+}
