@@ -16,6 +16,8 @@ pub mod seccomp;
 #[cfg(target_os = "linux")]
 pub mod raw_thread;
 
+pub mod reports;
+
 use std::env;
 use std::panic::resume_unwind;
 use std::process::{Command, Output, Stdio};
