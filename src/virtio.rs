@@ -270,15 +270,17 @@ mod eventfd {
         /// # Panics
         ///
         /// Inside a read section, unless `timeout` is zero (a poll that
-        /// never blocks): blocking there holds up every grace period, and on
-        /// a device thread it also holds back the notifications that the
-        /// section has batched, which may be what the wait is waiting for.
-        /// The message names where the section was entered (see
-        /// [`assert_may_block`](crate::assert_may_block)).
+        /// never blocks): blocking there keeps the section open, which
+        /// holds back the guest notifications the section has batched
+        /// (so a peer that writes this eventfd only after one of them
+        /// arrives never does) and holds up every grace period. The
+        /// message names where the section was entered and how many
+        /// notifications it holds. Also in the stall handler, as
+        /// [`assert_may_block`](crate::assert_may_block) does.
         #[track_caller]
         pub fn wait(&self, timeout: Option<Duration>) -> io::Result<u64> {
             if timeout != Some(Duration::ZERO) {
-                crate::detect::assert_may_block("EventFd::wait");
+                crate::detect::assert_may_wait_for_peer("EventFd::wait");
             }
             loop {
                 if !wait_readable(self.fd.as_fd(), timeout)? {
