@@ -76,7 +76,8 @@
 //! two of each kind). The default run takes about 2 s per flavor (the
 //! default flavor in this process, the fence flavor in a child process, at
 //! the same time); `torture_long` (ignored by default) runs for
-//! `RCU_DEFER_TORTURE_SECS` seconds (60 if unset):
+//! `RCU_DEFER_TORTURE_SECS` seconds (60 if unset; a positive number, whole
+//! or decimal, e.g. `1.5`):
 //!
 //! ```text
 //! RCU_DEFER_TORTURE_SECS=600 cargo test --release --test torture -- --ignored --nocapture
@@ -1229,14 +1230,34 @@ fn torture_readers_never_see_a_retired_object_in_the_fence_flavor() {
 #[test]
 #[ignore = "long: RCU_DEFER_TORTURE_SECS seconds (default 60)"]
 fn torture_long() {
-    let secs: u64 = match env::var("RCU_DEFER_TORTURE_SECS") {
-        Ok(value) => value.parse().unwrap_or_else(|_| {
-            panic!("RCU_DEFER_TORTURE_SECS must be a number of seconds, not {value:?}")
-        }),
-        Err(_) => 60,
-    };
-    let duration = Duration::from_secs(secs);
+    let duration = common::from_env(
+        "RCU_DEFER_TORTURE_SECS",
+        Duration::from_secs(60),
+        common::parse_secs,
+    );
     within_limit("long torture", duration + HANG_MARGIN, move || {
         torture(duration)
     });
+}
+
+/// Claim: `RCU_DEFER_TORTURE_SECS` takes whole and decimal seconds, and
+/// refuses zero (a run that tests nothing and passes) and garbage with a
+/// message naming the variable and what it accepts.
+#[test]
+fn the_torture_duration_setting_takes_decimal_seconds_and_refuses_zero() {
+    const NAME: &str = "RCU_DEFER_TORTURE_SECS";
+    let parse = |value| common::parse_secs(NAME, value);
+    assert_eq!(parse("600"), Ok(Duration::from_secs(600)));
+    assert_eq!(parse("1.5"), Ok(Duration::from_millis(1500)));
+    assert_eq!(parse(" 0.25 "), Ok(Duration::from_millis(250)));
+    for refused in [
+        "0", "0.0", "-3", "1e-12", "inf", "NaN", "", "ten", "1.5s", "60 s",
+    ] {
+        let message = parse(refused).expect_err(refused);
+        assert!(
+            message.starts_with("RCU_DEFER_TORTURE_SECS must be a positive number of seconds")
+                && message.ends_with(&format!("not {refused:?}")),
+            "{message}"
+        );
+    }
 }
