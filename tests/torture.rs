@@ -93,7 +93,6 @@ use rcu_defer::{
 };
 use std::any::Any;
 use std::collections::VecDeque;
-use std::env;
 use std::panic::{panic_any, resume_unwind, set_hook, take_hook};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
@@ -1011,6 +1010,12 @@ fn spawn<T: Send + 'static>(
 /// Runs the torture for `duration` and prints what happened.
 fn torture(duration: Duration) {
     hush_handler_panics();
+    // rcu-defer reports each panic of the stall handler that it catches:
+    // expected, counted below.
+    let handler_panic_reports = common::reports::expect("the stall handler's panics", |report| {
+        report.kind() == rcu_defer::ReportKind::CallbackPanicked
+            && report.message().contains(HANDLER_PANIC)
+    });
     set_stall_timeout(Some(STALL_TIMEOUT));
     set_stall_handler(panicking_stall_handler);
     let cpus = cpus();
@@ -1178,6 +1183,21 @@ fn torture(duration: Duration) {
     assert!(
         STALL_PANICS.load(Ordering::SeqCst) > 0,
         "the stall handler never panicked: no grace period waited {STALL_TIMEOUT:?}"
+    );
+    // Each caught panic is reported once, as the stall handler's: read
+    // after the count, as a panic is counted before it is reported.
+    let handler_panics = STALL_PANICS.load(Ordering::SeqCst);
+    let reported = handler_panic_reports.taken();
+    assert!(
+        !reported.is_empty() && reported.len() <= handler_panics,
+        "{} report(s) of the stall handler's {handler_panics} panic(s)",
+        reported.len()
+    );
+    assert!(
+        reported
+            .iter()
+            .all(|r| r.message().starts_with("the stall handler panicked: ")),
+        "{reported:?}"
     );
     // The run did something: every thread ran its loop at least once (each
     // checks `stop` only after an iteration's work, and the first check
