@@ -75,7 +75,8 @@ pub fn parse_secs(name: &str, value: &str) -> Result<Duration, String> {
         )
     };
     let secs: f64 = value.trim().parse().map_err(|_| refuse())?;
-    if !(secs > 0.0) {
+    // Refuses NaN too (`try_from_secs_f64` refuses infinity and negatives).
+    if secs.is_nan() {
         return Err(refuse());
     }
     match Duration::try_from_secs_f64(secs) {
