@@ -507,6 +507,44 @@ pub(crate) fn check_may_wait(op: &'static str) -> Result<(), Error> {
     }
 }
 
+/// Panics if the calling thread is inside a read section (or the stall
+/// handler), for a wait for another party: [`EventFd::wait`] waits for a
+/// peer to write the eventfd, not for a grace period, so the message says
+/// what such a wait does to the section instead of `check_may_wait`'s
+/// "would wait for that section to end".
+///
+/// [`EventFd::wait`]: crate::virtio::EventFd::wait
+#[cfg(target_os = "linux")]
+#[track_caller]
+pub(crate) fn assert_may_wait_for_peer(op: &'static str) {
+    match check_may_wait(op) {
+        Ok(()) => {}
+        Err(Error::InReadSection {
+            depth, entered_at, ..
+        }) => {
+            let queued = crate::reader::queued_section_calls();
+            panic!(
+                "{op} was called inside a read section (depth {depth}, outermost section entered \
+                 at {entered_at}), which holds {queued} queued guest notification(s) \
+                 (IrqNotifier::notify in it); blocking there keeps the section open for as \
+                 long as it waits: the notifications it has queued, and any queued later, are \
+                 not sent until its outermost guard drops, so a peer that waits for one of them \
+                 before it writes this eventfd (a driver that kicks again only after its \
+                 interrupt) never writes it and this wait never returns, and meanwhile every \
+                 grace period (synchronize_rcu, drain_call_rcu, the frees of call_rcu and \
+                 RcuCell::replace) waits for this thread. End the section before waiting, or \
+                 poll with a zero timeout"
+            );
+        }
+        Err(Error::InStallHandler { .. }) => panic!(
+            "{op} was called from the stall handler, which runs inside the stalled grace \
+             period: blocking there holds that grace period, and every writer waiting for it, \
+             for as long as it waits"
+        ),
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// Panics if the calling thread is inside a read section.
 ///
 /// Call it at the top of your own functions that may block or wait for a

@@ -1193,6 +1193,16 @@ pub(crate) fn current_section() -> Option<(usize, Option<&'static Location<'stat
         .flatten()
 }
 
+/// How many calls the calling thread's current section has queued to run
+/// at its end (`record_section_call`: the signals queued by
+/// `IrqNotifier::notify`, one per notifier); 0 outside a section.
+#[cfg(target_os = "linux")]
+pub(crate) fn queued_section_calls() -> usize {
+    LOCAL
+        .try_with(|local| local.section_calls.pending())
+        .unwrap_or(0)
+}
+
 /// A number that identifies the calling thread among the threads alive now
 /// (the address of its reader state): a thread that exits may see its token
 /// reused by a later thread, never by one alive at the same time.

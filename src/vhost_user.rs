@@ -86,7 +86,7 @@
 
 use crate::reader::read_lock;
 use crate::report::report;
-use crate::virtio::{IrqNotifier, Notify};
+use crate::virtio::{full_counter_is_delivered, IrqNotifier, Notify};
 use crate::vm::GuestMemoryRcu;
 use crate::RcuCell;
 use std::fmt;
@@ -155,7 +155,9 @@ impl fmt::Debug for CallNotifier {
 }
 
 impl Notify for CallNotifier {
-    /// One eventfd write (adds 1 to its counter); takes no lock.
+    /// One eventfd write (adds 1 to its counter); takes no lock. A full
+    /// counter (`EAGAIN`: a signal is pending already, the frontend's
+    /// eventfd is non-blocking) counts as delivered.
     fn signal(&self) -> io::Result<()> {
         let guard = read_lock();
         let Some(file) = self.fd.read(&guard).as_ref() else {
@@ -164,12 +166,13 @@ impl Notify for CallNotifier {
                 "the frontend has set no call eventfd for the queue",
             ));
         };
-        match (&*file).write(&1u64.to_ne_bytes())? {
-            8 => Ok(()),
-            n => Err(io::Error::new(
+        match (&*file).write(&1u64.to_ne_bytes()) {
+            Ok(8) => Ok(()),
+            Ok(n) => Err(io::Error::new(
                 io::ErrorKind::WriteZero,
                 format!("a write to the call eventfd took {n} bytes, not 8"),
             )),
+            Err(e) => full_counter_is_delivered(Err(e)),
         }
     }
 }

@@ -242,7 +242,10 @@ mod eventfd {
         /// # Errors
         ///
         /// `WouldBlock` if the counter is full (it never blocks), or the
-        /// error of write(2).
+        /// error of write(2). A full counter means a signal is pending
+        /// already, so the reader wakes anyway: the [`Notify`] impl, which
+        /// [`IrqNotifier`](super::IrqNotifier) calls, counts it as
+        /// delivered.
         pub fn signal(&self) -> io::Result<()> {
             eventfd_add(self.fd.as_fd(), 1)
         }
@@ -267,15 +270,17 @@ mod eventfd {
         /// # Panics
         ///
         /// Inside a read section, unless `timeout` is zero (a poll that
-        /// never blocks): blocking there holds up every grace period, and on
-        /// a device thread it also holds back the notifications that the
-        /// section has batched, which may be what the wait is waiting for.
-        /// The message names where the section was entered (see
-        /// [`assert_may_block`](crate::assert_may_block)).
+        /// never blocks): blocking there keeps the section open, which
+        /// holds back the guest notifications the section has batched
+        /// (so a peer that writes this eventfd only after one of them
+        /// arrives never does) and holds up every grace period. The
+        /// message names where the section was entered and how many
+        /// notifications it holds. Also in the stall handler, as
+        /// [`assert_may_block`](crate::assert_may_block) does.
         #[track_caller]
         pub fn wait(&self, timeout: Option<Duration>) -> io::Result<u64> {
             if timeout != Some(Duration::ZERO) {
-                crate::detect::assert_may_block("EventFd::wait");
+                crate::detect::assert_may_wait_for_peer("EventFd::wait");
             }
             loop {
                 if !wait_readable(self.fd.as_fd(), timeout)? {
@@ -291,8 +296,10 @@ mod eventfd {
     }
 
     impl Notify for EventFd {
+        /// One eventfd write of 1; a full counter (`EAGAIN`) counts as
+        /// delivered, as a signal is pending already.
         fn signal(&self) -> io::Result<()> {
-            EventFd::signal(self)
+            super::full_counter_is_delivered(EventFd::signal(self))
         }
     }
 
@@ -319,9 +326,12 @@ mod eventfd {
 #[cfg(all(target_os = "linux", feature = "vmm-sys-util"))]
 #[cfg_attr(docsrs, doc(cfg(all(target_os = "linux", feature = "vmm-sys-util"))))]
 impl Notify for vmm_sys_util::eventfd::EventFd {
-    /// One eventfd write of 1.
+    /// One eventfd write of 1; a full counter (`EAGAIN`, on an eventfd made
+    /// with `EFD_NONBLOCK`) counts as delivered, as a signal is pending
+    /// already. (Made without it, the write would block on a full counter:
+    /// give a notifier a non-blocking eventfd.)
     fn signal(&self) -> io::Result<()> {
-        self.write(1)
+        full_counter_is_delivered(self.write(1))
     }
 }
 
@@ -334,9 +344,26 @@ impl Notify for vmm_sys_util::eventfd::EventFd {
     doc(cfg(all(target_os = "linux", feature = "vhost-user-backend")))
 )]
 impl Notify for vmm_sys_util::event::EventNotifier {
-    /// One eventfd write of 1 (`EventNotifier::notify`).
+    /// One eventfd write of 1 (`EventNotifier::notify`); a full counter
+    /// (`EAGAIN`) counts as delivered, as a signal is pending already.
     fn signal(&self) -> io::Result<()> {
-        self.notify()
+        full_counter_is_delivered(self.notify())
+    }
+}
+
+/// The result of an eventfd write of 1 as a guest notification.
+///
+/// A non-blocking eventfd write fails with `EAGAIN` (`WouldBlock`) only
+/// when the counter is at its maximum (2^64 - 2): a signal is pending
+/// already, and the reader (the guest's interrupt, a driver's poll) wakes
+/// for it just as it would for this one, so the notification is delivered,
+/// not lost. Counting it as a failure would report a healthy device that
+/// the guest is slow to acknowledge.
+#[cfg(target_os = "linux")]
+pub(crate) fn full_counter_is_delivered(written: io::Result<()>) -> io::Result<()> {
+    match written {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        other => other,
     }
 }
 
@@ -346,7 +373,9 @@ pub struct NotifyStats {
     /// Notifications requested ([`IrqNotifier::notify`] and
     /// [`IrqNotifier::notify_now`] calls).
     pub requested: u64,
-    /// Signals actually sent (e.g. eventfd writes that succeeded).
+    /// Signals delivered: eventfd writes that succeeded, or that found the
+    /// counter full (`EAGAIN`: a signal is pending already, and the reader
+    /// wakes for it; the eventfd impls of [`Notify`] return `Ok` then).
     pub signalled: u64,
     /// Signals that failed; the first failure is also reported (see
     /// [`set_report_handler`](crate::set_report_handler)).

@@ -1,5 +1,7 @@
 //! Claims about `call_local`, `call_local_fn` and defer scopes.
 
+mod common;
+
 use rcu_defer::{
     call_local, call_local_fn, defer_scope, drain_call_rcu, in_read_section, read_lock,
     synchronize_rcu,
@@ -310,6 +312,12 @@ fn a_panicking_callback_does_not_stop_the_others_and_the_first_panic_resumes() {
 
 #[test]
 fn a_panicking_callback_while_unwinding_is_reported_and_dropped_without_aborting() {
+    let report = common::reports::expect("the dropped panic", |report| {
+        report.kind() == rcu_defer::ReportKind::CallbackPanicked
+            && report
+                .message()
+                .contains("callback failure during unwinding")
+    });
     take_log();
     let result = catch_unwind(AssertUnwindSafe(|| {
         let _g = read_lock();
@@ -326,6 +334,12 @@ fn a_panicking_callback_while_unwinding_is_reported_and_dropped_without_aborting
     assert_eq!(
         take_log(),
         ["ran during unwinding", "ran after the failing one"]
+    );
+    let report = report.next();
+    assert_eq!(
+        report.message(),
+        "a deferred call panicked while the thread was already unwinding: callback failure \
+         during unwinding; the panic is dropped"
     );
 }
 

@@ -11,7 +11,7 @@ mod common;
 
 use rcu_defer::virtio::{EventFd, IrqNotifier};
 use rcu_defer::{call_local, call_local_fn, defer_scope, in_read_section, read_lock};
-use rcu_defer::{DeferScope, ReadGuard};
+use rcu_defer::{DeferScope, ReadGuard, ReportKind};
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -108,23 +108,53 @@ fn record_calls(count: &Arc<AtomicUsize>, log: &Log) {
     });
 }
 
-/// Runs `f` on a thread of its own and waits until the thread has exited,
-/// its thread-local destructors included.
-fn on_an_exiting_thread(f: impl FnOnce() + Send + 'static) {
+/// Runs `f` on a thread of its own named `name` and waits until the
+/// thread has exited, its thread-local destructors included.
+fn on_an_exiting_thread(name: &str, f: impl FnOnce() + Send + 'static) {
+    let name = name.to_owned();
     common::within("a thread that exits with a held section", move || {
-        thread::spawn(f)
+        thread::Builder::new()
+            .name(name)
+            .spawn(f)
+            .expect("spawning a thread")
             .join()
             .expect("the exiting thread panicked");
     });
 }
 
+/// Expects the report that the thread named `name` exits inside a read
+/// section (its guard is held by a thread-local destroyed later).
+fn exit_in_section_report(name: &'static str) -> common::reports::Expected {
+    common::reports::expect("a thread's exit inside a read section", move |report| {
+        report.kind() == ReportKind::ExitInSection
+            && report.message().contains(&format!("thread '{name}'"))
+    })
+}
+
+/// Checks an [`exit_in_section_report`]: it names the section's depth and
+/// where in this file it was entered.
+fn check_exit_in_section_report(expected: &common::reports::Expected) {
+    let report = expected.next();
+    assert!(
+        report.message().contains(concat!(
+            "is exiting inside a read section (depth 1, entered at ",
+            file!(),
+            ":"
+        )),
+        "{report}"
+    );
+    assert!(expected.taken().is_empty(), "reported once");
+}
+
 #[test]
 fn calls_deferred_in_a_section_held_by_a_thread_local_run_when_it_is_destroyed() {
+    const NAME: &str = "held-section";
+    let report = exit_in_section_report(NAME);
     let count = Arc::new(AtomicUsize::new(0));
     let log: Log = Arc::default();
     {
         let (count, log) = (Arc::clone(&count), Arc::clone(&log));
-        on_an_exiting_thread(move || {
+        on_an_exiting_thread(NAME, move || {
             // First use before the thread's first read_lock and deferred
             // call: destroyed after the library's exit-time thread-locals.
             HELD_GUARD.with(|held| assert!(held.borrow().is_none()));
@@ -147,15 +177,20 @@ fn calls_deferred_in_a_section_held_by_a_thread_local_run_when_it_is_destroyed()
             "closure (inside a section: false)",
         ]
     );
+    check_exit_in_section_report(&report);
 }
 
 #[test]
 fn calls_deferred_in_a_defer_scope_held_by_a_thread_local_run_when_it_is_destroyed() {
+    let report = common::reports::expect("a thread's exit inside a defer scope", |report| {
+        report.kind() == ReportKind::ExitInSection
+            && report.message().contains("exiting inside a defer scope")
+    });
     let count = Arc::new(AtomicUsize::new(0));
     let log: Log = Arc::default();
     {
         let (count, log) = (Arc::clone(&count), Arc::clone(&log));
-        on_an_exiting_thread(move || {
+        on_an_exiting_thread("held-scope", move || {
             HELD_SCOPE.with(|held| assert!(held.borrow().is_none()));
             let scope = defer_scope();
             HELD_SCOPE.with(|held| {
@@ -176,10 +211,19 @@ fn calls_deferred_in_a_defer_scope_held_by_a_thread_local_run_when_it_is_destroy
             "closure (inside a section: false)",
         ]
     );
+    let report = report.next();
+    assert!(
+        report.message().starts_with(
+            "a thread is exiting inside a defer scope (1 open) with 2 deferred call(s)"
+        ),
+        "{report}"
+    );
 }
 
 #[test]
 fn calls_deferred_by_a_later_destructor_inside_the_held_section_run_at_its_end() {
+    const NAME: &str = "held-section-late-call";
+    let report = exit_in_section_report(NAME);
     let count = Arc::new(AtomicUsize::new(0));
     let late_count = Arc::new(AtomicUsize::new(0));
     let log: Log = Arc::default();
@@ -189,7 +233,7 @@ fn calls_deferred_by_a_later_destructor_inside_the_held_section_run_at_its_end()
             Arc::clone(&late_count),
             Arc::clone(&log),
         );
-        on_an_exiting_thread(move || {
+        on_an_exiting_thread(NAME, move || {
             HELD_GUARD.with(|held| assert!(held.borrow().is_none()));
             let guard = read_lock();
             // First used after the guard's thread-local (destroyed before
@@ -225,14 +269,17 @@ fn calls_deferred_by_a_later_destructor_inside_the_held_section_run_at_its_end()
             "late closure (inside a section: false)",
         ]
     );
+    check_exit_in_section_report(&report);
 }
 
 #[test]
 fn an_irq_notification_in_a_section_held_by_a_thread_local_signals_the_guest_at_thread_exit() {
+    const NAME: &str = "held-section-irq";
+    let report = exit_in_section_report(NAME);
     let irq = IrqNotifier::new(EventFd::new().expect("an eventfd"));
     {
         let irq = Arc::clone(&irq);
-        on_an_exiting_thread(move || {
+        on_an_exiting_thread(NAME, move || {
             HELD_GUARD.with(|held| assert!(held.borrow().is_none()));
             let guard = read_lock();
             HELD_GUARD.with(|held| {
@@ -255,6 +302,7 @@ fn an_irq_notification_in_a_section_held_by_a_thread_local_signals_the_guest_at_
     let stats = irq.stats();
     assert_eq!(stats.requested, 2);
     assert_eq!(stats.signalled, 1, "one signal for the section");
+    check_exit_in_section_report(&report);
 }
 
 #[test]
@@ -263,7 +311,7 @@ fn calls_deferred_in_a_section_opened_by_a_destructor_after_the_cleanup_run_at_i
     let log: Log = Arc::default();
     {
         let (count, log) = (Arc::clone(&count), Arc::clone(&log));
-        on_an_exiting_thread(move || {
+        on_an_exiting_thread("section-after-cleanup", move || {
             // First used before the first deferred call: destroyed after
             // the library's exit-time cleanup, with no section open then.
             SECTION_ON_DROP.with(|d| {

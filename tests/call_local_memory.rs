@@ -4,6 +4,8 @@
 //! measures live heap bytes with nothing else in the process allocating
 //! (its tests take turns).
 
+mod common;
+
 use rcu_defer::{call_local_fn, read_lock, ReadGuard};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::RefCell;
@@ -125,17 +127,35 @@ thread_local! {
 /// lives in a thread-local, and exits: the section ends, and the calls
 /// run, after the library's exit-time cleanup. Waits until it has exited.
 fn exit_inside_a_held_section(n: usize, count: &Arc<AtomicUsize>) {
+    const NAME: &str = "exits-in-a-held-section";
+    // The library reports the exit inside a section (the guard's
+    // thread-local ends it later): expected, and checked.
+    let report = common::reports::expect("the exit inside a held section", |report| {
+        report.kind() == rcu_defer::ReportKind::ExitInSection
+            && report.message().contains(&format!("thread '{NAME}'"))
+    });
     let count = Arc::clone(count);
-    thread::spawn(move || {
-        // Used before the first read_lock: destroyed after the library's
-        // exit-time thread-locals.
-        HELD.with(|held| assert!(held.borrow().is_none()));
-        let guard = read_lock();
-        HELD.with(|held| *held.borrow_mut() = Some(guard));
-        defer_bumps(n, &count);
-    })
-    .join()
-    .expect("the exiting thread panicked");
+    thread::Builder::new()
+        .name(NAME.to_owned())
+        .spawn(move || {
+            // Used before the first read_lock: destroyed after the library's
+            // exit-time thread-locals.
+            HELD.with(|held| assert!(held.borrow().is_none()));
+            let guard = read_lock();
+            HELD.with(|held| *held.borrow_mut() = Some(guard));
+            defer_bumps(n, &count);
+        })
+        .expect("spawning a thread")
+        .join()
+        .expect("the exiting thread panicked");
+    let report = report.next();
+    assert!(
+        report.message().contains(concat!(
+            "is exiting inside a read section (depth 1, entered at ",
+            file!()
+        )),
+        "{report}"
+    );
 }
 
 /// How far above its baseline the live heap may be after a thread exited:

@@ -219,6 +219,11 @@ fn concurrent_drains_from_many_threads_all_complete() {
 
 #[test]
 fn a_panicking_callback_is_caught_and_later_callbacks_and_drain_still_work() {
+    // Each caught panic is reported: expected, and checked below.
+    let reports = common::reports::expect("the callbacks' panics", |report| {
+        report.kind() == rcu_defer::ReportKind::CallbackPanicked
+            && report.message().contains("deliberate panic")
+    });
     within("panicking callback", || {
         let ran = Arc::new(AtomicUsize::new(0));
         call_rcu(|| panic!("deliberate panic in a call_rcu callback"));
@@ -247,6 +252,19 @@ fn a_panicking_callback_is_caught_and_later_callbacks_and_drain_still_work() {
         });
         assert_eq!(recv(&rx, "a callback").as_deref(), Some("rcu-call"));
     });
+    let messages: Vec<String> = [reports.next(), reports.next()]
+        .iter()
+        .map(|r| r.message().to_owned())
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "a call_rcu callback panicked: deliberate panic in a call_rcu callback; the rcu-call \
+             thread goes on",
+            "a call_rcu callback panicked: another deliberate panic; the rcu-call thread goes on",
+        ]
+    );
+    assert!(reports.taken().is_empty(), "each panic is reported once");
 }
 
 #[test]

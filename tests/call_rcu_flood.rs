@@ -15,7 +15,8 @@
 //!
 //! The 10M flood takes 5 to 11 s in a debug build and 2 to 5 s with
 //! `--release` on a loaded 2-core machine, so it is the default;
-//! `RCU_DEFER_FLOOD_COUNT` changes its size:
+//! `RCU_DEFER_FLOOD_COUNT` changes its size (a positive whole number; a
+//! flood of 1M or fewer runs alone, with no comparison):
 //!
 //! ```text
 //! RCU_DEFER_FLOOD_COUNT=50000000 cargo test --release --test call_rcu_flood -- --nocapture
@@ -339,10 +340,9 @@ fn flood(count: usize) -> Figures {
 /// The child's part: floods `RCU_DEFER_FLOOD_CHILD_COUNT` callbacks and
 /// prints the figures as marker lines.
 fn child(test: &str) {
-    let count: usize = env::var("RCU_DEFER_FLOOD_CHILD_COUNT")
-        .expect("the parent sets the count")
-        .parse()
-        .expect("a count");
+    let count = env::var("RCU_DEFER_FLOOD_CHILD_COUNT").expect("the parent sets the count");
+    let count = common::parse_count("RCU_DEFER_FLOOD_CHILD_COUNT", &count)
+        .unwrap_or_else(|message| panic!("{message}"));
     let f = within_limit(test, HANG_LIMIT, move || flood(count));
     let ms = |d: Duration| d.as_millis();
     println!("{MARKER}count={}", f.count);
@@ -461,24 +461,61 @@ fn a_flood_of_call_rcu_runs_every_callback_once_in_bounded_memory() {
         child(TEST);
         return;
     }
-    let big = match env::var("RCU_DEFER_FLOOD_COUNT") {
-        Ok(value) => value
-            .parse()
-            .unwrap_or_else(|_| panic!("RCU_DEFER_FLOOD_COUNT must be a count, not {value:?}")),
-        Err(_) => BIG,
-    };
-    // One after the other, so that they do not compete for the CPUs.
-    let small = flood_in_child(TEST, SMALL.min(big));
+    let big = common::from_env("RCU_DEFER_FLOOD_COUNT", BIG, common::parse_count);
+    // One after the other, so that they do not compete for the CPUs. A
+    // flood no bigger than the comparison one runs alone: there is nothing
+    // to compare it with.
+    let small = (big > SMALL).then(|| flood_in_child(TEST, SMALL));
     let big = flood_in_child(TEST, big);
-    eprintln!(
-        "call_rcu flood: {}x the callbacks, {:.1}x the peak growth, {:.1}x the peak backlog",
-        big.count / small.count.max(1),
-        big.peak_growth_kib() as f64 / small.peak_growth_kib().max(1) as f64,
-        big.peak_backlog as f64 / small.peak_backlog.max(1) as f64,
-    );
-    let violations: Vec<String> = [&small, &big]
-        .into_iter()
+    match &small {
+        Some(small) => eprintln!(
+            "call_rcu flood: {:.1}x the callbacks, {:.1}x the peak growth, {:.1}x the peak \
+             backlog",
+            big.count as f64 / small.count.max(1) as f64,
+            big.peak_growth_kib() as f64 / small.peak_growth_kib().max(1) as f64,
+            big.peak_backlog as f64 / small.peak_backlog.max(1) as f64,
+        ),
+        None => eprintln!(
+            "call_rcu flood: {} callbacks, no more than the {SMALL} of the comparison flood, \
+             so it runs alone",
+            big.count
+        ),
+    }
+    let violations: Vec<String> = small
+        .iter()
+        .chain([&big])
         .flat_map(memory_violations)
         .collect();
     assert!(violations.is_empty(), "{}", violations.join("\n"));
+}
+
+/// Claim: `RCU_DEFER_FLOOD_COUNT` takes a positive whole number (digits
+/// perhaps grouped with `_`), and refuses zero (a flood of nothing, which
+/// proves nothing) and garbage with a message naming the variable and what
+/// it accepts.
+#[test]
+fn the_flood_count_setting_takes_positive_counts_and_refuses_zero() {
+    const NAME: &str = "RCU_DEFER_FLOOD_COUNT";
+    let parse = |value| common::parse_count(NAME, value);
+    assert_eq!(parse("50000000"), Ok(50_000_000));
+    assert_eq!(parse("50_000_000"), Ok(50_000_000));
+    assert_eq!(parse("1"), Ok(1));
+    for refused in [
+        "0",
+        "000",
+        "-5",
+        "1.5",
+        "1e7",
+        "",
+        "_",
+        "ten",
+        "99999999999999999999999",
+    ] {
+        let message = parse(refused).expect_err(refused);
+        assert!(
+            message.starts_with("RCU_DEFER_FLOOD_COUNT must be a positive whole number")
+                && message.ends_with(&format!("not {refused:?}")),
+            "{message}"
+        );
+    }
 }

@@ -466,9 +466,35 @@ fn eventfd_wait_inside_a_section_panics_naming_it_unless_it_cannot_block() {
         let (guard, line) = read_lock_here!();
         let message = panic_message_of(|| drop(eventfd.wait(None)));
         assert_names(&message, "EventFd::wait", 1, line);
+        // What goes wrong is not a wait for the section's end (as for a
+        // grace period) but what the open section holds back.
+        assert!(
+            !message.contains("wait for that section to end"),
+            "{message}"
+        );
+        assert!(
+            message.contains("holds 0 queued guest notification(s)"),
+            "{message}"
+        );
+        assert!(message.contains("never writes it"), "{message}");
+        assert!(message.contains("every grace period"), "{message}");
+        // With a notification queued, the message counts it.
+        let irq = rcu_defer::virtio::IrqNotifier::new(rcu_defer::virtio::EventFd::new().unwrap());
+        irq.notify();
+        let message = panic_message_of(|| drop(eventfd.wait(Some(Duration::from_secs(5)))));
+        assert_names(&message, "EventFd::wait", 1, line);
+        assert!(
+            message.contains("holds 1 queued guest notification(s)"),
+            "{message}"
+        );
         // A zero timeout is a poll: it never blocks, so it is allowed.
         assert_eq!(eventfd.wait(Some(Duration::ZERO)).unwrap(), 0);
         drop(guard);
+        assert_eq!(
+            irq.notifier().consume().unwrap(),
+            1,
+            "sent as the section ended"
+        );
         eventfd.signal().unwrap();
         assert_eq!(eventfd.wait(None).unwrap(), 1);
     });

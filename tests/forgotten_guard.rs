@@ -9,12 +9,17 @@
 //! thread. This test is alone in its binary because the leaked section
 //! blocks grace periods in this process forever.
 
-use rcu_defer::{synchronize_rcu_timeout, Error};
+mod common;
+
+use rcu_defer::{synchronize_rcu_timeout, Error, ReportKind};
 use std::thread;
 use std::time::Duration;
 
 #[test]
 fn a_thread_that_exits_with_a_forgotten_guard_is_named_as_exited_in_the_report() {
+    let exit_report = common::reports::expect("the leaky thread's exit", |report| {
+        report.kind() == ReportKind::ExitInSection && report.message().contains("'leaky'")
+    });
     let line = thread::Builder::new()
         .name("leaky".to_owned())
         .spawn(|| {
@@ -40,4 +45,17 @@ fn a_thread_that_exits_with_a_forgotten_guard_is_named_as_exited_in_the_report()
     let at = reader.entered_at().unwrap();
     assert_eq!((at.file(), at.line()), (file!(), line));
     assert!(report.to_string().contains("exited"), "{report}");
+    // The exit itself was reported, naming the thread and the section's
+    // entry, and saying that a leaked guard never ends it.
+    let exit_report = exit_report.next();
+    let message = exit_report.message();
+    assert!(
+        message.starts_with("thread 'leaky' (")
+            && message.contains(&format!(
+                "is exiting inside a read section (depth 1, entered at {}:{line}:",
+                file!()
+            ))
+            && message.contains("a leaked guard never does"),
+        "{message}"
+    );
 }

@@ -878,15 +878,36 @@ fn a_childs_rcu_call_thread_survives_a_panicking_callback() {
     // after it run.
     let _serial = serial();
     child_passes("a panicking callback in a child", || {
+        // In the child only: the deliberate panic is not printed, and the
+        // report of it comes here, to be checked, not to stderr.
+        const PANIC: &str = "a callback that fails in the child";
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if common::panic_text(info.payload()) != PANIC {
+                previous(info);
+            }
+        }));
+        let (reports_tx, reports) = mpsc::channel();
+        rcu_defer::set_report_handler(move |report| {
+            let _ = reports_tx.send((report.kind(), report.message().to_owned()));
+        });
         let ran = Arc::new(AtomicUsize::new(0));
         let (first, second) = (Arc::clone(&ran), Arc::clone(&ran));
         call_rcu(move || bump(&first));
-        call_rcu(|| panic!("a callback that fails in the child"));
+        call_rcu(|| panic!("{PANIC}"));
         call_rcu(move || bump(&second));
         drain_call_rcu_timeout(FEW_SECONDS).map_err(|e| format!("drain_call_rcu: {e}"))?;
         let n = ran.load(Ordering::SeqCst);
         ensure(n == 2, || {
             format!("{n} of the 2 callbacks around the panicking one ran")
+        })?;
+        let reports: Vec<_> = reports.try_iter().collect();
+        let want = (
+            rcu_defer::ReportKind::CallbackPanicked,
+            format!("a call_rcu callback panicked: {PANIC}; the rcu-call thread goes on"),
+        );
+        ensure(reports == [want], || {
+            format!("the panic is not reported once as a callback's: {reports:?}")
         })?;
         // The worker is still there for a second batch.
         a_callback_runs_by_the_drain()

@@ -183,16 +183,25 @@ thread_local! {
 
 #[test]
 fn a_guard_kept_in_a_thread_local_ends_its_section_when_the_thread_exits() {
+    // The library reports the exit inside a section before the guard's
+    // thread-local ends it: expected, and checked below.
+    let report = common::reports::expect("the exit with a guard in a thread-local", |report| {
+        report.kind() == rcu_defer::ReportKind::ExitInSection
+            && report.message().contains("'guard-in-thread-local'")
+    });
     within("guard in thread-local", || {
         let (entered_tx, entered_rx) = mpsc::channel();
         let (exit_tx, exit_rx) = mpsc::channel::<()>();
-        let reader = thread::spawn(move || {
-            HELD_UNTIL_EXIT.with(|held| *held.borrow_mut() = Some(read_lock()));
-            entered_tx.send(()).unwrap();
-            exit_rx.recv().unwrap();
-            // The thread exits with its guard still in the thread-local; its
-            // destructor (in either order with the library's own) drops it.
-        });
+        let reader = thread::Builder::new()
+            .name("guard-in-thread-local".into())
+            .spawn(move || {
+                HELD_UNTIL_EXIT.with(|held| *held.borrow_mut() = Some(read_lock()));
+                entered_tx.send(()).unwrap();
+                exit_rx.recv().unwrap();
+                // The thread exits with its guard still in the thread-local; its
+                // destructor (in either order with the library's own) drops it.
+            })
+            .unwrap();
         recv(&entered_rx, "the reader to enter");
         let writer = thread::spawn(synchronize_rcu);
         thread::sleep(Duration::from_millis(100));
@@ -205,6 +214,14 @@ fn a_guard_kept_in_a_thread_local_ends_its_section_when_the_thread_exits() {
         writer.join().unwrap();
         synchronize_rcu();
     });
+    let report = report.next();
+    assert!(
+        report.message().contains(concat!(
+            "is exiting inside a read section (depth 1, entered at ",
+            file!()
+        )),
+        "{report}"
+    );
 }
 
 struct ReadsOnDrop(mpsc::Sender<usize>);

@@ -339,14 +339,30 @@ fn a_thread_that_registers_and_exits_a_thousand_times_does_not_grow_the_registry
     for _ in 0..1000 {
         thread::spawn(|| drop(read_lock())).join().unwrap();
     }
+    // The exit inside a section is reported: expected, and checked.
+    let report = common::reports::expect("the exit inside a section", |report| {
+        report.kind() == rcu_defer::ReportKind::ExitInSection
+            && report.message().contains("'exits-in-a-section'")
+    });
     let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        HELD_AT_EXIT.with(|held| *held.borrow_mut() = Some(read_lock()));
-        tx.send(()).unwrap();
-    })
-    .join()
-    .unwrap();
+    thread::Builder::new()
+        .name("exits-in-a-section".into())
+        .spawn(move || {
+            HELD_AT_EXIT.with(|held| *held.borrow_mut() = Some(read_lock()));
+            tx.send(()).unwrap();
+        })
+        .unwrap()
+        .join()
+        .unwrap();
     recv(&rx, "the thread that exits inside a section");
+    let report = report.next();
+    assert!(
+        report.message().contains(concat!(
+            "is exiting inside a read section (depth 1, entered at ",
+            file!()
+        )),
+        "{report}"
+    );
     let after = settled_to(baseline);
     assert_back_to_baseline(baseline, after, 1);
 }

@@ -36,12 +36,54 @@ const STALL_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Serializes the tests, installs the panicking handler with a short stall
 /// timeout, and counts the handler's calls from zero.
-fn panicking_handler_installed() -> MutexGuard<'static, ()> {
+fn panicking_handler_installed_raw() -> MutexGuard<'static, ()> {
     let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     set_stall_handler(panicking_handler);
     set_stall_timeout(Some(STALL_TIMEOUT));
     HANDLER_CALLS.store(0, Ordering::SeqCst);
     serial
+}
+
+/// The test's part of the binary: the handler is installed as by
+/// `panicking_handler_installed_raw`, and the reports of its panics
+/// (rcu-defer catches each and reports it) come to the returned
+/// `PanicReports` instead of stderr.
+fn panicking_handler_installed() -> (MutexGuard<'static, ()>, PanicReports) {
+    let serial = panicking_handler_installed_raw();
+    let reports = common::reports::expect("the stall handler's panics", |report| {
+        report.kind() == rcu_defer::ReportKind::CallbackPanicked
+            && report.message().contains("a stall handler that fails")
+    });
+    (serial, PanicReports(reports))
+}
+
+/// The reports of the panicking handler's panics.
+struct PanicReports(common::reports::Expected);
+
+impl PanicReports {
+    /// Checks that the handler's panics were reported, as caught panics of
+    /// the stall handler that leave the grace period waiting (no more than
+    /// it was called: a panic is counted before it is reported).
+    fn check(&self) {
+        let reports = self.0.taken();
+        let calls = HANDLER_CALLS.load(Ordering::SeqCst);
+        assert!(
+            !reports.is_empty() && reports.len() <= calls,
+            "{} report(s) of {calls} panic(s): {reports:?}",
+            reports.len()
+        );
+        for report in &reports {
+            assert!(
+                report
+                    .message()
+                    .starts_with("the stall handler panicked: a stall handler that fails")
+                    && report
+                        .message()
+                        .contains("the grace period goes on waiting"),
+                "{report}"
+            );
+        }
+    }
 }
 
 /// A value that records, when dropped, whether the reader holding it had
@@ -126,7 +168,7 @@ impl Scenario {
 
 #[test]
 fn replace_sync_under_a_panicking_stall_handler_returns_the_old_value_after_the_reader_left() {
-    let _serial = panicking_handler_installed();
+    let (_serial, reports) = panicking_handler_installed();
     within("replace_sync with a panicking stall handler", || {
         let s = scenario();
         let fresh = Arc::new(AtomicBool::new(true));
@@ -136,11 +178,12 @@ fn replace_sync_under_a_panicking_stall_handler_returns_the_old_value_after_the_
         assert!(HANDLER_CALLS.load(Ordering::SeqCst) >= 1, "the handler ran");
         s.reader_saw_its_value_intact();
     });
+    reports.check();
 }
 
 #[test]
 fn replace_under_a_panicking_stall_handler_drops_the_old_value_only_after_the_reader_left() {
-    let _serial = panicking_handler_installed();
+    let (_serial, reports) = panicking_handler_installed();
     within("replace with a panicking stall handler", || {
         let s = scenario();
         let fresh = Arc::new(AtomicBool::new(true));
@@ -159,12 +202,13 @@ fn replace_under_a_panicking_stall_handler_drops_the_old_value_only_after_the_re
         drain_call_rcu();
         assert!(ran.load(Ordering::SeqCst));
     });
+    reports.check();
 }
 
 #[test]
 fn concurrent_synchronize_rcu_under_a_panicking_stall_handler_return_after_the_reader_and_later_ones_work(
 ) {
-    let _serial = panicking_handler_installed();
+    let (_serial, reports) = panicking_handler_installed();
     within("synchronize_rcu with a panicking stall handler", || {
         let reader: HeldSection = hold_a_section(HOLD);
         let writers: Vec<_> = (0..3).map(|_| thread::spawn(synchronize_rcu)).collect();
@@ -179,13 +223,15 @@ fn concurrent_synchronize_rcu_under_a_panicking_stall_handler_return_after_the_r
         assert!(HANDLER_CALLS.load(Ordering::SeqCst) >= 1, "the handler ran");
         synchronize_rcu_timeout(Duration::from_secs(10)).expect("later grace periods complete");
     });
+    reports.check();
 }
 
 #[test]
 fn a_panicking_stall_handler_is_reported_on_stderr_once_per_stall() {
     const TEST: &str = "a_panicking_stall_handler_is_reported_on_stderr_once_per_stall";
     if is_child(TEST) {
-        let _serial = panicking_handler_installed();
+        // The default report handler: the parent checks stderr.
+        let _serial = panicking_handler_installed_raw();
         let reader = hold_a_section(HOLD);
         synchronize_rcu();
         reader.join();

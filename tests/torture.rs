@@ -98,7 +98,8 @@
 //! in this process, the fence flavor and the online-only mix each in a
 //! child process, all at the same time); `torture_long` and
 //! `torture_long_with_online_readers_only` (ignored by default) run for
-//! `RCU_DEFER_TORTURE_SECS` seconds (60 if unset):
+//! `RCU_DEFER_TORTURE_SECS` seconds (60 if unset; a positive number, whole
+//! or decimal, e.g. `1.5`):
 //!
 //! ```text
 //! RCU_DEFER_TORTURE_SECS=600 cargo test --release --test torture -- --ignored --nocapture
@@ -115,7 +116,6 @@ use rcu_defer::{
 };
 use std::any::Any;
 use std::collections::VecDeque;
-use std::env;
 use std::panic::{panic_any, resume_unwind, set_hook, take_hook};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
@@ -1234,6 +1234,12 @@ fn steer_online_only(
 /// what happened.
 fn torture(duration: Duration, mix: Mix) {
     hush_handler_panics();
+    // rcu-defer reports each panic of the stall handler that it catches:
+    // expected, counted below.
+    let handler_panic_reports = common::reports::expect("the stall handler's panics", |report| {
+        report.kind() == rcu_defer::ReportKind::CallbackPanicked
+            && report.message().contains(HANDLER_PANIC)
+    });
     set_stall_timeout(Some(STALL_TIMEOUT));
     set_stall_handler(panicking_stall_handler);
     let at_start = barrier_stats();
@@ -1433,6 +1439,21 @@ fn torture(duration: Duration, mix: Mix) {
         STALL_PANICS.load(Ordering::SeqCst) > 0,
         "the stall handler never panicked: no grace period waited {STALL_TIMEOUT:?}"
     );
+    // Each caught panic is reported once, as the stall handler's: read
+    // after the count, as a panic is counted before it is reported.
+    let handler_panics = STALL_PANICS.load(Ordering::SeqCst);
+    let reported = handler_panic_reports.taken();
+    assert!(
+        !reported.is_empty() && reported.len() <= handler_panics,
+        "{} report(s) of the stall handler's {handler_panics} panic(s)",
+        reported.len()
+    );
+    assert!(
+        reported
+            .iter()
+            .all(|r| r.message().starts_with("the stall handler panicked: ")),
+        "{reported:?}"
+    );
     // The run did something: every thread ran its loop at least once (each
     // checks `stop` only after an iteration's work, and the first check
     // comes after they were started).
@@ -1501,13 +1522,11 @@ fn torture_readers_never_see_a_retired_object_in_the_fence_flavor() {
 /// The run's duration of the long tortures: `RCU_DEFER_TORTURE_SECS`
 /// seconds, 60 if unset.
 fn long_run() -> Duration {
-    let secs: u64 = match env::var("RCU_DEFER_TORTURE_SECS") {
-        Ok(value) => value.parse().unwrap_or_else(|_| {
-            panic!("RCU_DEFER_TORTURE_SECS must be a number of seconds, not {value:?}")
-        }),
-        Err(_) => 60,
-    };
-    Duration::from_secs(secs)
+    common::from_env(
+        "RCU_DEFER_TORTURE_SECS",
+        Duration::from_secs(60),
+        common::parse_secs,
+    )
 }
 
 #[test]
@@ -1571,4 +1590,26 @@ fn torture_with_online_readers_only_skips_the_barrier_and_sends_it_while_ordinar
 #[ignore = "long: RCU_DEFER_TORTURE_SECS seconds (default 60)"]
 fn torture_long_with_online_readers_only() {
     online_only_in_child("torture_long_with_online_readers_only", long_run());
+}
+
+/// Claim: `RCU_DEFER_TORTURE_SECS` takes whole and decimal seconds, and
+/// refuses zero (a run that tests nothing and passes) and garbage with a
+/// message naming the variable and what it accepts.
+#[test]
+fn the_torture_duration_setting_takes_decimal_seconds_and_refuses_zero() {
+    const NAME: &str = "RCU_DEFER_TORTURE_SECS";
+    let parse = |value| common::parse_secs(NAME, value);
+    assert_eq!(parse("600"), Ok(Duration::from_secs(600)));
+    assert_eq!(parse("1.5"), Ok(Duration::from_millis(1500)));
+    assert_eq!(parse(" 0.25 "), Ok(Duration::from_millis(250)));
+    for refused in [
+        "0", "0.0", "-3", "1e-12", "inf", "NaN", "", "ten", "1.5s", "60 s",
+    ] {
+        let message = parse(refused).expect_err(refused);
+        assert!(
+            message.starts_with("RCU_DEFER_TORTURE_SECS must be a positive number of seconds")
+                && message.ends_with(&format!("not {refused:?}")),
+            "{message}"
+        );
+    }
 }

@@ -5,6 +5,8 @@ use rcu_defer::{defer_scope, read_lock};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+mod common;
+
 /// A notifier that counts signals, and fails when told to.
 #[derive(Default)]
 struct Counter {
@@ -103,6 +105,10 @@ fn every_pass_signals_again() {
 
 #[test]
 fn a_failed_signal_is_counted_not_dropped_and_never_panics() {
+    let reports = common::reports::expect("the Counter's failure", |report| {
+        report.kind() == rcu_defer::ReportKind::NotifyFailed
+            && report.message().contains("test failure")
+    });
     let irq = IrqNotifier::new(Counter::default());
     irq.notifier().fail.store(true, Ordering::SeqCst);
     {
@@ -117,6 +123,17 @@ fn a_failed_signal_is_counted_not_dropped_and_never_panics() {
             signalled: 0,
             failed: 2
         }
+    );
+    let report = reports.next();
+    assert!(
+        report.message().starts_with(
+            "a guest notification failed: test failure (further failures of this notifier"
+        ),
+        "{report}"
+    );
+    assert!(
+        reports.taken().is_empty(),
+        "only the first failure is reported"
     );
     irq.notifier().fail.store(false, Ordering::SeqCst);
     irq.notify();
@@ -226,20 +243,59 @@ mod eventfd {
         assert_eq!(irq.stats().signalled, 1);
     }
 
+    /// The largest value an eventfd's counter holds: a write of 1 more
+    /// fails with `EAGAIN` on a non-blocking eventfd.
+    pub const FULL: u64 = 0xffff_ffff_ffff_fffe;
+
+    /// Expects any `NotifyFailed` report (a failure of this binary's other
+    /// notifier, the `Counter`, says "test failure"): the full-counter tests
+    /// check that none comes.
+    pub fn notify_failed_reports() -> super::common::reports::Expected {
+        super::common::reports::expect("a NotifyFailed report", |report| {
+            report.kind() == rcu_defer::ReportKind::NotifyFailed
+                && !report.message().contains("test failure")
+        })
+    }
+
+    /// Claim: a full counter (`EAGAIN`: a signal is pending already, so the
+    /// reader wakes anyway) is a delivered notification, batched or not:
+    /// counted as signalled, not failed, not reported, and never a block.
     #[test]
-    fn a_full_eventfd_counter_is_a_counted_failure_not_a_block() {
-        // Fill the counter to its maximum (2^64 - 2) through a second handle
-        // on the same eventfd, then signal: EAGAIN, counted.
+    fn a_full_eventfd_counter_counts_as_signalled_not_as_a_failure() {
+        let reports = notify_failed_reports();
+        // Fill the counter through a second handle on the same eventfd.
         let fd = EventFd::new().unwrap();
         let raw = fd.as_raw_fd();
         let dup = std::fs::File::from(std::os::fd::AsFd::as_fd(&fd).try_clone_to_owned().unwrap());
         use std::io::Write;
-        (&dup).write_all(&(u64::MAX - 1).to_ne_bytes()).unwrap();
+        (&dup).write_all(&FULL.to_ne_bytes()).unwrap();
+        assert_eq!(
+            fd.signal().unwrap_err().kind(),
+            io::ErrorKind::WouldBlock,
+            "the raw write finds the counter full"
+        );
         let irq = IrqNotifier::new(fd);
         assert_eq!(irq.notifier().as_raw_fd(), raw);
+        {
+            let _pass = read_lock();
+            irq.notify();
+            irq.notify();
+        }
+        irq.notify_now();
+        assert_eq!(
+            irq.stats(),
+            rcu_defer::virtio::NotifyStats {
+                requested: 3,
+                signalled: 2,
+                failed: 0
+            }
+        );
+        assert_eq!(irq.notifier().consume().unwrap(), FULL, "the pending value");
         irq.notify();
-        let stats = irq.stats();
-        assert_eq!((stats.signalled, stats.failed), (0, 1));
+        assert_eq!(irq.notifier().consume().unwrap(), 1, "signals work on");
+        assert_eq!(irq.stats().signalled, 3);
+        rcu_defer::drain_call_rcu();
+        assert!(reports.taken().is_empty(), "{:?}", reports.taken());
     }
 
     #[cfg(feature = "vmm-sys-util")]
@@ -254,6 +310,55 @@ mod eventfd {
         }
         assert_eq!(irq.notifier().read().unwrap(), 1);
         assert_eq!(irq.stats().signalled, 1);
+    }
+
+    /// Claim: as for rcu-defer's own eventfd, a full counter is delivered,
+    /// for vmm-sys-util's `EventFd`.
+    #[cfg(feature = "vmm-sys-util")]
+    #[test]
+    fn a_full_vmm_sys_util_eventfd_counts_as_signalled() {
+        use vmm_sys_util::eventfd::{EventFd as VmmEventFd, EFD_NONBLOCK};
+        let reports = notify_failed_reports();
+        let fd = VmmEventFd::new(EFD_NONBLOCK).unwrap();
+        fd.write(FULL).unwrap();
+        let irq = IrqNotifier::new(fd);
+        {
+            let _pass = read_lock();
+            irq.notify();
+        }
+        irq.notify_now();
+        let stats = irq.stats();
+        assert_eq!((stats.requested, stats.signalled, stats.failed), (2, 2, 0));
+        assert_eq!(irq.notifier().read().unwrap(), FULL);
+        assert!(reports.taken().is_empty(), "{:?}", reports.taken());
+    }
+
+    /// Claim: and for vmm-sys-util's `EventNotifier` (what
+    /// vhost-user-backend keeps a call eventfd as).
+    #[cfg(feature = "vhost-user-backend")]
+    #[test]
+    fn a_full_event_notifier_counts_as_signalled() {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        use vmm_sys_util::event::EventNotifier;
+        let reports = notify_failed_reports();
+        let fd = EventFd::new().unwrap();
+        let dup = std::os::fd::AsFd::as_fd(&fd).try_clone_to_owned().unwrap();
+        // SAFETY: `dup` is an open descriptor that this test owns and hands
+        // over to the `EventNotifier`.
+        let notifier = unsafe { EventNotifier::from_raw_fd(dup.into_raw_fd()) };
+        let irq = IrqNotifier::new(notifier);
+        let dup = std::fs::File::from(std::os::fd::AsFd::as_fd(&fd).try_clone_to_owned().unwrap());
+        use std::io::Write;
+        (&dup).write_all(&FULL.to_ne_bytes()).unwrap();
+        {
+            let _pass = read_lock();
+            irq.notify();
+        }
+        irq.notify_now();
+        let stats = irq.stats();
+        assert_eq!((stats.requested, stats.signalled, stats.failed), (2, 2, 0));
+        assert_eq!(fd.consume().unwrap(), FULL);
+        assert!(reports.taken().is_empty(), "{:?}", reports.taken());
     }
 }
 
@@ -307,8 +412,16 @@ mod tracing_events {
         fn exit(&self, _: &Id) {}
     }
 
+    /// In a child process of its own: the other tests of this binary set a
+    /// report handler, which would take the report from `tracing`.
     #[test]
     fn a_failed_notification_s_report_is_a_tracing_event_when_a_subscriber_listens() {
+        const TEST: &str =
+            "tracing_events::a_failed_notification_s_report_is_a_tracing_event_when_a_subscriber_listens";
+        if !super::common::is_child(TEST) {
+            super::common::run_child(TEST, super::common::HANG_LIMIT);
+            return;
+        }
         let messages = Arc::new(Mutex::new(Vec::new()));
         let irq = IrqNotifier::new(Counter::default());
         irq.notifier().fail.store(true, Ordering::SeqCst);

@@ -6,7 +6,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 /// A new eventfd with counter 0, close-on-exec and non-blocking (a device
-/// must never block on signalling; a full counter is an error, not a wait).
+/// must never block on signalling: a full counter is `EAGAIN`, not a wait).
 pub(crate) fn eventfd_new() -> io::Result<OwnedFd> {
     use rustix::event::{eventfd, EventfdFlags};
     eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(io::Error::from)

@@ -16,6 +16,8 @@ pub mod seccomp;
 #[cfg(target_os = "linux")]
 pub mod raw_thread;
 
+pub mod reports;
+
 use std::env;
 use std::panic::resume_unwind;
 use std::process::{Command, Output, Stdio};
@@ -55,6 +57,69 @@ pub fn within_limit<T: Send + 'static>(
             Err(payload) => resume_unwind(payload),
             Ok(()) => unreachable!("the watched thread ended without sending"),
         },
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Settings from the environment, for the long runs.
+
+/// A duration given in seconds, as `value` of the environment variable
+/// `name`: a positive number, whole or decimal (`600`, `1.5`, `0.25`).
+/// Zero, a negative number, infinity or anything else is refused with a
+/// message naming the variable and what it accepts.
+pub fn parse_secs(name: &str, value: &str) -> Result<Duration, String> {
+    let refuse = || {
+        format!(
+            "{name} must be a positive number of seconds, whole or decimal (e.g. 600 or 1.5), \
+             not {value:?}"
+        )
+    };
+    let secs: f64 = value.trim().parse().map_err(|_| refuse())?;
+    // Refuses NaN too (`try_from_secs_f64` refuses infinity and negatives).
+    if secs.is_nan() {
+        return Err(refuse());
+    }
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(refuse()),
+    }
+}
+
+/// A count, as `value` of the environment variable `name`: a positive
+/// whole number, digits perhaps grouped with `_` (`50000000`,
+/// `50_000_000`). Zero or anything else is refused with a message naming
+/// the variable and what it accepts.
+pub fn parse_count(name: &str, value: &str) -> Result<usize, String> {
+    let refuse = || {
+        format!(
+            "{name} must be a positive whole number (digits, perhaps grouped with _, e.g. \
+             50000000 or 50_000_000), not {value:?}"
+        )
+    };
+    let digits: String = value.trim().chars().filter(|&c| c != '_').collect();
+    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
+        return Err(refuse());
+    }
+    match digits.parse::<usize>() {
+        Ok(count) if count > 0 => Ok(count),
+        _ => Err(refuse()),
+    }
+}
+
+/// The environment variable `name` read with `parse` (see [`parse_secs`],
+/// [`parse_count`]), or `default` if it is unset; panics with `parse`'s
+/// message if it is set to something `parse` refuses (or to non-UTF-8).
+#[track_caller]
+pub fn from_env<T>(name: &str, default: T, parse: fn(&str, &str) -> Result<T, String>) -> T {
+    match env::var(name) {
+        Ok(value) => match parse(name, &value) {
+            Ok(parsed) => parsed,
+            Err(message) => panic!("{message}"),
+        },
+        Err(env::VarError::NotPresent) => default,
+        Err(env::VarError::NotUnicode(value)) => {
+            panic!("{name} must be text, not {value:?}")
+        }
     }
 }
 
