@@ -16,11 +16,15 @@
 //!   and every wake-up with CPU time the device needs: batching wins.
 //!
 //! [`Moderation`] does not guess: it runs short epochs of each way in
-//! alternation (a probe), keeps the one that completed more per second,
-//! and probes again later. Passes of a probe's losing epochs are the
-//! price (about 1% of the time when the loser is twice as slow); the gain
-//! is never doing much worse than the better of the two. Ties, and loads
-//! too light to measure, go to signals at once, the lower-latency choice.
+//! alternation (a probe of about 20 ms: three epochs each, the first
+//! millisecond after each switch not measured), keeps the one whose median
+//! epoch completed more per second, and probes again after 0.5 to 4 s (2 s
+//! at first when the loser was far behind). A probe's losing epochs are the
+//! price, well under 1% of the time when the loser is twice as slow; the
+//! gain is never doing much worse than the better of the two, whatever the
+//! driver. Ties (batching must complete 5% more), and loads too light to
+//! measure, go to signals at once, the lower-latency choice. A change of
+//! load is followed at the next probe, so within 4 s.
 //!
 //! It is a per-thread value with no shared state (one per device thread,
 //! `&mut` for each pass): it adds no synchronization to the signal path,
@@ -91,6 +95,8 @@ pub struct Moderation {
     epoch_start: Option<Instant>,
     /// Completions in the current epoch.
     epoch_completions: u64,
+    /// Passes before this are a warm-up, not measured (see `WARMUP`).
+    measure_from: Option<Instant>,
     /// How long the choice a probe makes is kept; doubles while probes
     /// keep choosing the same, back to `KEEP_MIN` when one changes it.
     keep: Duration,
@@ -102,33 +108,48 @@ pub struct Moderation {
 #[derive(Clone, Copy, Debug)]
 enum Phase {
     /// Measuring: epoch `epoch` of `PROBE_EPOCHS`, with the completion rates
-    /// (per second) seen so far for each delivery.
+    /// (per second) of the epochs so far, by delivery.
     Probe {
         epoch: u32,
-        at_once: f64,
-        batched: f64,
+        at_once: [f64; PROBE_EPOCHS as usize / 2],
+        batched: [f64; PROBE_EPOCHS as usize / 2],
     },
     /// Keeping the probe's choice until `until`.
     Keep { until: Instant },
 }
 
-/// An epoch: long enough for thousands of completions at the rates where
-/// the choice matters, short enough that a probe's losing half costs little.
-const EPOCH: Duration = Duration::from_millis(4);
+/// An epoch's measured part: long enough for thousands of completions at
+/// the rates where the choice matters, short enough that a probe's losing
+/// half costs little.
+const EPOCH: Duration = Duration::from_millis(3);
+/// After a switch of delivery, passes for this long are not measured: the
+/// pipeline between device and driver still has the shape the other
+/// delivery gave it (a driver that was reaping during the pass, or one that
+/// slept through it), which would favour whichever delivery came second.
+const WARMUP: Duration = Duration::from_millis(1);
 /// Epochs per probe, alternating deliveries in the order at once, batched,
 /// batched, at once, ... so that a load that drifts during the probe
-/// weighs on both alike.
+/// weighs on both alike; each delivery is judged by the median of its
+/// epochs, so that one epoch disturbed by the scheduler does not decide.
 const PROBE_EPOCHS: u32 = 6;
 /// Batching is chosen only when it completed this much more per second:
 /// ties and noise go to signals at once.
-const MARGIN: f64 = 1.03;
+const MARGIN: f64 = 1.05;
 /// An epoch that ran this much longer than `EPOCH` saw the device idle
 /// (no pass for a while): its rate says nothing about the delivery.
 const IDLE_EPOCH: Duration = Duration::from_millis(40);
 /// Fewer completions than this in a probe epoch: the load is too light for
 /// the choice to matter; signals go at once.
 const LIGHT_EPOCH: u64 = 32;
-const KEEP_MIN: Duration = Duration::from_millis(250);
+/// How long a probe's choice is kept at first; each probe that makes the
+/// same choice doubles it, up to `KEEP_MAX`. A change in the load is
+/// followed at the next probe, so within `KEEP_MAX` at most.
+const KEEP_MIN: Duration = Duration::from_millis(500);
+/// A probe whose loser completed less than 1/`DECISIVE` of the winner's
+/// rate keeps its choice for `KEEP_DECISIVE` at first: probing such a loser
+/// again soon costs more than a slow change of load would.
+const DECISIVE: f64 = 1.25;
+const KEEP_DECISIVE: Duration = Duration::from_secs(2);
 const KEEP_MAX: Duration = Duration::from_secs(4);
 
 impl Default for Moderation {
@@ -144,11 +165,12 @@ impl Moderation {
             delivery: Delivery::AtOnce,
             phase: Phase::Probe {
                 epoch: 0,
-                at_once: 0.0,
-                batched: 0.0,
+                at_once: [0.0; PROBE_EPOCHS as usize / 2],
+                batched: [0.0; PROBE_EPOCHS as usize / 2],
             },
             epoch_start: None,
             epoch_completions: 0,
+            measure_from: None,
             keep: KEEP_MIN,
             last_choice: None,
             stats: ModerationStats::default(),
@@ -206,9 +228,14 @@ impl Moderation {
             }
             Phase::Probe {
                 epoch,
-                at_once,
-                batched,
+                mut at_once,
+                mut batched,
             } => {
+                if self.measure_from.is_some_and(|from| now < from) {
+                    // Warming up after a switch: the epoch starts later.
+                    self.start_epoch(now);
+                    return self.delivery;
+                }
                 if elapsed < EPOCH {
                     return self.delivery;
                 }
@@ -218,68 +245,88 @@ impl Moderation {
                     return self.delivery;
                 }
                 if self.epoch_completions < LIGHT_EPOCH {
-                    self.choose(Delivery::AtOnce, now);
+                    self.choose(Delivery::AtOnce, now, false);
                     return self.delivery;
                 }
                 let rate = self.epoch_completions as f64 / elapsed.as_secs_f64();
-                let (at_once, batched) = match self.delivery {
-                    Delivery::AtOnce => (at_once + rate, batched),
-                    Delivery::Batched => (at_once, batched + rate),
-                };
+                // The epochs of each delivery so far: the order is balanced,
+                // so epoch `e` is its delivery's `e / 2`-th.
+                let slot = epoch as usize / 2;
+                match self.delivery {
+                    Delivery::AtOnce => at_once[slot] = rate,
+                    Delivery::Batched => batched[slot] = rate,
+                }
                 let epoch = epoch + 1;
                 if epoch == PROBE_EPOCHS {
                     self.stats.probes += 1;
+                    let (at_once, batched) = (median(at_once), median(batched));
                     let choice = if batched > at_once * MARGIN {
                         Delivery::Batched
                     } else {
                         Delivery::AtOnce
                     };
-                    self.choose(choice, now);
+                    let ratio = batched / at_once;
+                    self.choose(choice, now, !(1.0 / DECISIVE..=DECISIVE).contains(&ratio));
                 } else {
                     self.phase = Phase::Probe {
                         epoch,
                         at_once,
                         batched,
                     };
-                    self.delivery = probe_delivery(epoch);
-                    self.start_epoch(now);
+                    self.switch_to(probe_delivery(epoch), now);
                 }
             }
         }
         self.delivery
     }
 
-    fn begin_probe(&mut self, now: Instant) {
-        self.phase = Phase::Probe {
-            epoch: 0,
-            at_once: 0.0,
-            batched: 0.0,
-        };
-        self.delivery = probe_delivery(0);
+    /// Starts an epoch with `delivery`, after a warm-up if that is a switch.
+    fn switch_to(&mut self, delivery: Delivery, now: Instant) {
+        if delivery != self.delivery {
+            self.measure_from = Some(now + WARMUP);
+        }
+        self.delivery = delivery;
         self.start_epoch(now);
     }
 
-    fn choose(&mut self, choice: Delivery, now: Instant) {
+    fn begin_probe(&mut self, now: Instant) {
+        self.phase = Phase::Probe {
+            epoch: 0,
+            at_once: [0.0; PROBE_EPOCHS as usize / 2],
+            batched: [0.0; PROBE_EPOCHS as usize / 2],
+        };
+        self.switch_to(probe_delivery(0), now);
+    }
+
+    /// Keeps `choice` until the next probe; `decisive`: the probe's loser
+    /// was far behind, so probing again soon would mostly cost.
+    fn choose(&mut self, choice: Delivery, now: Instant, decisive: bool) {
         if choice == Delivery::Batched {
             self.stats.batched_choices += 1;
         }
         self.keep = if self.last_choice == Some(choice) {
             (self.keep * 2).min(KEEP_MAX)
+        } else if decisive {
+            KEEP_DECISIVE
         } else {
             KEEP_MIN
         };
         self.last_choice = Some(choice);
-        self.delivery = choice;
         self.phase = Phase::Keep {
             until: now + self.keep,
         };
-        self.start_epoch(now);
+        self.switch_to(choice, now);
     }
 
     fn start_epoch(&mut self, now: Instant) {
         self.epoch_start = Some(now);
         self.epoch_completions = 0;
     }
+}
+
+/// The median of three rates.
+fn median([a, b, c]: [f64; 3]) -> f64 {
+    a.max(b).min(a.min(b).max(c))
 }
 
 /// The delivery of a probe's epoch `epoch`: at once, batched, batched, at
@@ -304,10 +351,20 @@ mod tests {
         ms: u64,
         rate: impl Fn(Delivery) -> u64,
     ) -> Instant {
+        drive_at(moderation, start, ms, |delivery, _| rate(delivery))
+    }
+
+    /// `drive` with a rate that also depends on the time.
+    fn drive_at(
+        moderation: &mut Moderation,
+        start: Instant,
+        ms: u64,
+        rate: impl Fn(Delivery, Instant) -> u64,
+    ) -> Instant {
         let mut now = start;
         for _ in 0..ms * 10 {
             let delivery = moderation.start_pass_at(now);
-            moderation.end_pass(rate(delivery) / 10);
+            moderation.end_pass(rate(delivery, now) / 10);
             now += Duration::from_micros(100);
         }
         now
@@ -375,6 +432,51 @@ mod tests {
             },
         );
         assert_eq!(m.last_choice, Some(Delivery::Batched));
+    }
+
+    #[test]
+    fn one_disturbed_epoch_does_not_decide() {
+        // Batching loses, except in one epoch of the first probe where the
+        // at-once epochs were slowed down (another thread took the CPU).
+        let start = Instant::now();
+        let mut m = Moderation::new();
+        let disturbed = |now: Instant| {
+            let t = now - start;
+            // The fourth epoch (the second at once), after its warm-up.
+            t >= Duration::from_millis(11) && t < Duration::from_millis(14)
+        };
+        drive_at(&mut m, start, 30, |d, now| match d {
+            Delivery::AtOnce if disturbed(now) => 100,
+            Delivery::AtOnce => 1000,
+            Delivery::Batched => 800,
+        });
+        assert_eq!(m.stats().probes, 1);
+        assert_eq!(m.last_choice, Some(Delivery::AtOnce));
+    }
+
+    #[test]
+    fn passes_right_after_a_switch_are_not_measured() {
+        // Batching loses slightly once settled, but for 1 ms after a switch
+        // each delivery still has the pipeline the other one left: batching
+        // looks twice as fast and signals at once half as fast. Measured
+        // from the switch, batching would win the probe.
+        let start = Instant::now();
+        let mut m = Moderation::new();
+        let last_switch = std::cell::Cell::new((start, Delivery::AtOnce));
+        drive_at(&mut m, start, 30, |d, now| {
+            if d != last_switch.get().1 {
+                last_switch.set((now, d));
+            }
+            let settled = now - last_switch.get().0 >= Duration::from_millis(1);
+            match (d, settled) {
+                (Delivery::AtOnce, true) => 1000,
+                (Delivery::AtOnce, false) => 500,
+                (Delivery::Batched, true) => 990,
+                (Delivery::Batched, false) => 2000,
+            }
+        });
+        assert_eq!(m.stats().probes, 1);
+        assert_eq!(m.last_choice, Some(Delivery::AtOnce));
     }
 
     #[test]
