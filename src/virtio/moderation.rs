@@ -141,13 +141,16 @@ const IDLE_EPOCH: Duration = Duration::from_millis(40);
 /// Fewer completions than this in a probe epoch: the load is too light for
 /// the choice to matter; signals go at once.
 const LIGHT_EPOCH: u64 = 32;
+/// Signals go at once for this long from the first pass before the first
+/// probe.
+const STARTUP: Duration = Duration::from_millis(100);
 /// How long a probe's choice is kept at first; each probe that makes the
 /// same choice doubles it, up to `KEEP_MAX`. A change in the load is
 /// followed at the next probe, so within `KEEP_MAX` at most.
 const KEEP_MIN: Duration = Duration::from_millis(500);
-/// A probe whose loser completed less than 1/`DECISIVE` of the winner's
-/// rate keeps its choice for `KEEP_DECISIVE` at first: probing such a loser
-/// again soon costs more than a slow change of load would.
+/// A probe where batching completed less than 1/`DECISIVE` of the rate at
+/// once keeps signals at once for `KEEP_DECISIVE` at first: probing such a
+/// loser again soon costs more than a slow change of load would.
 const DECISIVE: f64 = 1.25;
 const KEEP_DECISIVE: Duration = Duration::from_secs(2);
 const KEEP_MAX: Duration = Duration::from_secs(4);
@@ -216,7 +219,12 @@ impl Moderation {
     /// `start_pass` at a given time (the tests' clock).
     fn start_pass_at(&mut self, now: Instant) -> Delivery {
         let Some(start) = self.epoch_start else {
+            // The first pass: a driver that has just connected is still
+            // starting its queues, and its rates say little yet.
             self.epoch_start = Some(now);
+            self.phase = Phase::Keep {
+                until: now + STARTUP,
+            };
             return self.delivery;
         };
         let elapsed = now.saturating_duration_since(start);
@@ -259,14 +267,18 @@ impl Moderation {
                 let epoch = epoch + 1;
                 if epoch == PROBE_EPOCHS {
                     self.stats.probes += 1;
+                    // Batching only when every batched epoch beat every
+                    // epoch at once, and its median by the margin: a wrong
+                    // choice of batching costs more than a wrong choice of
+                    // signals at once.
+                    let apart = min(batched) > max(at_once);
                     let (at_once, batched) = (median(at_once), median(batched));
-                    let choice = if batched > at_once * MARGIN {
+                    let choice = if apart && batched > at_once * MARGIN {
                         Delivery::Batched
                     } else {
                         Delivery::AtOnce
                     };
-                    let ratio = batched / at_once;
-                    self.choose(choice, now, !(1.0 / DECISIVE..=DECISIVE).contains(&ratio));
+                    self.choose(choice, now, batched * DECISIVE < at_once);
                 } else {
                     self.phase = Phase::Probe {
                         epoch,
@@ -298,8 +310,8 @@ impl Moderation {
         self.switch_to(probe_delivery(0), now);
     }
 
-    /// Keeps `choice` until the next probe; `decisive`: the probe's loser
-    /// was far behind, so probing again soon would mostly cost.
+    /// Keeps `choice` until the next probe; `decisive`: batching was far
+    /// behind, so probing it again soon would mostly cost.
     fn choose(&mut self, choice: Delivery, now: Instant, decisive: bool) {
         if choice == Delivery::Batched {
             self.stats.batched_choices += 1;
@@ -322,6 +334,16 @@ impl Moderation {
         self.epoch_start = Some(now);
         self.epoch_completions = 0;
     }
+}
+
+/// The least of three rates.
+fn min(rates: [f64; 3]) -> f64 {
+    rates.into_iter().fold(f64::INFINITY, f64::min)
+}
+
+/// The greatest of three rates.
+fn max(rates: [f64; 3]) -> f64 {
+    rates.into_iter().fold(0.0, f64::max)
 }
 
 /// The median of three rates.
@@ -380,7 +402,13 @@ mod tests {
     #[test]
     fn batching_is_kept_where_it_completes_more() {
         let mut m = Moderation::new();
-        let now = drive(&mut m, Instant::now(), 100, |d| match d {
+        // Signals at once while the driver starts, then the first probe.
+        let now = drive(&mut m, Instant::now(), 90, |d| match d {
+            Delivery::AtOnce => 1000,
+            Delivery::Batched => 1300,
+        });
+        assert_eq!((m.delivery(), m.stats().probes), (Delivery::AtOnce, 0));
+        let now = drive(&mut m, now, 100, |d| match d {
             Delivery::AtOnce => 1000,
             Delivery::Batched => 1300,
         });
@@ -443,9 +471,9 @@ mod tests {
         let disturbed = |now: Instant| {
             let t = now - start;
             // The fourth epoch (the second at once), after its warm-up.
-            t >= Duration::from_millis(11) && t < Duration::from_millis(14)
+            t >= STARTUP + Duration::from_millis(11) && t < STARTUP + Duration::from_millis(14)
         };
-        drive_at(&mut m, start, 30, |d, now| match d {
+        drive_at(&mut m, start, 130, |d, now| match d {
             Delivery::AtOnce if disturbed(now) => 100,
             Delivery::AtOnce => 1000,
             Delivery::Batched => 800,
@@ -456,14 +484,14 @@ mod tests {
 
     #[test]
     fn passes_right_after_a_switch_are_not_measured() {
-        // Batching loses slightly once settled, but for 1 ms after a switch
+        // Batching is within the margin once settled, but for 1 ms after a switch
         // each delivery still has the pipeline the other one left: batching
         // looks twice as fast and signals at once half as fast. Measured
         // from the switch, batching would win the probe.
         let start = Instant::now();
         let mut m = Moderation::new();
         let last_switch = std::cell::Cell::new((start, Delivery::AtOnce));
-        drive_at(&mut m, start, 30, |d, now| {
+        drive_at(&mut m, start, 130, |d, now| {
             if d != last_switch.get().1 {
                 last_switch.set((now, d));
             }
@@ -471,7 +499,7 @@ mod tests {
             match (d, settled) {
                 (Delivery::AtOnce, true) => 1000,
                 (Delivery::AtOnce, false) => 500,
-                (Delivery::Batched, true) => 990,
+                (Delivery::Batched, true) => 1010,
                 (Delivery::Batched, false) => 2000,
             }
         });
