@@ -983,9 +983,16 @@ impl BlkServer {
     {
         let queue = &mut *work.queue;
         queue.disable_notification(&**mem).map_err(ring_error)?;
-        let mut popped = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem.clone()) {
-            popped = true;
+        let mut popped = 0;
+        // At most a ring's worth per pass: a driver that posts as fast as
+        // the device completes would otherwise keep one pass, and its read
+        // section, open for as long as it runs, holding a batched pass's
+        // signals all that time. The rest goes into the next pass.
+        while popped < queue.size() {
+            let Some(chain) = queue.pop_descriptor_chain(mem.clone()) else {
+                break;
+            };
+            popped += 1;
             let head = chain.head_index();
             self.descs.clear();
             self.descs.extend(chain.take(MAX_DESCRIPTORS + 1));
@@ -1014,7 +1021,7 @@ impl BlkServer {
                 None => self.complete(queue, &**mem, work.irq, head, outcome.used_len, delivery)?,
             }
         }
-        if popped {
+        if popped > 0 {
             Ok(())
         } else {
             // The queue is in the pass because avail.idx said chains wait:
