@@ -40,7 +40,7 @@
 //! # A virtio-queue device loop
 //!
 //! With rust-vmm's `virtio-queue` and guest memory in a
-//! [`GuestMemoryRcu`](crate::vm::GuestMemoryRcu) (feature `vm-memory`),
+//! `vm::GuestMemoryRcu` (feature `vm-memory`),
 //! one handle is the pass's read section: every completion of the pass
 //! goes on the used ring through it, and the guest is signalled once, when
 //! the handle (and any chain holding a clone of it) is dropped.
@@ -136,7 +136,7 @@ use std::sync::Arc;
 /// [`signal`](Notify::signal): it queues it, and the signal runs when the
 /// thread's *outermost* section ends, on that thread, inside the drop of
 /// whichever guard ends it: a [`ReadGuard`](crate::ReadGuard), a
-/// [`GuestMemoryRcuHandle`](crate::vm::GuestMemoryRcuHandle), a
+/// `vm::GuestMemoryRcuHandle`, a
 /// `DescriptorChain` holding one. Whatever the code around that drop still
 /// holds (a lock guard taken before the section, or in the same scope and
 /// dropped after it) is held while `signal` runs. So `signal` must not
@@ -157,7 +157,7 @@ use std::sync::Arc;
 /// // which waits for the read lock that `state` holds: a hang
 /// ```
 ///
-/// [`vhost_user`](crate::vhost_user) (feature `vhost-user-backend`) ships a
+/// `vhost_user` (feature `vhost-user-backend`) ships a
 /// vring whose notifier keeps the call eventfd itself and takes no vring
 /// lock, so this cannot happen with it. If it happens with a notifier of
 /// your own, the `rcu-watchdog` thread reports it (a
