@@ -347,6 +347,7 @@ mod call_rcu;
 mod cell;
 mod detect;
 mod erased;
+mod event;
 #[cfg(loom)]
 mod fault;
 mod flavor;

@@ -29,6 +29,7 @@ const LAYERS: &[&str] = &[
     "thread_bound",
     "erased",
     "section_calls",
+    "event",
     // the read side
     "reader",
     "local",
@@ -62,10 +63,8 @@ const DEBT: &[(&str, &str)] = &[
     ("fork", "call_rcu"),
     ("fork", "poll"),
     ("fork", "cell"),
-    // The read side wakes the grace-period writer and asks for the flavor.
+    // The read side asks for the flavor and its fences.
     ("reader", "flavor"),
-    ("reader", "grace"),
-    ("reader", "watchdog"),
 ];
 
 fn rank(module: &str) -> usize {
