@@ -13,9 +13,11 @@ use crate::detect::{self, Error, Waiter};
 #[cfg(not(loom))]
 pub(crate) use crate::event::{hold_event_for_fork, EventHeld};
 use crate::event::{reset_event, wait_event};
-use crate::flavor::writer_fence;
+use crate::flavor;
 use crate::fork;
-use crate::reader::{gp_counter, offline_while, registry, set_gp_counter, GP_STEP};
+use crate::reader::{
+    gp_counter, offline_while, ordinary_readers, registry, set_gp_counter, GP_STEP,
+};
 use crate::sync::{
     fence, global, lock, spin_loop, thread_local_const, AtomicU64, Condvar, Mutex, MutexGuard,
     Ordering, MAY_SPIN,
@@ -302,6 +304,19 @@ impl LeaderHeld {
         }
         self.0.waiting = 0;
     }
+}
+
+/// The writer's side of a store→load ordering point (`flavor::writer_fence`),
+/// told whether ordinary readers may exist.
+///
+/// # Errors
+///
+/// [`Error::MembarrierFailed`] if the kernel refuses the membarrier after
+/// having accepted the registration (a seccomp filter installed since). The
+/// readers' side of the protocol is then missing, so the caller must not
+/// treat the grace period as over.
+fn writer_fence() -> Result<(), Error> {
+    flavor::writer_fence(ordinary_readers).map_err(|errno| Error::MembarrierFailed { errno })
 }
 
 /// The leader's work: one grace period.

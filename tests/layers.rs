@@ -31,10 +31,10 @@ const LAYERS: &[&str] = &[
     "section_calls",
     "event",
     // the read side
+    "flavor",
     "reader",
     "local",
     "detect",
-    "flavor",
     "watchdog",
     // grace periods
     "grace",
@@ -63,8 +63,6 @@ const DEBT: &[(&str, &str)] = &[
     ("fork", "call_rcu"),
     ("fork", "poll"),
     ("fork", "cell"),
-    // The read side asks for the flavor and its fences.
-    ("reader", "flavor"),
 ];
 
 fn rank(module: &str) -> usize {
