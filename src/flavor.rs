@@ -1,9 +1,7 @@
 //! Flavors: which side of the grace-period protocol pays for the memory
 //! fences. Chosen once per process, before the first reader registers.
 
-use crate::detect::Error;
 use crate::fork;
-use crate::reader::ordinary_readers;
 use crate::report::report;
 #[cfg(not(loom))]
 use crate::sync::AtomicU64;
@@ -320,17 +318,21 @@ pub(crate) fn real_reader_fence() {
 /// every running reader execute a full fence, or a plain full fence in the
 /// fence flavor.
 ///
+/// `ordinary_readers` is `reader::ordinary_readers`, passed in by the
+/// caller (a grace period's writer) because the read side sits above this
+/// module (docs/architecture.md).
+///
 /// # Errors
 ///
-/// [`Error::MembarrierFailed`] if the kernel refuses the membarrier after
-/// having accepted the registration (a seccomp filter installed since). The
-/// readers' side of the protocol is then missing, so the caller must not
-/// treat the grace period as over.
-pub(crate) fn writer_fence() -> Result<(), Error> {
+/// The kernel's error number (for `Error::MembarrierFailed`) if it refuses
+/// the membarrier after having accepted the registration (a seccomp filter
+/// installed since). The readers' side of the protocol is then missing, so
+/// the caller must not treat the grace period as over.
+pub(crate) fn writer_fence(ordinary_readers: impl FnOnce() -> bool) -> Result<(), i32> {
     #[cfg(loom)]
     if crate::fault::active(crate::fault::LoomFault::WriterFenceFails) {
         // What a membarrier refused by seccomp returns.
-        return Err(Error::MembarrierFailed { errno: 1 });
+        return Err(1);
     }
     match flavor() {
         Flavor::Membarrier => {
@@ -358,9 +360,7 @@ pub(crate) fn writer_fence() -> Result<(), Error> {
             EXPEDITED.fetch_add(1, Ordering::Relaxed);
             // The kernel brackets this command with smp_mb() on the calling
             // CPU too, so it is also a full fence for the writer itself.
-            expedited_barrier().map_err(|e| Error::MembarrierFailed {
-                errno: e.raw_os_error().unwrap_or(0),
-            })
+            expedited_barrier().map_err(|e| e.raw_os_error().unwrap_or(0))
         }
         Flavor::Fence => {
             fence(Ordering::SeqCst);

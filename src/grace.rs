@@ -10,9 +10,14 @@
 //! section sets when the writer has asked it to (QEMU's `rcu_gp_event`).
 
 use crate::detect::{self, Error, Waiter};
-use crate::flavor::writer_fence;
+#[cfg(not(loom))]
+pub(crate) use crate::event::{hold_event_for_fork, EventHeld};
+use crate::event::{reset_event, wait_event};
+use crate::flavor;
 use crate::fork;
-use crate::reader::{gp_counter, offline_while, registry, set_gp_counter, GP_STEP};
+use crate::reader::{
+    gp_counter, offline_while, ordinary_readers, registry, set_gp_counter, GP_STEP,
+};
 use crate::sync::{
     fence, global, lock, spin_loop, thread_local_const, AtomicU64, Condvar, Mutex, MutexGuard,
     Ordering, MAY_SPIN,
@@ -22,29 +27,6 @@ use std::time::{Duration, Instant};
 
 /// How many scans the leader makes, spinning between them, before it sleeps.
 const SPIN_SCANS: u32 = 100;
-
-/// A resettable event: the leader sleeps on it, readers set it.
-struct Event {
-    state: Mutex<EventState>,
-    cv: Condvar,
-}
-
-/// What `Event::state` guards.
-pub(crate) struct EventState {
-    /// Set by a reader; the leader resets it before it asks readers to
-    /// set it.
-    set: bool,
-    /// Whether the leader is asleep on `cv`: a reader that sets the event
-    /// while the leader is still scanning makes no system call.
-    sleeping: bool,
-}
-
-global! {
-    static EVENT: Event = Event {
-        state: Mutex::new(EventState { set: false, sleeping: false }),
-        cv: Condvar::new(),
-    };
-}
 
 /// Leader election and completion count.
 struct Leader {
@@ -109,54 +91,6 @@ thread_local_const! {
     /// the grace period running only if the forking thread runs it (from
     /// the stall handler).
     static IS_LEADER: Cell<bool> = Cell::new(false);
-}
-
-/// Wakes a leader sleeping in `wait_for_readers`. Called by a reader leaving
-/// its section after a leader set its `waiting` flag.
-pub(crate) fn wake_writer() {
-    let sleeping = {
-        let mut state = lock(&EVENT.state);
-        state.set = true;
-        state.sleeping
-    };
-    // A leader that is not asleep sees `set` before it sleeps (it tests
-    // it under the lock): only a sleeping one needs the notification, a
-    // system call. Made after the lock is released, so that the leader it
-    // wakes does not block at once on the lock this thread holds; the
-    // leader was asleep in the wait when `sleeping` was read, so it cannot
-    // miss it.
-    if sleeping {
-        EVENT.cv.notify_all();
-    }
-}
-
-fn reset_event() {
-    lock(&EVENT.state).set = false;
-}
-
-/// Sleeps until the event is set (true) or `until` passes (false).
-fn wait_event(until: Option<Instant>) -> bool {
-    let mut state = lock(&EVENT.state);
-    while !state.set {
-        state.sleeping = true;
-        state = match until {
-            None => EVENT.cv.wait(state).unwrap_or_else(|p| p.into_inner()),
-            Some(until) => {
-                let now = Instant::now();
-                if now >= until {
-                    state.sleeping = false;
-                    return false;
-                }
-                EVENT
-                    .cv
-                    .wait_timeout(state, until - now)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0
-            }
-        };
-        state.sleeping = false;
-    }
-    true
 }
 
 /// Waits until every read section that was running when it was called has
@@ -349,31 +283,10 @@ impl Drop for LeaderSlot {
 #[cfg(not(loom))]
 pub(crate) struct LeaderHeld(MutexGuard<'static, Leader>);
 
-/// The event's lock, held across a `fork()` after every other lock (see
-/// `fork`).
-#[cfg(not(loom))]
-pub(crate) struct EventHeld(MutexGuard<'static, EventState>);
-
 /// Locks leader election for a fork.
 #[cfg(not(loom))]
 pub(crate) fn hold_leader_for_fork() -> LeaderHeld {
     LeaderHeld(lock(&LEADER))
-}
-
-/// Locks the event for a fork.
-#[cfg(not(loom))]
-pub(crate) fn hold_event_for_fork() -> EventHeld {
-    EventHeld(lock(&EVENT.state))
-}
-
-#[cfg(not(loom))]
-impl EventHeld {
-    /// In the child of a fork: no leader sleeps on the event there (a
-    /// sleeping one was another thread), so a reader's wake-up makes no
-    /// system call until the child's own leader sleeps.
-    pub(crate) fn after_fork_child(&mut self) {
-        self.0.sleeping = false;
-    }
 }
 
 #[cfg(not(loom))]
@@ -391,6 +304,19 @@ impl LeaderHeld {
         }
         self.0.waiting = 0;
     }
+}
+
+/// The writer's side of a store→load ordering point (`flavor::writer_fence`),
+/// told whether ordinary readers may exist.
+///
+/// # Errors
+///
+/// [`Error::MembarrierFailed`] if the kernel refuses the membarrier after
+/// having accepted the registration (a seccomp filter installed since). The
+/// readers' side of the protocol is then missing, so the caller must not
+/// treat the grace period as over.
+fn writer_fence() -> Result<(), Error> {
+    flavor::writer_fence(ordinary_readers).map_err(|errno| Error::MembarrierFailed { errno })
 }
 
 /// The leader's work: one grace period.

@@ -8,7 +8,15 @@
 //!
 //! Storage: the thread's [`DeferState`] lives in the same thread-local as
 //! its reader record (so `call_local` finds both with `%fs`-relative
-//! accesses, without an initialization check). Pending calls are
+//! accesses, without an initialization check).
+//!
+//! Layering: `local` and `reader` are the one pair of modules that import
+//! each other (docs/architecture.md; checked by `tests/layers.rs`). They
+//! share that per-thread state by design: `reader::Local` holds this
+//! module's `DeferState`, and the end of the outermost section runs the
+//! pending calls (`run_if_due`) in the same access. Splitting the
+//! thread-local in two would cost the read side a second TLS access and an
+//! initialization check. Pending calls are
 //! type-erased ([`Erased`]). The first one has cells of its own, so the
 //! usual pass (one notifier) records and runs its call with a few
 //! word-sized stores and loads; later ones go to a vector in

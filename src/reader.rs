@@ -22,8 +22,8 @@
 //! The registry itself (entries, owners, stand-ins, and the writer's scans
 //! over them) is the `registry` submodule.
 
+use crate::event;
 use crate::flavor::{flavor, reader_fence, real_reader_fence, Flavor};
-use crate::grace;
 use crate::local::{self, DeferState};
 use crate::report::report;
 use crate::section_calls::{RawFn, SectionCalls};
@@ -32,7 +32,7 @@ use crate::sync::{
     Ordering,
 };
 use crate::thread_bound::ThreadBound;
-use crate::watchdog::HeldWord;
+use held::HeldWord;
 #[cfg(not(loom))]
 pub(crate) use registry::{hold_for_fork, RegistryHeld};
 pub(crate) use registry::{registry, Blocker, Owner, Registry};
@@ -43,6 +43,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::panic::Location;
 
+pub(crate) mod held;
 mod registry;
 
 /// A reader's `ctr` word: the nesting depth in its low `NEST_BITS` bits,
@@ -384,7 +385,7 @@ impl Record {
         // Relaxed: ordered by the fence above.
         if self.signal.load(Ordering::Relaxed) & WAITING != 0 {
             self.signal.store(0, Ordering::Relaxed);
-            grace::wake_writer();
+            event::wake_writer();
         }
     }
 
@@ -679,7 +680,7 @@ impl Local {
             // each sleep; a stale clear only costs it a wake-up that it
             // would not need.
             record.signal.store(signal & !WAITING, Ordering::Relaxed);
-            grace::wake_writer();
+            event::wake_writer();
         }
     }
 
@@ -1058,7 +1059,7 @@ impl Drop for AbandonEntry<'_> {
         let signal = record.signal.load(Ordering::Relaxed);
         if signal & WAITING != 0 {
             record.signal.store(signal & !WAITING, Ordering::Relaxed);
-            grace::wake_writer();
+            event::wake_writer();
         }
     }
 }
@@ -1132,7 +1133,7 @@ impl Drop for Registration {
             record.signal.store(STAND_IN, Ordering::Relaxed);
             drop(registry);
             if waited_for {
-                grace::wake_writer();
+                event::wake_writer();
             }
             return;
         }

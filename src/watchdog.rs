@@ -12,7 +12,7 @@
 //! queued signal that blocks (a `Notify` that takes a lock the code around
 //! the section still holds) hangs the thread at the section's end.
 //!
-//! Each thread's record carries a [`HeldWord`]: zero while no signal is
+//! Each thread's record carries a `HeldWord` (`reader/held.rs`): zero while no signal is
 //! queued; otherwise a sequence number that identifies the section, how
 //! many signals it has queued, and whether they are running. The owner
 //! writes it with plain stores, when a section queues a new notifier and
@@ -24,92 +24,22 @@
 //! once, as a [`ReportKind::HeldNotification`](crate::ReportKind::HeldNotification).
 
 #[cfg(not(loom))]
-use crate::sync::AtomicU64;
-use crate::sync::Ordering;
-
-/// Bits of a held word below the sequence number: the count of queued
-/// signals (bits 1..16) and the running flag (bit 0).
-#[cfg(not(loom))]
-const SEQ_SHIFT: u32 = 16;
-/// The running flag: the queued signals are being sent.
-#[cfg(not(loom))]
-const RUNNING: u64 = 1;
-/// The count of queued signals, shifted left by 1.
-#[cfg(not(loom))]
-const COUNT_MASK: u64 = ((1 << SEQ_SHIFT) - 1) & !RUNNING;
-
-/// A thread's held-notification state, in its reader record; see the
-/// module documentation. Written only by the owner, read by the watchdog.
-#[cfg(not(loom))]
-pub(crate) struct HeldWord(AtomicU64);
-
-/// Under loom nothing watches: the word is not there.
-#[cfg(loom)]
-pub(crate) struct HeldWord;
-
-impl HeldWord {
-    /// No signal queued.
-    pub(crate) const fn new() -> Self {
-        #[cfg(not(loom))]
-        return HeldWord(AtomicU64::new(0));
-        #[cfg(loom)]
-        return HeldWord;
-    }
-
-    /// The section numbered `seq` now has `count` distinct signals queued.
-    #[inline(always)]
-    pub(crate) fn queued(&self, seq: u64, count: usize) {
-        let _ = (seq, count, Ordering::Relaxed);
-        // Relaxed: read only by the watchdog, for reports.
-        #[cfg(not(loom))]
-        self.0.store(
-            (seq << SEQ_SHIFT) | ((count as u64) << 1 & COUNT_MASK),
-            Ordering::Relaxed,
-        );
-    }
-
-    /// The queued signals start to run.
-    #[inline(always)]
-    pub(crate) fn running(&self) {
-        // Relaxed: as in `queued` (and only the owner writes it).
-        #[cfg(not(loom))]
-        self.0
-            .store(self.0.load(Ordering::Relaxed) | RUNNING, Ordering::Relaxed);
-    }
-
-    /// The queued signals have run (or been abandoned).
-    #[inline(always)]
-    pub(crate) fn clear(&self) {
-        // Relaxed: as in `queued`.
-        #[cfg(not(loom))]
-        self.0.store(0, Ordering::Relaxed);
-    }
-
-    /// The word, for the watchdog's scan.
-    #[cfg(not(loom))]
-    pub(crate) fn load(&self) -> u64 {
-        // Relaxed: as in `queued`.
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-#[cfg(not(loom))]
-pub(crate) use thread::{ensure_started, HeldSection};
+pub(crate) use thread::ensure_started;
 
 #[cfg(loom)]
 pub(crate) fn ensure_started() {}
 
 #[cfg(not(loom))]
 mod thread {
-    use super::{AtomicU64, COUNT_MASK, RUNNING};
     use crate::detect::stall_timeout;
     use crate::fork;
-    use crate::reader::{registry, Owner};
+    use crate::reader::held::{HeldSection, COUNT_MASK, RUNNING};
+    use crate::reader::registry;
     use crate::report::report;
+    use crate::sync::AtomicU64;
     use crate::sync::{global, Ordering};
     use crate::sys;
     use std::collections::HashMap;
-    use std::panic::Location;
     use std::time::{Duration, Instant};
 
     global! {
@@ -121,16 +51,6 @@ mod thread {
 
     /// How often the watchdog looks when reports are off.
     const IDLE_PERIOD: Duration = Duration::from_secs(1);
-
-    /// A section with queued signals, as the watchdog saw it.
-    pub(crate) struct HeldSection {
-        /// Identifies the record (its address).
-        pub(crate) key: usize,
-        /// The record's held word.
-        pub(crate) word: u64,
-        pub(crate) owner: Option<Owner>,
-        pub(crate) entered_at: Option<&'static Location<'static>>,
-    }
 
     /// Starts the watchdog thread, once per process (a forked child starts
     /// its own). Cheap after the first call: one atomic load.

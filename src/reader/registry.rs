@@ -171,12 +171,12 @@ impl Registry {
     /// The records whose sections have guest notifications queued, for the
     /// watchdog.
     #[cfg(not(loom))]
-    pub(crate) fn held_sections(&self) -> Vec<crate::watchdog::HeldSection> {
+    pub(crate) fn held_sections(&self) -> Vec<super::held::HeldSection> {
         self.entries
             .iter()
             .filter_map(|entry| {
                 let word = entry.record.held.load();
-                (word != 0).then(|| crate::watchdog::HeldSection {
+                (word != 0).then(|| super::held::HeldSection {
                     key: entry.record as *const Record as usize,
                     word,
                     owner: entry.owner.clone(),
