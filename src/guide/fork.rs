@@ -52,6 +52,8 @@
 //! });
 //! entered.recv().unwrap();
 //!
+//! // SAFETY: fork(2) has no memory-safety preconditions; the child only
+//! // runs Rust code that rcu-defer's fork handlers made safe, then exits.
 //! match unsafe { libc::fork() } {
 //!     0 => {
 //!         // The child: only this thread exists.
@@ -64,11 +66,14 @@
 //!             assert!(RAN.load(Ordering::SeqCst));
 //!         })
 //!         .is_ok();
+//!         // SAFETY: _exit(2) ends the child without running the parent's
+//!         // atexit handlers or unwinding the test harness twice.
 //!         unsafe { libc::_exit(if ok { 0 } else { 1 }) }
 //!     }
 //!     child => {
 //!         assert!(child > 0, "fork failed");
 //!         let mut status = 0;
+//!         // SAFETY: `status` is a valid, writable int for the call.
 //!         assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
 //!         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
 //!     }

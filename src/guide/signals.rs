@@ -28,9 +28,12 @@
 //!
 //! LazyLock::force(&QUEUE_SIZE); // initialise outside the handler
 //! let handler: extern "C" fn(libc::c_int) = on_sigusr1;
+//! // SAFETY: the handler is an `extern "C" fn` that only does what is
+//! // async-signal-safe here: a nested section, a load and an atomic store.
 //! unsafe { libc::signal(libc::SIGUSR1, handler as libc::sighandler_t) };
 //! {
 //!     let _section = read_lock();
+//!     // SAFETY: raise(2) runs the handler installed above on this thread.
 //!     unsafe { libc::raise(libc::SIGUSR1) };
 //! }
 //! assert_eq!(SEEN.load(Ordering::Relaxed), 256);
