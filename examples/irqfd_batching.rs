@@ -54,7 +54,7 @@ mod linux {
     use hdrhistogram::Histogram;
     use std::sync::{Arc, RwLock};
     use std::time::Duration;
-    use vhost_user_blk::backend::{DeviceConfig, Workers, MAX_QUEUES};
+    use vhost_user_blk::backend::{DeviceConfig, Workers, DEFAULT_POLL_US, MAX_QUEUES};
     use vhost_user_blk::disk::{RamDisk, SECTOR_SIZE};
     use vhost_user_blk::request::NotifyMode;
     use vhost_user_blk::serve::serve_one;
@@ -83,7 +83,7 @@ mod linux {
             workers: Workers::One,
             event_idx: true,
             latency_us: 0,
-            poll_us: 0,
+            poll_us: DEFAULT_POLL_US,
         };
         let mut args = args.peekable();
         while let Some(arg) = args.next() {
@@ -106,8 +106,8 @@ mod linux {
                         "cargo run --release --example irqfd_batching -- [--queues N (1..={MAX_QUEUES}, \
                          default 1)] [--iodepth N (per queue, default 64)] [--requests N (per \
                          mode, default 2000000)] [--rounds N (default 5)] [--thread-per-queue] \
-                         [--no-event-idx] [--latency-us N] [--poll-us N] (the backend's \
-                         options of those names)"
+                         [--no-event-idx] [--latency-us N] [--poll-us N (default {DEFAULT_POLL_US}; 0: never)] (the \
+                         backend's options of those names)"
                     );
                     std::process::exit(0);
                 }
@@ -255,7 +255,7 @@ mod linux {
                 us => format!(", disk latency {us} us"),
             },
             match args.poll_us {
-                0 => String::new(),
+                0 => ", no polling".to_owned(),
                 us => format!(", polling up to {us} us"),
             },
             per_queue * args.queues as u64 * args.rounds,

@@ -46,6 +46,12 @@ pub const MAX_QUEUE_SIZE: usize = 1024;
 pub const SEG_MAX: u32 = 126;
 /// The block size the device advertises, in bytes.
 pub const BLK_SIZE: u32 = 512;
+/// How long a worker polls its queues after a pass by default (µs): a
+/// QEMU IOThread's `poll-max-ns` default (32768 ns). Waking a thread whose
+/// CPU has gone idle costs tens of microseconds in a VM (a halted vCPU);
+/// a driver that resubmits within the window is served without that, and
+/// the window shrinks to nothing under a load that does not.
+pub const DEFAULT_POLL_US: u64 = 32;
 
 /// The virtio features the device offers: VERSION_1, EVENT_IDX (when
 /// `event_idx`), INDIRECT_DESC, and virtio-blk's SEG_MAX, BLK_SIZE, FLUSH
@@ -148,7 +154,8 @@ pub struct DeviceConfig {
     pub latency_us: u64,
     /// After a pass, poll the queues for more work for up to this many
     /// microseconds before sleeping until a kick, the window adapting to
-    /// the load (see `BlkServer::set_poll_max`); 0: never poll.
+    /// the load (see `BlkServer::set_poll_max`); 0: never poll. Default
+    /// [`DEFAULT_POLL_US`].
     pub poll_us: u64,
     /// Whether the device offers VIRTIO_RING_F_EVENT_IDX. Without it every
     /// completion needs a signal (unless the driver sets
@@ -165,7 +172,7 @@ impl DeviceConfig {
             notify,
             event_idx: true,
             latency_us: 0,
-            poll_us: 0,
+            poll_us: DEFAULT_POLL_US,
         }
     }
 

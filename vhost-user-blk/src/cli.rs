@@ -1,7 +1,7 @@
 //! The command line, and the stats line printed at the end of each
 //! connection.
 
-use crate::backend::{ConnectionStats, DeviceConfig, Workers, MAX_QUEUES};
+use crate::backend::{ConnectionStats, DeviceConfig, Workers, DEFAULT_POLL_US, MAX_QUEUES};
 use crate::request::NotifyMode;
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -30,7 +30,7 @@ pattern: each 8-byte word holds its byte offset on the disk (little-endian).
   --no-event-idx        do not offer EVENT_IDX: every completion needs a signal
   --poll-us N           after a pass, poll the queues for up to N us (the window
                         adapts to the load) before sleeping until a kick, as a
-                        QEMU IOThread's poll-max-ns does (default 0: never)
+                        QEMU IOThread's poll-max-ns does (default 32; 0: never)
   --latency-us N        an asynchronous disk: a request completes N us after the
                         device pops it, with all others due by then, in one pass
                         (as io_uring completions come in bursts; default 0)
@@ -86,7 +86,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
     let mut workers = Workers::One;
     let mut event_idx = true;
     let mut latency_us = 0;
-    let mut poll_us = 0;
+    let mut poll_us = DEFAULT_POLL_US;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let Some(arg) = arg.to_str().map(str::to_owned) else {
@@ -236,7 +236,9 @@ mod tests {
                 "--thread-per-queue",
                 "--no-event-idx",
                 "--latency-us",
-                "50"
+                "50",
+                "--poll-us",
+                "0"
             ]),
             Ok(Command::Run(Args {
                 socket: "x".into(),

@@ -183,6 +183,53 @@ pub fn execute<M: GuestMemory + ?Sized>(
     disk: &RwLock<RamDisk>,
     scratch: &mut Vec<u8>,
 ) -> Outcome {
+    execute_with(mem, descs, &mut DiskLock::new(disk), scratch)
+}
+
+/// The disk's lock, held across the requests of a pass: a read request
+/// takes the shared lock only if the pass does not hold it yet, and keeps
+/// it until the next write request or the end of the pass (when this is
+/// dropped); a write takes the exclusive lock for itself alone.
+///
+/// Taking and releasing the lock for each request cost a quarter of the
+/// worker's time under 4 KiB reads at iodepth 64: the release is a locked
+/// instruction, which waits for the request's 4 KiB copy into guest memory
+/// to drain from the store buffer. Held across a pass, the copies drain
+/// while the next requests are parsed. A worker serving other queues that
+/// wants to write waits for the end of this pass (at most a ring's worth of
+/// requests).
+pub struct DiskLock<'a> {
+    disk: &'a RwLock<RamDisk>,
+    read: Option<RwLockReadGuard<'a, RamDisk>>,
+}
+
+impl<'a> DiskLock<'a> {
+    /// `disk`, not locked yet.
+    pub fn new(disk: &'a RwLock<RamDisk>) -> DiskLock<'a> {
+        DiskLock { disk, read: None }
+    }
+
+    /// The disk for a read request: shared, kept for the next ones.
+    fn read(&mut self) -> &RamDisk {
+        let disk = self.disk;
+        self.read
+            .get_or_insert_with(|| disk.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The disk for a write request: exclusive, for this request only.
+    fn write(&mut self) -> RwLockWriteGuard<'a, RamDisk> {
+        self.read = None;
+        self.disk.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// [`execute`] with the disk's lock held as `disk` says (see [`DiskLock`]).
+pub fn execute_with<M: GuestMemory + ?Sized>(
+    mem: &M,
+    descs: &[Descriptor],
+    disk: &mut DiskLock<'_>,
+    scratch: &mut Vec<u8>,
+) -> Outcome {
     let refuse = |kind: RefusalKind, what: String| Outcome {
         used_len: u32::from(kind.answer().is_some()),
         refusal: Some(Refusal { kind, what }),
@@ -256,7 +303,7 @@ pub fn execute<M: GuestMemory + ?Sized>(
 fn execute_request<M: GuestMemory + ?Sized>(
     mem: &M,
     descs: &[Descriptor],
-    disk: &RwLock<RamDisk>,
+    disk: &mut DiskLock<'_>,
     scratch: &mut Vec<u8>,
 ) -> Result<u32, Refusal> {
     let refuse = |kind, what: String| Err(Refusal { kind, what });
@@ -330,9 +377,9 @@ fn execute_request<M: GuestMemory + ?Sized>(
             // One lock for the whole request (shared for a read, exclusive
             // for a write): the range check and the copy see one disk.
             let mut disk = if device_writes {
-                DiskAccess::Read(disk.read().unwrap_or_else(PoisonError::into_inner))
+                DiskAccess::Read(disk.read())
             } else {
-                DiskAccess::Write(disk.write().unwrap_or_else(PoisonError::into_inner))
+                DiskAccess::Write(disk.write())
             };
             let Some(offset) = offset.filter(|&offset| disk.get().contains(offset, len)) else {
                 return refuse(
@@ -435,7 +482,7 @@ fn execute_request<M: GuestMemory + ?Sized>(
 /// The disk, locked for a request's data copy.
 enum DiskAccess<'a> {
     /// A read request: the disk is read.
-    Read(RwLockReadGuard<'a, RamDisk>),
+    Read(&'a RamDisk),
     /// A write request: the disk is written.
     Write(RwLockWriteGuard<'a, RamDisk>),
 }
@@ -984,6 +1031,8 @@ impl BlkServer {
         let queue = &mut *work.queue;
         queue.disable_notification(&**mem).map_err(ring_error)?;
         let mut popped = 0;
+        let disk = Arc::clone(&self.disk);
+        let mut disk = DiskLock::new(&disk);
         // At most a ring's worth per pass: a driver that posts as fast as
         // the device completes would otherwise keep one pass, and its read
         // section, open for as long as it runs, holding a batched pass's
@@ -996,7 +1045,7 @@ impl BlkServer {
             let head = chain.head_index();
             self.descs.clear();
             self.descs.extend(chain.take(MAX_DESCRIPTORS + 1));
-            let outcome = execute(&**mem, &self.descs, &self.disk, &mut self.scratch);
+            let outcome = execute_with(&**mem, &self.descs, &mut disk, &mut self.scratch);
             if let Some(refusal) = outcome.refusal {
                 self.stats.errors += 1;
                 if !self.refusal_reported {
@@ -1105,6 +1154,23 @@ mod tests {
             max: Duration::from_micros(max_us),
             ..Poller::default()
         }
+    }
+
+    #[test]
+    fn a_pass_that_holds_the_read_lock_can_write_and_read_again() {
+        let disk = RwLock::new(RamDisk::new(1 << 20));
+        let mut lock = DiskLock::new(&disk);
+        let mut before = [0u8; 512];
+        lock.read().read(0, &mut before);
+        // The write gives up the shared lock first: no deadlock with itself.
+        lock.write().write(0, &[7u8; 512]);
+        let mut after = [0u8; 512];
+        lock.read().read(0, &mut after);
+        assert_eq!(after, [7u8; 512]);
+        // Held until the pass drops it: another thread's writer waits.
+        assert!(disk.try_write().is_err());
+        drop(lock);
+        assert!(disk.try_write().is_ok());
     }
 
     #[test]
