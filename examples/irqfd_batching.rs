@@ -78,8 +78,8 @@ mod linux {
         let mut parsed = Args {
             queues: 1,
             iodepth: 64,
-            requests: 2_000_000,
-            rounds: 5,
+            requests: 7_000_000,
+            rounds: 7,
             workers: Workers::One,
             event_idx: true,
             latency_us: 0,
@@ -105,7 +105,7 @@ mod linux {
                     println!(
                         "cargo run --release --example irqfd_batching -- [--queues N (1..={MAX_QUEUES}, \
                          default 1)] [--iodepth N (per queue, default 64)] [--requests N (per \
-                         mode, default 2000000)] [--rounds N (default 5)] [--thread-per-queue] \
+                         mode, default 7000000)] [--rounds N (default 7)] [--thread-per-queue] \
                          [--no-event-idx] [--latency-us N] [--poll-us N (default {DEFAULT_POLL_US}; 0: never)] (the \
                          backend's options of those names)"
                     );

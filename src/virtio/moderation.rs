@@ -26,6 +26,12 @@
 //! measure, go to signals at once, the lower-latency choice. A change of
 //! load is followed at the next probe, so within 4 s.
 //!
+//! Batching, once chosen, is watched: the same driver can settle into a
+//! slower shape under it (one that sleeps through every pass) some time
+//! after the probe. Two epochs in a row that complete less than the probe
+//! measured for signals at once end the choice with a new probe at once, so
+//! a collapse costs milliseconds, not the seconds the choice was kept for.
+//!
 //! It is a per-thread value with no shared state (one per device thread,
 //! `&mut` for each pass): it adds no synchronization to the signal path,
 //! and the signal itself is [`IrqNotifier::notify`] or
@@ -58,6 +64,10 @@ pub struct ModerationStats {
     pub probes: u64,
     /// Probes that chose batching.
     pub batched_choices: u64,
+    /// Times a kept choice of batching was given up before its time,
+    /// because it completed less than the probe measured for signals at
+    /// once.
+    pub fallbacks: u64,
 }
 
 /// Chooses, for one device thread, whether its passes batch their signals;
@@ -101,6 +111,9 @@ pub struct Moderation {
     /// keep choosing the same, back to `KEEP_MIN` when one changes it.
     keep: Duration,
     last_choice: Option<Delivery>,
+    /// Epochs in a row that a kept choice of batching completed less than
+    /// its `floor`.
+    low_epochs: u32,
     stats: ModerationStats,
 }
 
@@ -114,8 +127,10 @@ enum Phase {
         at_once: [f64; PROBE_EPOCHS as usize / 2],
         batched: [f64; PROBE_EPOCHS as usize / 2],
     },
-    /// Keeping the probe's choice until `until`.
-    Keep { until: Instant },
+    /// Keeping the probe's choice until `until`. A kept choice of batching
+    /// is watched: `floor` is the probe's median rate at once, which its
+    /// epochs must not fall below (`None` when signals go at once).
+    Keep { until: Instant, floor: Option<f64> },
 }
 
 /// An epoch's measured part: long enough for thousands of completions at
@@ -154,6 +169,9 @@ const KEEP_MIN: Duration = Duration::from_millis(500);
 const DECISIVE: f64 = 1.25;
 const KEEP_DECISIVE: Duration = Duration::from_secs(2);
 const KEEP_MAX: Duration = Duration::from_secs(4);
+/// Epochs in a row below the floor that end a kept choice of batching: one
+/// epoch disturbed by the scheduler does not.
+const FALLBACK_EPOCHS: u32 = 2;
 
 impl Default for Moderation {
     fn default() -> Self {
@@ -176,6 +194,7 @@ impl Moderation {
             measure_from: None,
             keep: KEEP_MIN,
             last_choice: None,
+            low_epochs: 0,
             stats: ModerationStats::default(),
         }
     }
@@ -224,14 +243,17 @@ impl Moderation {
             self.epoch_start = Some(now);
             self.phase = Phase::Keep {
                 until: now + STARTUP,
+                floor: None,
             };
             return self.delivery;
         };
         let elapsed = now.saturating_duration_since(start);
         match self.phase {
-            Phase::Keep { until } => {
+            Phase::Keep { until, floor } => {
                 if now >= until {
                     self.begin_probe(now);
+                } else if let Some(floor) = floor {
+                    self.watch(floor, elapsed, now);
                 }
             }
             Phase::Probe {
@@ -253,7 +275,7 @@ impl Moderation {
                     return self.delivery;
                 }
                 if self.epoch_completions < LIGHT_EPOCH {
-                    self.choose(Delivery::AtOnce, now, false);
+                    self.choose(Delivery::AtOnce, now, false, 0.0);
                     return self.delivery;
                 }
                 let rate = self.epoch_completions as f64 / elapsed.as_secs_f64();
@@ -278,7 +300,7 @@ impl Moderation {
                     } else {
                         Delivery::AtOnce
                     };
-                    self.choose(choice, now, batched * DECISIVE < at_once);
+                    self.choose(choice, now, batched * DECISIVE < at_once, at_once);
                 } else {
                     self.phase = Phase::Probe {
                         epoch,
@@ -310,9 +332,39 @@ impl Moderation {
         self.switch_to(probe_delivery(0), now);
     }
 
+    /// A kept choice of batching, at a pass `elapsed` into its epoch: ends
+    /// it with a new probe after `FALLBACK_EPOCHS` epochs in a row below
+    /// `floor` (the probe's rate at once).
+    fn watch(&mut self, floor: f64, elapsed: Duration, now: Instant) {
+        if self.measure_from.is_some_and(|from| now < from) {
+            // Warming up after the switch to batching.
+            self.start_epoch(now);
+            return;
+        }
+        if elapsed < EPOCH {
+            return;
+        }
+        if elapsed <= IDLE_EPOCH {
+            let rate = self.epoch_completions as f64 / elapsed.as_secs_f64();
+            self.low_epochs = if rate < floor { self.low_epochs + 1 } else { 0 };
+        }
+        if self.low_epochs >= FALLBACK_EPOCHS {
+            self.stats.fallbacks += 1;
+            self.low_epochs = 0;
+            // The next choice is kept for `KEEP_MIN` at first, whichever it
+            // is: this one did not hold.
+            self.last_choice = None;
+            self.begin_probe(now);
+        } else {
+            self.start_epoch(now);
+        }
+    }
+
     /// Keeps `choice` until the next probe; `decisive`: batching was far
-    /// behind, so probing it again soon would mostly cost.
-    fn choose(&mut self, choice: Delivery, now: Instant, decisive: bool) {
+    /// behind, so probing it again soon would mostly cost. `at_once`: the
+    /// probe's median rate at once, the floor a kept choice of batching is
+    /// watched against.
+    fn choose(&mut self, choice: Delivery, now: Instant, decisive: bool, at_once: f64) {
         if choice == Delivery::Batched {
             self.stats.batched_choices += 1;
         }
@@ -324,8 +376,10 @@ impl Moderation {
             KEEP_MIN
         };
         self.last_choice = Some(choice);
+        self.low_epochs = 0;
         self.phase = Phase::Keep {
             until: now + self.keep,
+            floor: (choice == Delivery::Batched).then_some(at_once),
         };
         self.switch_to(choice, now);
     }
@@ -440,6 +494,55 @@ mod tests {
             let s = m.stats();
             assert!(s.batched_passes * 20 < s.at_once_passes, "{s:?}");
         }
+    }
+
+    #[test]
+    fn a_kept_choice_of_batching_that_collapses_is_given_up_within_milliseconds() {
+        let mut m = Moderation::new();
+        let now = drive(&mut m, Instant::now(), 200, |d| match d {
+            Delivery::AtOnce => 1000,
+            Delivery::Batched => 1300,
+        });
+        assert_eq!(m.delivery(), Delivery::Batched);
+        // Batching stays above the probe's rate at once: kept.
+        let now = drive(&mut m, now, 100, |d| match d {
+            Delivery::AtOnce => 1000,
+            Delivery::Batched => 1100,
+        });
+        assert_eq!((m.delivery(), m.stats().fallbacks), (Delivery::Batched, 0));
+        // The driver falls into sleeping through each pass: batching now
+        // completes half of what signals at once did. Long before the 500 ms
+        // the choice was kept for, a probe has chosen signals at once.
+        let probes = m.stats().probes;
+        drive(&mut m, now, 40, |d| match d {
+            Delivery::AtOnce => 1000,
+            Delivery::Batched => 500,
+        });
+        assert_eq!(m.stats().fallbacks, 1);
+        assert_eq!(m.stats().probes, probes + 1);
+        assert_eq!(m.last_choice, Some(Delivery::AtOnce));
+    }
+
+    #[test]
+    fn one_slow_epoch_does_not_end_a_kept_choice_of_batching() {
+        let start = Instant::now();
+        let mut m = Moderation::new();
+        let now = drive(&mut m, start, 200, |d| match d {
+            Delivery::AtOnce => 1000,
+            Delivery::Batched => 1300,
+        });
+        assert_eq!(m.delivery(), Delivery::Batched);
+        // One 3 ms stretch at half speed (another thread had the CPU).
+        let slow_from = now + Duration::from_millis(50);
+        let slow_to = slow_from + EPOCH;
+        drive_at(&mut m, now, 200, |d, t| {
+            match (d, t >= slow_from && t < slow_to) {
+                (Delivery::Batched, true) => 500,
+                (Delivery::Batched, false) => 1300,
+                (Delivery::AtOnce, _) => 1000,
+            }
+        });
+        assert_eq!((m.delivery(), m.stats().fallbacks), (Delivery::Batched, 0));
     }
 
     #[test]
