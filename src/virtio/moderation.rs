@@ -29,8 +29,11 @@
 //! Batching, once chosen, is watched: the same driver can settle into a
 //! slower shape under it (one that sleeps through every pass) some time
 //! after the probe. Two epochs in a row that complete less than the probe
-//! measured for signals at once end the choice with a new probe at once, so
-//! a collapse costs milliseconds, not the seconds the choice was kept for.
+//! measured for signals at once end the choice: signals go at once for 2 s
+//! before the next probe, as after a probe that batching lost by far. A
+//! collapse costs milliseconds, not the seconds the choice was kept for,
+//! and a driver that collapses after every probe it lets batching win gets
+//! at most one such collapse every 2 s.
 //!
 //! It is a per-thread value with no shared state (one per device thread,
 //! `&mut` for each pass): it adds no synchronization to the signal path,
@@ -333,8 +336,9 @@ impl Moderation {
     }
 
     /// A kept choice of batching, at a pass `elapsed` into its epoch: ends
-    /// it with a new probe after `FALLBACK_EPOCHS` epochs in a row below
-    /// `floor` (the probe's rate at once).
+    /// it, for signals at once kept `KEEP_DECISIVE`, after
+    /// `FALLBACK_EPOCHS` epochs in a row below `floor` (the probe's rate
+    /// at once).
     fn watch(&mut self, floor: f64, elapsed: Duration, now: Instant) {
         if self.measure_from.is_some_and(|from| now < from) {
             // Warming up after the switch to batching.
@@ -350,11 +354,10 @@ impl Moderation {
         }
         if self.low_epochs >= FALLBACK_EPOCHS {
             self.stats.fallbacks += 1;
-            self.low_epochs = 0;
-            // The next choice is kept for `KEEP_MIN` at first, whichever it
-            // is: this one did not hold.
+            // As a probe that batching lost by far: re-probing at once could
+            // let the shape that collapsed win again, and collapse again.
             self.last_choice = None;
-            self.begin_probe(now);
+            self.choose(Delivery::AtOnce, now, true, 0.0);
         } else {
             self.start_epoch(now);
         }
@@ -512,15 +515,26 @@ mod tests {
         assert_eq!((m.delivery(), m.stats().fallbacks), (Delivery::Batched, 0));
         // The driver falls into sleeping through each pass: batching now
         // completes half of what signals at once did. Long before the 500 ms
-        // the choice was kept for, a probe has chosen signals at once.
+        // the choice was kept for, signals go at once again, and stay so
+        // (no probe) for `KEEP_DECISIVE`.
         let probes = m.stats().probes;
-        drive(&mut m, now, 40, |d| match d {
+        let now = drive(&mut m, now, 20, |d| match d {
             Delivery::AtOnce => 1000,
             Delivery::Batched => 500,
         });
         assert_eq!(m.stats().fallbacks, 1);
-        assert_eq!(m.stats().probes, probes + 1);
-        assert_eq!(m.last_choice, Some(Delivery::AtOnce));
+        assert_eq!(m.delivery(), Delivery::AtOnce);
+        drive(
+            &mut m,
+            now,
+            KEEP_DECISIVE.as_millis() as u64 - 100,
+            |d| match d {
+                Delivery::AtOnce => 1000,
+                Delivery::Batched => 500,
+            },
+        );
+        assert_eq!(m.stats().probes, probes);
+        assert_eq!(m.delivery(), Delivery::AtOnce);
     }
 
     #[test]
