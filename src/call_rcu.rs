@@ -249,7 +249,9 @@ fn batch_window() -> Duration {
 /// Queues `callback`. An error means the worker could not be spawned; the
 /// callback stays queued.
 fn enqueue(callback: Callback) -> io::Result<()> {
-    fork::register_handlers();
+    // The worker's takes of the queue's lock come after this one (it is
+    // started under it).
+    register_for_fork();
     let mut queue = lock(&QUEUE);
     queue.push(callback);
     let backlog = queue.backlog;
@@ -761,7 +763,7 @@ fn drain(op: &'static str, until: Option<Instant>) -> Result<(), Error> {
         return Err(Error::InCallRcuCallback { op });
     }
     detect::check_may_wait(op)?;
-    fork::register_handlers();
+    register_for_fork();
     let called = Instant::now();
     let drain = Arc::new(Drain {
         outcome: Mutex::new(None),
@@ -794,19 +796,31 @@ fn drain(op: &'static str, until: Option<Instant>) -> Result<(), Error> {
     }
 }
 
-/// The queue's lock, held by the forking thread across a `fork()` (see
-/// `fork`).
 #[cfg(not(loom))]
-pub(crate) struct QueueHeld(MutexGuard<'static, Queue>);
+thread_local_const! {
+    /// The queue's lock, held by the forking thread across a `fork()`.
+    static FORK_HELD: fork::Kept<MutexGuard<'static, Queue>> = fork::Kept::new();
+}
 
-/// Locks the queue for a fork.
+/// The queue's lock across a `fork()` (see `fork`), and its repair in the
+/// child.
 #[cfg(not(loom))]
-pub(crate) fn hold_for_fork() -> QueueHeld {
-    QueueHeld(lock(&QUEUE))
+static FORK_HOOK: fork::Hook = fork::Hook {
+    rank: fork::Rank::Queue,
+    prepare: || FORK_HELD.with(|held| held.keep(lock(&QUEUE))),
+    repair: || FORK_HELD.with(|held| held.repair(|queue| queue.after_fork_child())),
+    release: || FORK_HELD.with(fork::Kept::release),
+};
+
+/// Registers the queue's fork hook: before its lock is taken.
+#[inline]
+fn register_for_fork() {
+    #[cfg(not(loom))]
+    fork::register(&FORK_HOOK).unwrap_or_else(crate::report::fork_handlers_failed);
 }
 
 #[cfg(not(loom))]
-impl QueueHeld {
+impl Queue {
     /// In the child of a fork, before the lock is released: only the
     /// forking thread exists.
     ///
@@ -820,15 +834,14 @@ impl QueueHeld {
     /// forking thread was not in one), so the queued drains are forgotten,
     /// and their markers, which the new worker runs in their turn, do
     /// nothing (see `Drain::finish`).
-    pub(crate) fn after_fork_child(&mut self) {
-        let queue = &mut *self.0;
+    fn after_fork_child(&mut self) {
         if !ON_CALLBACK_THREAD.with(Cell::get) {
-            queue.give_back_in_flight();
-            queue.worker = Worker::NotStarted;
+            self.give_back_in_flight();
+            self.worker = Worker::NotStarted;
         }
-        queue.drains.clear();
-        queue.in_flight_drains.clear();
-        queue.urgent = false;
+        self.drains.clear();
+        self.in_flight_drains.clear();
+        self.urgent = false;
     }
 }
 

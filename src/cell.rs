@@ -572,8 +572,10 @@ impl Drop for WriterGuard<'_> {
 impl<T: Send + Sync + 'static> RcuCell<T> {
     fn lock_writer(&self, op: &str) -> WriterGuard<'_> {
         // The takeover in a fork's child relies on the handlers, which
-        // count the generations (and the release takes `WAIT`).
-        fork::register_handlers();
+        // count the generations, and registering the hook of `WAIT` (which
+        // the release takes) registers them.
+        #[cfg(not(loom))]
+        fork::register(&FORK_HOOK).unwrap_or_else(crate::report::fork_handlers_failed);
         let me = writer_word();
         let mut spins = 0;
         loop {
@@ -626,28 +628,31 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
     }
 }
 
-/// The writers' wait lock, held by the forking thread across a `fork()`
-/// (see `fork`).
 #[cfg(not(loom))]
-pub(crate) struct WaitHeld(MutexGuard<'static, usize>);
-
-/// Locks the writers' wait lock for a fork.
-#[cfg(not(loom))]
-pub(crate) fn hold_for_fork() -> WaitHeld {
-    WaitHeld(lock(&WAIT.sleepers))
+thread_local_const! {
+    /// The writers' wait lock, held by the forking thread across a
+    /// `fork()`.
+    static FORK_HELD: fork::Kept<MutexGuard<'static, usize>> = fork::Kept::new();
 }
 
+/// The writers' wait lock across a `fork()` (see `fork`), and its repair in
+/// the child.
 #[cfg(not(loom))]
-impl WaitHeld {
-    /// In the child of a fork, before the lock is released: nobody sleeps
-    /// (the sleepers were other threads), and the forking thread is the
-    /// one thread whose cell locks taken before the fork still have a
-    /// holder.
-    pub(crate) fn after_fork_child(&mut self) {
-        *self.0 = 0;
-        // Relaxed: the child runs this one thread until it spawns another.
-        FORKER_ID.store(WRITER_ID.with(Cell::get), Ordering::Relaxed);
-    }
+static FORK_HOOK: fork::Hook = fork::Hook {
+    rank: fork::Rank::CellWait,
+    prepare: || FORK_HELD.with(|held| held.keep(lock(&WAIT.sleepers))),
+    repair: || FORK_HELD.with(|held| held.repair(after_fork_child)),
+    release: || FORK_HELD.with(fork::Kept::release),
+};
+
+/// In the child of a fork, before the lock is released: nobody sleeps (the
+/// sleepers were other threads), and the forking thread is the one thread
+/// whose cell locks taken before the fork still have a holder.
+#[cfg(not(loom))]
+fn after_fork_child(sleepers: &mut MutexGuard<'static, usize>) {
+    **sleepers = 0;
+    // Relaxed: the child runs this one thread until it spawns another.
+    FORKER_ID.store(WRITER_ID.with(Cell::get), Ordering::Relaxed);
 }
 
 /// A value taken out of a cell (unpublished by a writer, or the cell's own

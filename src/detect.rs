@@ -5,12 +5,13 @@
 //! waits. A grace period held up by a reader for longer than the stall
 //! timeout is reported, naming the readers.
 
+#[cfg(not(loom))]
 use crate::fork;
 use crate::reader::{current_section, Blocker, Registry};
-use crate::report::{panic_message, report};
 #[cfg(not(loom))]
-use crate::sync::MutexGuard;
-use crate::sync::{global, lock, thread_local_const, AtomicU64, Mutex, Ordering};
+use crate::report;
+use crate::report::{panic_message, report};
+use crate::sync::{global, lock, thread_local_const, AtomicU64, Mutex, MutexGuard, Ordering};
 use std::cell::Cell;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe, Location};
@@ -391,23 +392,35 @@ pub fn set_stall_timeout(limit: Option<Duration>) {
 /// });
 /// ```
 pub fn set_stall_handler(handler: impl Fn(&StallReport) + Send + Sync + 'static) {
-    fork::register_handlers();
-    let old = lock(&STALL_HANDLER).replace(Arc::new(handler));
+    let old = stall_handler().replace(Arc::new(handler));
     // Outside the lock: dropping the old handler runs user code.
     drop(old);
 }
 
-/// The stall handler's lock, held by the forking thread across a `fork()`
-/// (see `fork`), so that a child never finds it locked. Nothing changes in
-/// the child: the handler stays set.
-#[cfg(not(loom))]
-pub(crate) struct HandlerHeld(#[allow(dead_code)] MutexGuard<'static, Option<Arc<StallHandler>>>);
-
-/// Locks the stall handler for a fork.
-#[cfg(not(loom))]
-pub(crate) fn hold_for_fork() -> HandlerHeld {
-    HandlerHeld(lock(&STALL_HANDLER))
+/// Locks the stall handler, its fork hook registered first.
+fn stall_handler() -> MutexGuard<'static, Option<Arc<StallHandler>>> {
+    #[cfg(not(loom))]
+    fork::register(&FORK_HOOK).unwrap_or_else(report::fork_handlers_failed);
+    lock(&STALL_HANDLER)
 }
+
+#[cfg(not(loom))]
+thread_local_const! {
+    /// The stall handler's lock, held by the forking thread across a
+    /// `fork()`.
+    static FORK_HELD: fork::Kept<MutexGuard<'static, Option<Arc<StallHandler>>>> =
+        fork::Kept::new();
+}
+
+/// The stall handler's lock across a `fork()` (see `fork`): a child never
+/// finds it locked. Nothing changes in the child: the handler stays set.
+#[cfg(not(loom))]
+static FORK_HOOK: fork::Hook = fork::Hook {
+    rank: fork::Rank::StallHandler,
+    prepare: || FORK_HELD.with(|held| held.keep(lock(&STALL_HANDLER))),
+    repair: || {},
+    release: || FORK_HELD.with(fork::Kept::release),
+};
 
 pub(crate) fn stall_timeout() -> Option<Duration> {
     // Relaxed: see `set_stall_timeout`.
@@ -430,7 +443,7 @@ pub(crate) fn report_stall(report: &StallReport) {
             IN_STALL_HANDLER.with(|h| h.set(false));
         }
     }
-    let handler = lock(&STALL_HANDLER).clone();
+    let handler = stall_handler().clone();
     IN_STALL_HANDLER.with(|h| h.set(true));
     let _in_handler = InHandler;
     // A panic must not unwind through the grace period: the caller's

@@ -5,8 +5,10 @@
 //! them.
 
 #[cfg(not(loom))]
-use crate::sync::MutexGuard;
-use crate::sync::{global, lock, Condvar, Mutex};
+use crate::sync::thread_local_const;
+use crate::sync::{global, lock, Condvar, Mutex, MutexGuard};
+#[cfg(not(loom))]
+use crate::{fork, report};
 use std::time::Instant;
 
 /// A resettable event: the leader sleeps on it, readers set it.
@@ -16,7 +18,7 @@ struct Event {
 }
 
 /// What `Event::state` guards.
-pub(crate) struct EventState {
+struct EventState {
     /// Set by a reader; the leader resets it before it asks readers to
     /// set it.
     set: bool,
@@ -32,11 +34,18 @@ global! {
     };
 }
 
+/// Locks the event's state, its fork hook registered first.
+fn state() -> MutexGuard<'static, EventState> {
+    #[cfg(not(loom))]
+    fork::register(&FORK_HOOK).unwrap_or_else(report::fork_handlers_failed);
+    lock(&EVENT.state)
+}
+
 /// Wakes a leader sleeping in `wait_for_readers`. Called by a reader leaving
 /// its section after a leader set its `waiting` flag.
 pub(crate) fn wake_writer() {
     let sleeping = {
-        let mut state = lock(&EVENT.state);
+        let mut state = state();
         state.set = true;
         state.sleeping
     };
@@ -53,12 +62,12 @@ pub(crate) fn wake_writer() {
 
 /// Clears the event, before the leader asks readers to set it.
 pub(crate) fn reset_event() {
-    lock(&EVENT.state).set = false;
+    state().set = false;
 }
 
 /// Sleeps until the event is set (true) or `until` passes (false).
 pub(crate) fn wait_event(until: Option<Instant>) -> bool {
-    let mut state = lock(&EVENT.state);
+    let mut state = state();
     while !state.set {
         state.sleeping = true;
         state = match until {
@@ -81,23 +90,20 @@ pub(crate) fn wait_event(until: Option<Instant>) -> bool {
     true
 }
 
-/// The event's lock, held across a `fork()` after every other lock (see
-/// `fork`).
 #[cfg(not(loom))]
-pub(crate) struct EventHeld(MutexGuard<'static, EventState>);
-
-/// Locks the event for a fork.
-#[cfg(not(loom))]
-pub(crate) fn hold_event_for_fork() -> EventHeld {
-    EventHeld(lock(&EVENT.state))
+thread_local_const! {
+    /// The event's lock, held by the forking thread across a `fork()`.
+    static FORK_HELD: fork::Kept<MutexGuard<'static, EventState>> = fork::Kept::new();
 }
 
+/// The event's lock across a `fork()` (see `fork`), and its repair in the
+/// child: no leader sleeps on the event there (a sleeping one was another
+/// thread), so a reader's wake-up makes no system call until the child's
+/// own leader sleeps.
 #[cfg(not(loom))]
-impl EventHeld {
-    /// In the child of a fork: no leader sleeps on the event there (a
-    /// sleeping one was another thread), so a reader's wake-up makes no
-    /// system call until the child's own leader sleeps.
-    pub(crate) fn after_fork_child(&mut self) {
-        self.0.sleeping = false;
-    }
-}
+static FORK_HOOK: fork::Hook = fork::Hook {
+    rank: fork::Rank::Event,
+    prepare: || FORK_HELD.with(|held| held.keep(lock(&EVENT.state))),
+    repair: || FORK_HELD.with(|held| held.repair(|state| state.sleeping = false)),
+    release: || FORK_HELD.with(fork::Kept::release),
+};

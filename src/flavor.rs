@@ -1,13 +1,16 @@
 //! Flavors: which side of the grace-period protocol pays for the memory
 //! fences. Chosen once per process, before the first reader registers.
 
+#[cfg(not(loom))]
 use crate::fork;
+#[cfg(not(loom))]
+use crate::report;
 use crate::report::report;
 #[cfg(not(loom))]
 use crate::sync::AtomicU64;
-#[cfg(not(loom))]
-use crate::sync::MutexGuard;
 use crate::sync::{compiler_fence, fence, global, lock, AtomicU8, Mutex, Ordering};
+#[cfg(not(loom))]
+use crate::sync::{thread_local_const, MutexGuard};
 use crate::sys;
 use std::fmt;
 
@@ -165,7 +168,7 @@ pub fn flavor() -> Flavor {
 /// [`Flavor::Membarrier`] is asked for where the kernel refuses it (the
 /// flavor stays undecided then).
 pub fn set_flavor(requested: Flavor) -> Result<(), FlavorError> {
-    fork::register_handlers();
+    register_for_fork();
     let _one_at_a_time = lock(&DECIDING);
     if let Some(decided) = decided() {
         return if decided == requested {
@@ -196,7 +199,7 @@ fn publish(flavor: Flavor) {
 
 #[cold]
 fn decide() -> Flavor {
-    fork::register_handlers();
+    register_for_fork();
     let one_at_a_time = lock(&DECIDING);
     if let Some(flavor) = decided() {
         return flavor;
@@ -252,17 +255,30 @@ fn default_flavor() -> Flavor {
     }
 }
 
-/// The flavor decision's lock, held by the forking thread across a `fork()`
-/// (see `fork`): a child must not find it locked by a thread that does not
-/// exist there. Nothing changes in the child: the decision (and the
-/// membarrier registration, which the child's memory map inherits) stands.
 #[cfg(not(loom))]
-pub(crate) struct DecidingHeld(#[allow(dead_code)] MutexGuard<'static, ()>);
+thread_local_const! {
+    /// The flavor decision's lock, held by the forking thread across a
+    /// `fork()`.
+    static FORK_HELD: fork::Kept<MutexGuard<'static, ()>> = fork::Kept::new();
+}
 
-/// Locks the flavor decision for a fork.
+/// The flavor decision's lock across a `fork()` (see `fork`): a child must
+/// not find it locked by a thread that does not exist there. Nothing
+/// changes in the child: the decision (and the membarrier registration,
+/// which the child's memory map inherits) stands.
 #[cfg(not(loom))]
-pub(crate) fn hold_for_fork() -> DecidingHeld {
-    DecidingHeld(lock(&DECIDING))
+static FORK_HOOK: fork::Hook = fork::Hook {
+    rank: fork::Rank::Deciding,
+    prepare: || FORK_HELD.with(|held| held.keep(lock(&DECIDING))),
+    repair: || {},
+    release: || FORK_HELD.with(fork::Kept::release),
+};
+
+/// Registers the flavor decision's fork hook: before its lock is taken.
+#[inline]
+fn register_for_fork() {
+    #[cfg(not(loom))]
+    fork::register(&FORK_HOOK).unwrap_or_else(report::fork_handlers_failed);
 }
 
 /// What `RCU_DEFER_FLAVOR` asks for.

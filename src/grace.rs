@@ -10,14 +10,15 @@
 //! section sets when the writer has asked it to (QEMU's `rcu_gp_event`).
 
 use crate::detect::{self, Error, Waiter};
-#[cfg(not(loom))]
-pub(crate) use crate::event::{hold_event_for_fork, EventHeld};
 use crate::event::{reset_event, wait_event};
 use crate::flavor;
+#[cfg(not(loom))]
 use crate::fork;
 use crate::reader::{
     gp_counter, offline_while, ordinary_readers, registry, set_gp_counter, GP_STEP,
 };
+#[cfg(not(loom))]
+use crate::report;
 use crate::sync::{
     fence, global, lock, spin_loop, thread_local_const, AtomicU64, Condvar, Mutex, MutexGuard,
     Ordering, MAY_SPIN,
@@ -174,7 +175,8 @@ pub(crate) fn grace_period(until: Option<Instant>) -> Result<(), Error> {
 }
 
 fn grace_period_offline(until: Option<Instant>) -> Result<(), Error> {
-    fork::register_handlers();
+    // The other takes of `LEADER` come after this one.
+    register_for_fork();
     let called = Instant::now();
     let mut leader = lock(&LEADER);
     // A grace period already running may have started before this call, so
@@ -278,32 +280,42 @@ impl Drop for LeaderSlot {
     }
 }
 
-/// The grace-period locks (leader election and the event), held by the
-/// forking thread across a `fork()` (see `fork`).
 #[cfg(not(loom))]
-pub(crate) struct LeaderHeld(MutexGuard<'static, Leader>);
-
-/// Locks leader election for a fork.
-#[cfg(not(loom))]
-pub(crate) fn hold_leader_for_fork() -> LeaderHeld {
-    LeaderHeld(lock(&LEADER))
+thread_local_const! {
+    /// Leader election's lock, held by the forking thread across a
+    /// `fork()`.
+    static FORK_HELD: fork::Kept<MutexGuard<'static, Leader>> = fork::Kept::new();
 }
 
+/// Leader election's lock across a `fork()` (see `fork`), and its repair
+/// in the child.
 #[cfg(not(loom))]
-impl LeaderHeld {
-    /// In the child of a fork, before the lock is released: a grace period
-    /// that another thread was running has no leader here, so none is
-    /// running (the next caller leads one; the completed count stays).
-    /// Nobody waits on `LEADER_DONE` (the count goes to 0) or the event:
-    /// those waiters were other threads. If the forking thread is the
-    /// leader (it forked from the stall handler), its grace period goes on
-    /// when the handler returns.
-    pub(crate) fn after_fork_child(&mut self) {
-        if !IS_LEADER.with(Cell::get) {
-            self.0.running = false;
-        }
-        self.0.waiting = 0;
+static FORK_HOOK: fork::Hook = fork::Hook {
+    rank: fork::Rank::Leader,
+    prepare: || FORK_HELD.with(|held| held.keep(lock(&LEADER))),
+    repair: || FORK_HELD.with(|held| held.repair(after_fork_child)),
+    release: || FORK_HELD.with(fork::Kept::release),
+};
+
+/// Registers leader election's fork hook: before its lock is taken.
+#[inline]
+fn register_for_fork() {
+    #[cfg(not(loom))]
+    fork::register(&FORK_HOOK).unwrap_or_else(report::fork_handlers_failed);
+}
+
+/// In the child of a fork, before the lock is released: a grace period
+/// that another thread was running has no leader here, so none is running
+/// (the next caller leads one; the completed count stays). Nobody waits on
+/// `LEADER_DONE` (the count goes to 0): those waiters were other threads.
+/// If the forking thread is the leader (it forked from the stall handler),
+/// its grace period goes on when the handler returns.
+#[cfg(not(loom))]
+fn after_fork_child(leader: &mut MutexGuard<'static, Leader>) {
+    if !IS_LEADER.with(Cell::get) {
+        leader.running = false;
     }
+    leader.waiting = 0;
 }
 
 /// The writer's side of a store→load ordering point (`flavor::writer_fence`),

@@ -20,7 +20,11 @@
 
 use crate::call_rcu::{call_rcu, call_rcu_or_report};
 use crate::detect;
+#[cfg(not(loom))]
+use crate::fork;
 use crate::grace;
+#[cfg(not(loom))]
+use crate::report;
 use crate::sync::{global, AtomicU64, Ordering};
 
 /// A grace-period cookie: which grace period must complete before what was
@@ -113,6 +117,9 @@ pub(crate) fn request_or_report(state: PollState) {
 /// Whether no callback that completes `state` is queued yet; if so, the
 /// caller is now the one to queue it.
 fn needs_request(state: PollState) -> bool {
+    // Before `REQUESTED` is raised, which the hook repairs.
+    #[cfg(not(loom))]
+    fork::register(&FORK_HOOK).unwrap_or_else(report::fork_handlers_failed);
     // Relaxed: `REQUESTED` only says whether a callback is queued; the
     // callback's own check of `DONE` is what orders anything.
     REQUESTED.load(Ordering::Relaxed) < state.attempt
@@ -177,11 +184,15 @@ pub fn cond_synchronize_rcu(state: PollState) {
     }
 }
 
-/// In the child of a fork: the callback that was to complete the newest
-/// requested cookie may have been in the batch the `rcu-call` thread was
-/// running, which the child never runs; the next cookie asks again.
+/// The repair of `REQUESTED` in the child of a fork (see `fork`; there is
+/// no lock to hold): the callback that was to complete the newest requested
+/// cookie may have been in the batch the `rcu-call` thread was running,
+/// which the child never runs; the next cookie asks again.
 #[cfg(not(loom))]
-pub(crate) fn after_fork_child() {
+static FORK_HOOK: fork::Hook = fork::Hook {
+    rank: fork::Rank::Poll,
+    prepare: || {},
     // Relaxed: the child runs one thread.
-    REQUESTED.store(0, Ordering::Relaxed);
-}
+    repair: || REQUESTED.store(0, Ordering::Relaxed),
+    release: || {},
+};

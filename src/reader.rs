@@ -33,8 +33,6 @@ use crate::sync::{
 };
 use crate::thread_bound::ThreadBound;
 use held::HeldWord;
-#[cfg(not(loom))]
-pub(crate) use registry::{hold_for_fork, RegistryHeld};
 pub(crate) use registry::{registry, Blocker, Owner, Registry};
 #[doc(hidden)]
 pub use registry::{registry_stats, RegistryStats};

@@ -3,6 +3,7 @@
 //! notification, a stalled grace period), the hook that delivers them
 //! ([`set_report_handler`]), and panic payloads turned into text for them.
 
+#[cfg(not(loom))]
 use crate::fork;
 #[cfg(not(loom))]
 use crate::sync::MutexGuard;
@@ -176,22 +177,47 @@ thread_local_const! {
 /// });
 /// ```
 pub fn set_report_handler(handler: impl Fn(&Report) + Send + Sync + 'static) {
-    fork::register_handlers();
+    register_for_fork();
     let old = lock(&HANDLER).replace(Arc::new(handler));
     // Outside the lock: dropping the old handler runs user code.
     drop(old);
 }
 
-/// The report handler's lock, held by the forking thread across a `fork()`
-/// (see `fork`), so that a child never finds it locked. Nothing changes in
-/// the child: the handler stays set.
 #[cfg(not(loom))]
-pub(crate) struct HandlerHeld(#[allow(dead_code)] MutexGuard<'static, Option<Arc<Handler>>>);
+thread_local_const! {
+    /// The report handler's lock, held by the forking thread across a
+    /// `fork()`.
+    static FORK_HELD: fork::Kept<MutexGuard<'static, Option<Arc<Handler>>>> = fork::Kept::new();
+}
 
-/// Locks the report handler for a fork.
+/// The report handler's lock across a `fork()` (see `fork`): a child never
+/// finds it locked. Nothing changes in the child: the handler stays set.
 #[cfg(not(loom))]
-pub(crate) fn hold_for_fork() -> HandlerHeld {
-    HandlerHeld(lock(&HANDLER))
+static FORK_HOOK: fork::Hook = fork::Hook {
+    rank: fork::Rank::ReportHandler,
+    prepare: || FORK_HELD.with(|held| held.keep(lock(&HANDLER))),
+    repair: || {},
+    release: || FORK_HELD.with(fork::Kept::release),
+};
+
+/// Registers the report handler's fork hook: before its lock is taken.
+#[inline]
+fn register_for_fork() {
+    #[cfg(not(loom))]
+    fork::register(&FORK_HOOK).unwrap_or_else(fork_handlers_failed);
+}
+
+/// Reports that the fork handlers cannot be registered: the error that
+/// `fork::register` returned to a module registering its hook.
+#[cfg(not(loom))]
+pub(crate) fn fork_handlers_failed(e: io::Error) {
+    emit(
+        ReportKind::ForkHandlers,
+        format_args!(
+            "cannot register the fork handlers ({e}); a child process forked while another \
+             thread holds one of rcu-defer's locks may hang"
+        ),
+    );
 }
 
 /// Makes one report: to the user's handler if one is set, else to `log` or
@@ -232,7 +258,7 @@ pub(crate) fn emit(kind: ReportKind, args: fmt::Arguments<'_>) {
     // `Arc` is dropped inside (its drop may be the last and run user code).
     let mut by_handler = false;
     let delivery = catch_unwind(AssertUnwindSafe(|| {
-        fork::register_handlers();
+        register_for_fork();
         let handler = lock(&HANDLER).clone();
         match handler {
             Some(handler) => {

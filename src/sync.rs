@@ -20,10 +20,10 @@ pub(crate) use loom::{
 
 pub(crate) use std::sync::atomic::Ordering;
 
-/// A one-time initialization for the fork handlers, which exist only
-/// outside loom (loom has no processes to fork).
+/// One-time initializations for the fork handlers and their hooks, which
+/// exist only outside loom (loom has no processes to fork).
 #[cfg(not(loom))]
-pub(crate) use std::sync::Once;
+pub(crate) use std::sync::{Once, OnceLock};
 
 /// A `std` atomic that loom does not model, for the test-only fault switch
 /// (`fault.rs`): switching a fault on must not add interleavings.

@@ -10,9 +10,11 @@
 #[cfg(not(loom))]
 use super::LOCAL;
 use super::{blocks, depth_of, flavor_signal, location, Record, LOW_MASK, ONLINE, WAITING};
-#[cfg(not(loom))]
-use crate::sync::Ordering;
 use crate::sync::{global, lock, Mutex, MutexGuard};
+#[cfg(not(loom))]
+use crate::sync::{thread_local_const, Ordering};
+#[cfg(not(loom))]
+use crate::{fork, report};
 use std::fmt;
 use std::panic::Location;
 use std::time::Instant;
@@ -294,24 +296,32 @@ impl Registry {
 /// are registered: below it, it never shrinks.
 const REGISTRY_KEEP: usize = 64;
 
-/// Locks the registry (writers scan it; registration and exit change it).
+/// Locks the registry (writers scan it; registration and exit change it),
+/// its fork hook registered first.
 pub(crate) fn registry() -> MutexGuard<'static, Registry> {
+    #[cfg(not(loom))]
+    fork::register(&FORK_HOOK).unwrap_or_else(report::fork_handlers_failed);
     lock(&REGISTRY)
 }
 
-/// The registry's lock, held by the forking thread across a `fork()` (see
-/// `fork`).
 #[cfg(not(loom))]
-pub(crate) struct RegistryHeld(MutexGuard<'static, Registry>);
-
-/// Locks the registry for a fork.
-#[cfg(not(loom))]
-pub(crate) fn hold_for_fork() -> RegistryHeld {
-    RegistryHeld(registry())
+thread_local_const! {
+    /// The registry's lock, held by the forking thread across a `fork()`.
+    static FORK_HELD: fork::Kept<MutexGuard<'static, Registry>> = fork::Kept::new();
 }
 
+/// The registry's lock across a `fork()` (see `fork`), and its repair in
+/// the child.
 #[cfg(not(loom))]
-impl RegistryHeld {
+static FORK_HOOK: fork::Hook = fork::Hook {
+    rank: fork::Rank::Registry,
+    prepare: || FORK_HELD.with(|held| held.keep(lock(&REGISTRY))),
+    repair: || FORK_HELD.with(|held| held.repair(|registry| registry.after_fork_child())),
+    release: || FORK_HELD.with(fork::Kept::release),
+};
+
+#[cfg(not(loom))]
+impl Registry {
     /// In the child of a fork, before the lock is released: only the
     /// forking thread exists, so only its records stay. The records of the
     /// other threads leave the registry (their sections cannot end here,
@@ -319,7 +329,7 @@ impl RegistryHeld {
     /// become free. The forking thread keeps its own record (and the
     /// stand-in that publishes its section, if it forked while exiting
     /// inside one), with its open section, if any.
-    pub(crate) fn after_fork_child(&mut self) {
+    fn after_fork_child(&mut self) {
         let (own, own_stand_in, own_counted) = LOCAL
             .try_with(|local| {
                 let own: *const Record = &local.record;
@@ -329,7 +339,7 @@ impl RegistryHeld {
             .unwrap_or((std::ptr::null(), None, false));
         // Only the forking thread can be an ordinary reader here.
         super::reset_ordinary_after_fork(own_counted);
-        self.0.entries.retain_mut(|entry| {
+        self.entries.retain_mut(|entry| {
             let record: *const Record = entry.record;
             if record == own || Some(record) == own_stand_in {
                 return true;
