@@ -404,23 +404,10 @@ fn stall_handler() -> MutexGuard<'static, Option<Arc<StallHandler>>> {
     lock(&STALL_HANDLER)
 }
 
+// The stall handler's lock across a `fork()` (see `fork`): a child never
+// finds it locked. Nothing changes in the child: the handler stays set.
 #[cfg(not(loom))]
-thread_local_const! {
-    /// The stall handler's lock, held by the forking thread across a
-    /// `fork()`.
-    static FORK_HELD: fork::Kept<MutexGuard<'static, Option<Arc<StallHandler>>>> =
-        fork::Kept::new();
-}
-
-/// The stall handler's lock across a `fork()` (see `fork`): a child never
-/// finds it locked. Nothing changes in the child: the handler stays set.
-#[cfg(not(loom))]
-static FORK_HOOK: fork::Hook = fork::Hook {
-    rank: fork::Rank::StallHandler,
-    prepare: || FORK_HELD.with(|held| held.keep(lock(&STALL_HANDLER))),
-    repair: || {},
-    release: || FORK_HELD.with(fork::Kept::release),
-};
+fork::lock_only_hook!(StallHandler, STALL_HANDLER, Option<Arc<StallHandler>>);
 
 pub(crate) fn stall_timeout() -> Option<Duration> {
     // Relaxed: see `set_stall_timeout`.

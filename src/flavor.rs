@@ -9,8 +9,6 @@ use crate::report::report;
 #[cfg(not(loom))]
 use crate::sync::AtomicU64;
 use crate::sync::{compiler_fence, fence, global, lock, AtomicU8, Mutex, Ordering};
-#[cfg(not(loom))]
-use crate::sync::{thread_local_const, MutexGuard};
 use crate::sys;
 use std::fmt;
 
@@ -255,24 +253,12 @@ fn default_flavor() -> Flavor {
     }
 }
 
+// The flavor decision's lock across a `fork()` (see `fork`): a child must
+// not find it locked by a thread that does not exist there. Nothing
+// changes in the child: the decision (and the membarrier registration,
+// which the child's memory map inherits) stands.
 #[cfg(not(loom))]
-thread_local_const! {
-    /// The flavor decision's lock, held by the forking thread across a
-    /// `fork()`.
-    static FORK_HELD: fork::Kept<MutexGuard<'static, ()>> = fork::Kept::new();
-}
-
-/// The flavor decision's lock across a `fork()` (see `fork`): a child must
-/// not find it locked by a thread that does not exist there. Nothing
-/// changes in the child: the decision (and the membarrier registration,
-/// which the child's memory map inherits) stands.
-#[cfg(not(loom))]
-static FORK_HOOK: fork::Hook = fork::Hook {
-    rank: fork::Rank::Deciding,
-    prepare: || FORK_HELD.with(|held| held.keep(lock(&DECIDING))),
-    repair: || {},
-    release: || FORK_HELD.with(fork::Kept::release),
-};
+fork::lock_only_hook!(Deciding, DECIDING, ());
 
 /// Registers the flavor decision's fork hook: before its lock is taken.
 #[inline]

@@ -600,6 +600,30 @@ mod handlers {
 #[cfg(not(loom))]
 pub(crate) use handlers::{generation, register, Hook, Kept, Rank};
 
+/// Declares `FORK_HELD` and `FORK_HOOK` for a layer whose hook only holds
+/// one `Mutex` (`$lock`, guarding a `$guarded`) across a `fork()`: prepare
+/// takes it, the child repairs nothing, release drops it. The layer
+/// registers `FORK_HOOK` before it first takes the lock.
+#[cfg(not(loom))]
+macro_rules! lock_only_hook {
+    ($rank:ident, $lock:expr, $guarded:ty) => {
+        $crate::sync::thread_local_const! {
+            /// The lock, held by the forking thread across a `fork()`.
+            static FORK_HELD: $crate::fork::Kept<$crate::sync::MutexGuard<'static, $guarded>> =
+                $crate::fork::Kept::new();
+        }
+
+        static FORK_HOOK: $crate::fork::Hook = $crate::fork::Hook {
+            rank: $crate::fork::Rank::$rank,
+            prepare: || FORK_HELD.with(|held| held.keep($crate::sync::lock(&$lock))),
+            repair: || {},
+            release: || FORK_HELD.with($crate::fork::Kept::release),
+        };
+    };
+}
+#[cfg(not(loom))]
+pub(crate) use lock_only_hook;
+
 /// Under loom there is no fork: every drain is of this process.
 #[cfg(loom)]
 #[inline]

@@ -5,8 +5,6 @@
 
 #[cfg(not(loom))]
 use crate::fork;
-#[cfg(not(loom))]
-use crate::sync::MutexGuard;
 use crate::sync::{global, lock, thread_local_const, Mutex};
 use std::any::Any;
 use std::cell::Cell;
@@ -183,22 +181,10 @@ pub fn set_report_handler(handler: impl Fn(&Report) + Send + Sync + 'static) {
     drop(old);
 }
 
+// The report handler's lock across a `fork()` (see `fork`): a child never
+// finds it locked. Nothing changes in the child: the handler stays set.
 #[cfg(not(loom))]
-thread_local_const! {
-    /// The report handler's lock, held by the forking thread across a
-    /// `fork()`.
-    static FORK_HELD: fork::Kept<MutexGuard<'static, Option<Arc<Handler>>>> = fork::Kept::new();
-}
-
-/// The report handler's lock across a `fork()` (see `fork`): a child never
-/// finds it locked. Nothing changes in the child: the handler stays set.
-#[cfg(not(loom))]
-static FORK_HOOK: fork::Hook = fork::Hook {
-    rank: fork::Rank::ReportHandler,
-    prepare: || FORK_HELD.with(|held| held.keep(lock(&HANDLER))),
-    repair: || {},
-    release: || FORK_HELD.with(fork::Kept::release),
-};
+fork::lock_only_hook!(ReportHandler, HANDLER, Option<Arc<Handler>>);
 
 /// Registers the report handler's fork hook: before its lock is taken.
 #[inline]

@@ -506,14 +506,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_kept_choice_of_batching_that_collapses_is_given_up_within_milliseconds() {
-        let mut m = Moderation::new();
-        let now = drive(&mut m, Instant::now(), 200, |d| match d {
+    /// Drives a new `m` from `start` through its first probe, where
+    /// batching completes 1.3x more, and returns when it has chosen it.
+    fn choose_batching(m: &mut Moderation, start: Instant) -> Instant {
+        let now = drive(m, start, 200, |d| match d {
             Delivery::AtOnce => 1000,
             Delivery::Batched => 1300,
         });
         assert_eq!(m.delivery(), Delivery::Batched);
+        now
+    }
+
+    #[test]
+    fn a_kept_choice_of_batching_that_collapses_is_given_up_within_milliseconds() {
+        let mut m = Moderation::new();
+        let now = choose_batching(&mut m, Instant::now());
         // A dip below the probe's rate at once, not a collapse: kept.
         let now = drive(&mut m, now, 100, |d| match d {
             Delivery::AtOnce => 1000,
@@ -546,13 +553,8 @@ mod tests {
 
     #[test]
     fn one_slow_epoch_does_not_end_a_kept_choice_of_batching() {
-        let start = Instant::now();
         let mut m = Moderation::new();
-        let now = drive(&mut m, start, 200, |d| match d {
-            Delivery::AtOnce => 1000,
-            Delivery::Batched => 1300,
-        });
-        assert_eq!(m.delivery(), Delivery::Batched);
+        let now = choose_batching(&mut m, Instant::now());
         // One 3 ms stretch at half speed (another thread had the CPU).
         let slow_from = now + Duration::from_millis(50);
         let slow_to = slow_from + EPOCH;
