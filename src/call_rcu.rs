@@ -796,21 +796,10 @@ fn drain(op: &'static str, until: Option<Instant>) -> Result<(), Error> {
     }
 }
 
+// The queue's lock across a `fork()` (see `fork`), and its repair in the
+// child.
 #[cfg(not(loom))]
-thread_local_const! {
-    /// The queue's lock, held by the forking thread across a `fork()`.
-    static FORK_HELD: fork::Kept<MutexGuard<'static, Queue>> = fork::Kept::new();
-}
-
-/// The queue's lock across a `fork()` (see `fork`), and its repair in the
-/// child.
-#[cfg(not(loom))]
-static FORK_HOOK: fork::Hook = fork::Hook {
-    rank: fork::Rank::Queue,
-    prepare: || FORK_HELD.with(|held| held.keep(lock(&QUEUE))),
-    repair: || FORK_HELD.with(|held| held.repair(|queue| queue.after_fork_child())),
-    release: || FORK_HELD.with(fork::Kept::release),
-};
+fork::lock_hook!(Queue, QUEUE, Queue, repair: |queue| queue.after_fork_child());
 
 /// Registers the queue's fork hook: before its lock is taken.
 #[inline]

@@ -628,22 +628,10 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
     }
 }
 
+// The writers' wait lock across a `fork()` (see `fork`), and its repair in
+// the child.
 #[cfg(not(loom))]
-thread_local_const! {
-    /// The writers' wait lock, held by the forking thread across a
-    /// `fork()`.
-    static FORK_HELD: fork::Kept<MutexGuard<'static, usize>> = fork::Kept::new();
-}
-
-/// The writers' wait lock across a `fork()` (see `fork`), and its repair in
-/// the child.
-#[cfg(not(loom))]
-static FORK_HOOK: fork::Hook = fork::Hook {
-    rank: fork::Rank::CellWait,
-    prepare: || FORK_HELD.with(|held| held.keep(lock(&WAIT.sleepers))),
-    repair: || FORK_HELD.with(|held| held.repair(after_fork_child)),
-    release: || FORK_HELD.with(fork::Kept::release),
-};
+fork::lock_hook!(CellWait, WAIT.sleepers, usize, repair: after_fork_child);
 
 /// In the child of a fork, before the lock is released: nobody sleeps (the
 /// sleepers were other threads), and the forking thread is the one thread

@@ -407,7 +407,7 @@ fn stall_handler() -> MutexGuard<'static, Option<Arc<StallHandler>>> {
 // The stall handler's lock across a `fork()` (see `fork`): a child never
 // finds it locked. Nothing changes in the child: the handler stays set.
 #[cfg(not(loom))]
-fork::lock_only_hook!(StallHandler, STALL_HANDLER, Option<Arc<StallHandler>>);
+fork::lock_hook!(StallHandler, STALL_HANDLER, Option<Arc<StallHandler>>);
 
 pub(crate) fn stall_timeout() -> Option<Duration> {
     // Relaxed: see `set_stall_timeout`.

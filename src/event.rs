@@ -4,8 +4,6 @@
 //! readers wake the writer without importing the grace-period module above
 //! them.
 
-#[cfg(not(loom))]
-use crate::sync::thread_local_const;
 use crate::sync::{global, lock, Condvar, Mutex, MutexGuard};
 #[cfg(not(loom))]
 use crate::{fork, report};
@@ -90,20 +88,9 @@ pub(crate) fn wait_event(until: Option<Instant>) -> bool {
     true
 }
 
+// The event's lock across a `fork()` (see `fork`), and its repair in the
+// child: no leader sleeps on the event there (a sleeping one was another
+// thread), so a reader's wake-up makes no system call until the child's
+// own leader sleeps.
 #[cfg(not(loom))]
-thread_local_const! {
-    /// The event's lock, held by the forking thread across a `fork()`.
-    static FORK_HELD: fork::Kept<MutexGuard<'static, EventState>> = fork::Kept::new();
-}
-
-/// The event's lock across a `fork()` (see `fork`), and its repair in the
-/// child: no leader sleeps on the event there (a sleeping one was another
-/// thread), so a reader's wake-up makes no system call until the child's
-/// own leader sleeps.
-#[cfg(not(loom))]
-static FORK_HOOK: fork::Hook = fork::Hook {
-    rank: fork::Rank::Event,
-    prepare: || FORK_HELD.with(|held| held.keep(lock(&EVENT.state))),
-    repair: || FORK_HELD.with(|held| held.repair(|state| state.sleeping = false)),
-    release: || FORK_HELD.with(fork::Kept::release),
-};
+fork::lock_hook!(Event, EVENT.state, EventState, repair: |state| state.sleeping = false);

@@ -258,7 +258,7 @@ fn default_flavor() -> Flavor {
 // changes in the child: the decision (and the membarrier registration,
 // which the child's memory map inherits) stands.
 #[cfg(not(loom))]
-fork::lock_only_hook!(Deciding, DECIDING, ());
+fork::lock_hook!(Deciding, DECIDING, ());
 
 /// Registers the flavor decision's fork hook: before its lock is taken.
 #[inline]

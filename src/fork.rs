@@ -600,13 +600,17 @@ mod handlers {
 #[cfg(not(loom))]
 pub(crate) use handlers::{generation, register, Hook, Kept, Rank};
 
-/// Declares `FORK_HELD` and `FORK_HOOK` for a layer whose hook only holds
-/// one `Mutex` (`$lock`, guarding a `$guarded`) across a `fork()`: prepare
-/// takes it, the child repairs nothing, release drops it. The layer
-/// registers `FORK_HOOK` before it first takes the lock.
+/// Declares `FORK_HELD` and `FORK_HOOK` for a layer whose hook holds one
+/// `Mutex` (`$lock`, guarding a `$guarded`) across a `fork()`: prepare
+/// takes it, the child runs `repair` on the guard (if given) before any
+/// release, release drops it. The layer registers `FORK_HOOK` before it
+/// first takes the lock.
 #[cfg(not(loom))]
-macro_rules! lock_only_hook {
+macro_rules! lock_hook {
     ($rank:ident, $lock:expr, $guarded:ty) => {
+        $crate::fork::lock_hook!($rank, $lock, $guarded, repair: |_| {});
+    };
+    ($rank:ident, $lock:expr, $guarded:ty, repair: $repair:expr) => {
         $crate::sync::thread_local_const! {
             /// The lock, held by the forking thread across a `fork()`.
             static FORK_HELD: $crate::fork::Kept<$crate::sync::MutexGuard<'static, $guarded>> =
@@ -616,13 +620,13 @@ macro_rules! lock_only_hook {
         static FORK_HOOK: $crate::fork::Hook = $crate::fork::Hook {
             rank: $crate::fork::Rank::$rank,
             prepare: || FORK_HELD.with(|held| held.keep($crate::sync::lock(&$lock))),
-            repair: || {},
+            repair: || FORK_HELD.with(|held| held.repair($repair)),
             release: || FORK_HELD.with($crate::fork::Kept::release),
         };
     };
 }
 #[cfg(not(loom))]
-pub(crate) use lock_only_hook;
+pub(crate) use lock_hook;
 
 /// Under loom there is no fork: every drain is of this process.
 #[cfg(loom)]

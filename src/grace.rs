@@ -280,22 +280,10 @@ impl Drop for LeaderSlot {
     }
 }
 
+// Leader election's lock across a `fork()` (see `fork`), and its repair
+// in the child.
 #[cfg(not(loom))]
-thread_local_const! {
-    /// Leader election's lock, held by the forking thread across a
-    /// `fork()`.
-    static FORK_HELD: fork::Kept<MutexGuard<'static, Leader>> = fork::Kept::new();
-}
-
-/// Leader election's lock across a `fork()` (see `fork`), and its repair
-/// in the child.
-#[cfg(not(loom))]
-static FORK_HOOK: fork::Hook = fork::Hook {
-    rank: fork::Rank::Leader,
-    prepare: || FORK_HELD.with(|held| held.keep(lock(&LEADER))),
-    repair: || FORK_HELD.with(|held| held.repair(after_fork_child)),
-    release: || FORK_HELD.with(fork::Kept::release),
-};
+fork::lock_hook!(Leader, LEADER, Leader, repair: after_fork_child);
 
 /// Registers leader election's fork hook: before its lock is taken.
 #[inline]

@@ -184,7 +184,7 @@ pub fn set_report_handler(handler: impl Fn(&Report) + Send + Sync + 'static) {
 // The report handler's lock across a `fork()` (see `fork`): a child never
 // finds it locked. Nothing changes in the child: the handler stays set.
 #[cfg(not(loom))]
-fork::lock_only_hook!(ReportHandler, HANDLER, Option<Arc<Handler>>);
+fork::lock_hook!(ReportHandler, HANDLER, Option<Arc<Handler>>);
 
 /// Registers the report handler's fork hook: before its lock is taken.
 #[inline]

@@ -10,9 +10,9 @@
 #[cfg(not(loom))]
 use super::LOCAL;
 use super::{blocks, depth_of, flavor_signal, location, Record, LOW_MASK, ONLINE, WAITING};
-use crate::sync::{global, lock, Mutex, MutexGuard};
 #[cfg(not(loom))]
-use crate::sync::{thread_local_const, Ordering};
+use crate::sync::Ordering;
+use crate::sync::{global, lock, Mutex, MutexGuard};
 #[cfg(not(loom))]
 use crate::{fork, report};
 use std::fmt;
@@ -304,21 +304,10 @@ pub(crate) fn registry() -> MutexGuard<'static, Registry> {
     lock(&REGISTRY)
 }
 
+// The registry's lock across a `fork()` (see `fork`), and its repair in
+// the child.
 #[cfg(not(loom))]
-thread_local_const! {
-    /// The registry's lock, held by the forking thread across a `fork()`.
-    static FORK_HELD: fork::Kept<MutexGuard<'static, Registry>> = fork::Kept::new();
-}
-
-/// The registry's lock across a `fork()` (see `fork`), and its repair in
-/// the child.
-#[cfg(not(loom))]
-static FORK_HOOK: fork::Hook = fork::Hook {
-    rank: fork::Rank::Registry,
-    prepare: || FORK_HELD.with(|held| held.keep(lock(&REGISTRY))),
-    repair: || FORK_HELD.with(|held| held.repair(|registry| registry.after_fork_child())),
-    release: || FORK_HELD.with(fork::Kept::release),
-};
+fork::lock_hook!(Registry, REGISTRY, Registry, repair: |registry| registry.after_fork_child());
 
 #[cfg(not(loom))]
 impl Registry {
