@@ -558,13 +558,18 @@ mod tests {
         // One 3 ms stretch at half speed (another thread had the CPU).
         let slow_from = now + Duration::from_millis(50);
         let slow_to = slow_from + EPOCH;
-        drive_at(&mut m, now, 200, |d, t| {
-            match (d, t >= slow_from && t < slow_to) {
-                (Delivery::Batched, true) => 500,
-                (Delivery::Batched, false) => 1300,
-                (Delivery::AtOnce, _) => 1000,
-            }
-        });
+        let rate = |d, t: Instant| match (d, t >= slow_from && t < slow_to) {
+            (Delivery::Batched, true) => 500,
+            (Delivery::Batched, false) => 1300,
+            (Delivery::AtOnce, _) => 1000,
+        };
+        // Millisecond by millisecond, to see that an epoch was counted low.
+        let (mut now, mut most_low) = (now, 0);
+        for _ in 0..200 {
+            now = drive_at(&mut m, now, 1, rate);
+            most_low = most_low.max(m.low_epochs);
+        }
+        assert_eq!(most_low, 1, "the slow stretch made one epoch low");
         assert_eq!((m.delivery(), m.stats().fallbacks), (Delivery::Batched, 0));
     }
 
