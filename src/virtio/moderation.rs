@@ -4,36 +4,50 @@
 //! Batching a pass's signals to its end saves signals (one eventfd write
 //! per notifier per pass instead of one per completion the driver asked
 //! for) but holds back the first completions of the pass until its last
-//! is done. Which wins depends on the driver, not on the device:
+//! is done. Which wins depends on the driver and on how the device waits
+//! between passes:
 //!
-//! - A driver with a CPU of its own that reaps completions while the device
+//! - A driver with a CPU of its own reaps completions while the device
 //!   completes more (virtio's `EVENT_IDX` lets it ask for a signal at every
-//!   reap) loses its overlap when the signal waits: it sleeps through the
-//!   pass, then the device waits for its resubmissions. Signals at once win
-//!   (by up to 2x at iodepth 64 with libblkio on 2 CPUs).
-//! - Drivers and device sharing CPUs (more threads than CPUs), or a guest
-//!   for which each signal is an interrupt injection, pay for every signal
-//!   and every wake-up with CPU time the device needs: batching wins.
+//!   reap); a held signal makes it sleep through the pass. If the device
+//!   then sleeps too before the driver resubmits, every round trip pays
+//!   two wake-ups, and signals at once win (by up to 2x at iodepth 64 with
+//!   libblkio on 2 CPUs when the device polled for only 32 µs after a pass,
+//!   shorter than a wake-up of an idle vCPU there).
+//! - A device that polls through the driver's turnaround, drivers that
+//!   share CPUs with the device, or a guest for which each signal is an
+//!   interrupt injection: one signal per pass keeps both sides busy and
+//!   leaves the device the CPU time the other signals and wake-ups would
+//!   take. Batching wins.
 //!
 //! [`Moderation`] does not guess: it runs short epochs of each way in
 //! alternation (a probe of about 20 ms: three epochs each, the first
 //! millisecond after each switch not measured), keeps the one whose median
-//! epoch completed more per second, and probes again after 0.5 to 4 s (2 s
+//! epoch completed more per second, and probes again after 0.25 to 4 s (2 s
 //! at first when the loser was far behind). A probe's losing epochs are the
 //! price, well under 1% of the time when the loser is twice as slow; the
 //! gain is never doing much worse than the better of the two, whatever the
 //! driver. Ties (batching must complete 5% more), and loads too light to
 //! measure, go to signals at once, the lower-latency choice. A change of
 //! load is followed at the next probe, so within 4 s.
+//! An epoch in which the device sat idle for over a millisecond between
+//! two passes was disturbed (its thread or the driver's did not run: the
+//! host or another thread had the CPU) and is measured again instead of
+//! judged, up to four in a row.
 //!
 //! Batching, once chosen, is watched: the same driver can settle into a
 //! slower shape under it (one that sleeps through every pass) some time
 //! after the probe. Two epochs in a row that complete less than 1/1.25 of
-//! what the probe measured for signals at once end the choice: signals go at once for 2 s
-//! before the next probe, as after a probe that batching lost by far. A
-//! collapse costs milliseconds, not the seconds the choice was kept for,
-//! and a driver that collapses after every probe it lets batching win gets
-//! at most one such collapse every 2 s.
+//! what the probe measured for signals at once are a collapse, and a probe
+//! starts at once (its first epochs send signals at once). A collapse that
+//! was only the machine (another thread on the CPU for a few milliseconds)
+//! slows both deliveries alike, and the probe chooses batching again; one
+//! that was the driver's shape under batching happens again, and a second
+//! collapse in a row sends signals at once for 2 s before the next probe,
+//! as after a probe that batching lost by far. A collapse costs
+//! milliseconds, not the seconds the choice was kept for, and a driver
+//! that collapses after every probe it lets batching win gets at most two
+//! such collapses every 2 s.
 //!
 //! It is a per-thread value with no shared state (one per device thread,
 //! `&mut` for each pass): it adds no synchronization to the signal path,
@@ -67,9 +81,9 @@ pub struct ModerationStats {
     pub probes: u64,
     /// Probes that chose batching.
     pub batched_choices: u64,
-    /// Times a kept choice of batching was given up before its time,
-    /// because it completed far less than the probe measured for signals
-    /// at once.
+    /// Times a kept choice of batching collapsed: it completed far less
+    /// than the probe measured for signals at once, and was probed again
+    /// (the first time) or given up for a while (the second in a row).
     pub fallbacks: u64,
 }
 
@@ -108,6 +122,14 @@ pub struct Moderation {
     epoch_start: Option<Instant>,
     /// Completions in the current epoch.
     epoch_completions: u64,
+    /// When the last pass ended (`None` during a pass or before the first).
+    idle_since: Option<Instant>,
+    /// Whether the device was idle longer than `DISTURBED` between two
+    /// passes of the current epoch.
+    epoch_disturbed: bool,
+    /// Epochs of the current probe, or of the current keep's watch, that
+    /// were not judged because they were disturbed.
+    disturbed_epochs: u32,
     /// Passes before this are a warm-up, not measured (see `WARMUP`).
     measure_from: Option<Instant>,
     /// How long the choice a probe makes is kept; doubles while probes
@@ -117,6 +139,9 @@ pub struct Moderation {
     /// Epochs in a row that a kept choice of batching completed less than
     /// its `floor`.
     low_epochs: u32,
+    /// A collapse of batching started the current probe, or the keep of
+    /// batching it chose: a second collapse gives batching up for a while.
+    rechecking: bool,
     stats: ModerationStats,
 }
 
@@ -156,6 +181,14 @@ const MARGIN: f64 = 1.05;
 /// An epoch that ran this much longer than `EPOCH` saw the device idle
 /// (no pass for a while): its rate says nothing about the delivery.
 const IDLE_EPOCH: Duration = Duration::from_millis(40);
+/// An epoch in which the device was idle this long between two passes was
+/// disturbed: the device's or the driver's thread did not run for a while
+/// (another thread, or the host, had its CPU), which slows either delivery
+/// alike and says nothing about them. It is measured again instead, up to
+/// `MAX_DISTURBED` epochs in a row (a load whose own gaps are this long is
+/// judged as it is).
+const DISTURBED: Duration = Duration::from_millis(1);
+const MAX_DISTURBED: u32 = 4;
 /// Fewer completions than this in a probe epoch: the load is too light for
 /// the choice to matter; signals go at once.
 const LIGHT_EPOCH: u64 = 32;
@@ -165,7 +198,7 @@ const STARTUP: Duration = Duration::from_millis(100);
 /// How long a probe's choice is kept at first; each probe that makes the
 /// same choice doubles it, up to `KEEP_MAX`. A change in the load is
 /// followed at the next probe, so within `KEEP_MAX` at most.
-const KEEP_MIN: Duration = Duration::from_millis(500);
+const KEEP_MIN: Duration = Duration::from_millis(250);
 /// A probe where batching completed less than 1/`DECISIVE` of the rate at
 /// once keeps signals at once for `KEEP_DECISIVE` at first: probing such a
 /// loser again soon costs more than a slow change of load would.
@@ -194,10 +227,14 @@ impl Moderation {
             },
             epoch_start: None,
             epoch_completions: 0,
+            idle_since: None,
+            epoch_disturbed: false,
+            disturbed_epochs: 0,
             measure_from: None,
             keep: KEEP_MIN,
             last_choice: None,
             low_epochs: 0,
+            rechecking: false,
             stats: ModerationStats::default(),
         }
     }
@@ -211,6 +248,12 @@ impl Moderation {
 
     /// Ends a pass that completed `completions` requests.
     pub fn end_pass(&mut self, completions: u64) {
+        self.end_pass_at(completions, Instant::now());
+    }
+
+    /// `end_pass` at a given time (the tests' clock).
+    fn end_pass_at(&mut self, completions: u64, now: Instant) {
+        self.idle_since = Some(now);
         self.epoch_completions += completions;
         match self.delivery {
             Delivery::AtOnce => self.stats.at_once_passes += 1,
@@ -240,6 +283,9 @@ impl Moderation {
 
     /// `start_pass` at a given time (the tests' clock).
     fn start_pass_at(&mut self, now: Instant) -> Delivery {
+        if let Some(since) = self.idle_since.take() {
+            self.epoch_disturbed |= now.saturating_duration_since(since) > DISTURBED;
+        }
         let Some(start) = self.epoch_start else {
             // The first pass: a driver that has just connected is still
             // starting its queues, and its rates say little yet.
@@ -254,6 +300,8 @@ impl Moderation {
         match self.phase {
             Phase::Keep { until, floor } => {
                 if now >= until {
+                    // A keep that ran its time ends a recheck.
+                    self.rechecking = false;
                     self.begin_probe(now);
                 } else if let Some(floor) = floor {
                     self.watch(floor, elapsed, now);
@@ -277,6 +325,12 @@ impl Moderation {
                     self.begin_probe(now);
                     return self.delivery;
                 }
+                if self.epoch_disturbed && self.disturbed_epochs < MAX_DISTURBED {
+                    // The same epoch again.
+                    self.disturbed_epochs += 1;
+                    self.start_epoch(now);
+                    return self.delivery;
+                }
                 if self.epoch_completions < LIGHT_EPOCH {
                     self.choose(Delivery::AtOnce, now, false, 0.0);
                     return self.delivery;
@@ -292,13 +346,11 @@ impl Moderation {
                 let epoch = epoch + 1;
                 if epoch == PROBE_EPOCHS {
                     self.stats.probes += 1;
-                    // Batching only when every batched epoch beat every
-                    // epoch at once, and its median by the margin: a wrong
-                    // choice of batching costs more than a wrong choice of
-                    // signals at once.
-                    let apart = min(batched) > max(at_once);
+                    // Medians, so that one slow epoch of either does not
+                    // decide; a wrong choice of batching is watched and
+                    // costs milliseconds.
                     let (at_once, batched) = (median(at_once), median(batched));
-                    let choice = if apart && batched > at_once * MARGIN {
+                    let choice = if batched > at_once * MARGIN {
                         Delivery::Batched
                     } else {
                         Delivery::AtOnce
@@ -327,6 +379,7 @@ impl Moderation {
     }
 
     fn begin_probe(&mut self, now: Instant) {
+        self.disturbed_epochs = 0;
         self.phase = Phase::Probe {
             epoch: 0,
             at_once: [0.0; PROBE_EPOCHS as usize / 2],
@@ -335,10 +388,10 @@ impl Moderation {
         self.switch_to(probe_delivery(0), now);
     }
 
-    /// A kept choice of batching, at a pass `elapsed` into its epoch: ends
-    /// it, for signals at once kept `KEEP_DECISIVE`, after
+    /// A kept choice of batching, at a pass `elapsed` into its epoch: after
     /// `FALLBACK_EPOCHS` epochs in a row below `floor` (the probe's rate
-    /// at once) divided by `DECISIVE`.
+    /// at once) divided by `DECISIVE`, probes again, or, when that probe
+    /// was itself a recheck, sends signals at once for `KEEP_DECISIVE`.
     fn watch(&mut self, floor: f64, elapsed: Duration, now: Instant) {
         if self.measure_from.is_some_and(|from| now < from) {
             // Warming up after the switch to batching.
@@ -348,7 +401,11 @@ impl Moderation {
         if elapsed < EPOCH {
             return;
         }
-        if elapsed <= IDLE_EPOCH {
+        if self.epoch_disturbed && self.disturbed_epochs < MAX_DISTURBED {
+            // Neither low nor high.
+            self.disturbed_epochs += 1;
+        } else if elapsed <= IDLE_EPOCH {
+            self.disturbed_epochs = 0;
             let rate = self.epoch_completions as f64 / elapsed.as_secs_f64();
             // A collapse, not a dip: the probe's own epochs vary by more
             // than a few percent, and a floor measured just after batched
@@ -361,10 +418,18 @@ impl Moderation {
         }
         if self.low_epochs >= FALLBACK_EPOCHS {
             self.stats.fallbacks += 1;
-            // As a probe that batching lost by far: re-probing at once could
-            // let the shape that collapsed win again, and collapse again.
-            self.last_choice = None;
-            self.choose(Delivery::AtOnce, now, true, 0.0);
+            self.low_epochs = 0;
+            if self.rechecking {
+                // The recheck's probe let batching win and it collapsed
+                // again: the driver's shape under batching, which a probe's
+                // short epochs do not see. As a probe that batching lost by
+                // far.
+                self.last_choice = None;
+                self.choose(Delivery::AtOnce, now, true, 0.0);
+            } else {
+                self.rechecking = true;
+                self.begin_probe(now);
+            }
         } else {
             self.start_epoch(now);
         }
@@ -387,6 +452,10 @@ impl Moderation {
         };
         self.last_choice = Some(choice);
         self.low_epochs = 0;
+        self.disturbed_epochs = 0;
+        if choice == Delivery::AtOnce {
+            self.rechecking = false;
+        }
         self.phase = Phase::Keep {
             until: now + self.keep,
             floor: (choice == Delivery::Batched).then_some(at_once),
@@ -396,18 +465,9 @@ impl Moderation {
 
     fn start_epoch(&mut self, now: Instant) {
         self.epoch_start = Some(now);
+        self.epoch_disturbed = false;
         self.epoch_completions = 0;
     }
-}
-
-/// The least of three rates.
-fn min(rates: [f64; 3]) -> f64 {
-    rates.into_iter().fold(f64::INFINITY, f64::min)
-}
-
-/// The greatest of three rates.
-fn max(rates: [f64; 3]) -> f64 {
-    rates.into_iter().fold(0.0, f64::max)
 }
 
 /// The median of three rates.
@@ -447,10 +507,24 @@ mod tests {
         ms: u64,
         rate: impl Fn(Delivery, Instant) -> u64,
     ) -> Instant {
+        drive_paused(moderation, start, ms, rate, &[])
+    }
+
+    /// `drive_at` with no passes during the `pauses` (from, to): the
+    /// device's or the driver's thread did not run.
+    fn drive_paused(
+        moderation: &mut Moderation,
+        start: Instant,
+        ms: u64,
+        rate: impl Fn(Delivery, Instant) -> u64,
+        pauses: &[(Instant, Instant)],
+    ) -> Instant {
         let mut now = start;
         for _ in 0..ms * 10 {
-            let delivery = moderation.start_pass_at(now);
-            moderation.end_pass(rate(delivery, now) / 10);
+            if !pauses.iter().any(|&(from, to)| now >= from && now < to) {
+                let delivery = moderation.start_pass_at(now);
+                moderation.end_pass_at(rate(delivery, now) / 10, now);
+            }
             now += Duration::from_micros(100);
         }
         now
@@ -518,36 +592,106 @@ mod tests {
     }
 
     #[test]
-    fn a_kept_choice_of_batching_that_collapses_is_given_up_within_milliseconds() {
+    fn a_kept_choice_of_batching_that_collapses_is_probed_again_within_milliseconds() {
         let mut m = Moderation::new();
         let now = choose_batching(&mut m, Instant::now());
         // A dip below the probe's rate at once, not a collapse: kept.
-        let now = drive(&mut m, now, 100, |d| match d {
+        let mut now = drive(&mut m, now, 100, |d| match d {
             Delivery::AtOnce => 1000,
             Delivery::Batched => 900,
         });
         assert_eq!((m.delivery(), m.stats().fallbacks), (Delivery::Batched, 0));
         // The driver falls into sleeping through each pass: batching now
-        // completes half of what signals at once did. Long before the 500 ms
-        // the choice was kept for, signals go at once again, and stay so
-        // (no probe) for `KEEP_DECISIVE`.
+        // completes half of what signals at once did. Long before the 250 ms
+        // the choice was kept for, a probe starts with signals at once.
         let probes = m.stats().probes;
-        let now = drive(&mut m, now, 20, |d| match d {
+        let collapsed = |d| match d {
             Delivery::AtOnce => 1000,
             Delivery::Batched => 500,
-        });
-        assert_eq!(m.stats().fallbacks, 1);
+        };
+        let mut waited_ms = 0;
+        while m.stats().fallbacks == 0 {
+            now = drive(&mut m, now, 1, collapsed);
+            waited_ms += 1;
+            assert!(waited_ms <= 12, "no fallback after {waited_ms} ms");
+        }
         assert_eq!(m.delivery(), Delivery::AtOnce);
+        assert!(matches!(m.phase, Phase::Probe { .. }), "{:?}", m.phase);
+        // The probe confirms it: signals at once, with no probe for
+        // `KEEP_DECISIVE`.
+        let now = drive(&mut m, now, 50, collapsed);
+        assert_eq!(m.stats().probes, probes + 1);
+        assert_eq!(m.last_choice, Some(Delivery::AtOnce));
         drive(
             &mut m,
             now,
             KEEP_DECISIVE.as_millis() as u64 - 100,
-            |d| match d {
-                Delivery::AtOnce => 1000,
-                Delivery::Batched => 500,
-            },
+            collapsed,
         );
-        assert_eq!(m.stats().probes, probes);
+        assert_eq!(m.stats().probes, probes + 1);
+        assert_eq!(m.delivery(), Delivery::AtOnce);
+        assert_eq!(m.stats().fallbacks, 1);
+    }
+
+    #[test]
+    fn a_collapse_that_the_next_probe_does_not_confirm_keeps_batching() {
+        let mut m = Moderation::new();
+        let now = choose_batching(&mut m, Instant::now());
+        // 10 ms in which the machine, not the delivery, halves the rate
+        // (another process had the CPU): batching looks collapsed.
+        let slow_from = now + Duration::from_millis(50);
+        let slow_to = slow_from + Duration::from_millis(10);
+        let rate = |d, t: Instant| {
+            let rate = match d {
+                Delivery::AtOnce => 1000,
+                Delivery::Batched => 1300,
+            };
+            if t >= slow_from && t < slow_to {
+                rate / 2
+            } else {
+                rate
+            }
+        };
+        drive_at(&mut m, now, 200, rate);
+        let s = m.stats();
+        assert_eq!(
+            (s.fallbacks, s.probes, s.batched_choices),
+            (1, 2, 2),
+            "{s:?}"
+        );
+        assert_eq!(m.delivery(), Delivery::Batched);
+    }
+
+    #[test]
+    fn batching_that_collapses_again_after_a_new_probe_goes_at_once_for_seconds() {
+        // A driver that settles into sleeping through every pass 10 ms
+        // after a switch to batching: longer than a probe's batched epochs
+        // last, so each probe lets batching win.
+        let start = Instant::now();
+        let mut m = Moderation::new();
+        let switched = std::cell::Cell::new((start, Delivery::AtOnce));
+        let rate = |d, now: Instant| {
+            if d != switched.get().1 {
+                switched.set((now, d));
+            }
+            match d {
+                Delivery::AtOnce => 1000,
+                Delivery::Batched if now - switched.get().0 < Duration::from_millis(10) => 1300,
+                Delivery::Batched => 500,
+            }
+        };
+        let now = drive_at(&mut m, start, 400, rate);
+        let s = m.stats();
+        assert_eq!((s.fallbacks, s.batched_choices), (2, 2), "{s:?}");
+        assert_eq!(m.delivery(), Delivery::AtOnce);
+        drive_at(&mut m, now, KEEP_DECISIVE.as_millis() as u64 - 500, rate);
+        assert_eq!(
+            m.stats(),
+            ModerationStats {
+                at_once_passes: m.stats().at_once_passes,
+                ..s
+            }
+        );
         assert_eq!(m.delivery(), Delivery::AtOnce);
     }
 
@@ -571,6 +715,51 @@ mod tests {
         }
         assert_eq!(most_low, 1, "the slow stretch made one epoch low");
         assert_eq!((m.delivery(), m.stats().fallbacks), (Delivery::Batched, 0));
+    }
+
+    #[test]
+    fn a_kept_choice_of_batching_survives_epochs_that_the_machine_disturbed() {
+        let mut m = Moderation::new();
+        let now = choose_batching(&mut m, Instant::now());
+        // Twice, 2.5 ms in which no pass ran (the host had the CPU): two
+        // epochs in a row far below the floor, but they say nothing about
+        // the delivery.
+        let ms = Duration::from_micros(1000);
+        let p1 = now + 50 * ms;
+        let p2 = p1 + 4 * ms;
+        let pauses = [(p1, p1 + 5 * ms / 2), (p2, p2 + 5 * ms / 2)];
+        let batching = |d, _| match d {
+            Delivery::AtOnce => 1000,
+            Delivery::Batched => 1300,
+        };
+        drive_paused(&mut m, now, 100, batching, &pauses);
+        let s = m.stats();
+        assert_eq!((s.fallbacks, s.probes), (0, 1), "{s:?}");
+        assert_eq!(m.delivery(), Delivery::Batched);
+    }
+
+    #[test]
+    fn a_probe_measures_a_disturbed_epoch_again() {
+        // Batching wins, but the host takes the CPU for 2 ms in the first
+        // probe's first batched epoch (after its warm-up): judged as it
+        // was, that epoch would be below every epoch at once.
+        let start = Instant::now();
+        let ms = Duration::from_micros(1000);
+        let pause = start + STARTUP + 6 * ms;
+        let mut m = Moderation::new();
+        drive_paused(
+            &mut m,
+            start,
+            150,
+            |d, _| match d {
+                Delivery::AtOnce => 1000,
+                Delivery::Batched => 1300,
+            },
+            &[(pause, pause + 2 * ms)],
+        );
+        let s = m.stats();
+        assert_eq!((s.probes, s.batched_choices), (1, 1), "{s:?}");
+        assert_eq!(m.delivery(), Delivery::Batched);
     }
 
     #[test]

@@ -46,12 +46,15 @@ pub const MAX_QUEUE_SIZE: usize = 1024;
 pub const SEG_MAX: u32 = 126;
 /// The block size the device advertises, in bytes.
 pub const BLK_SIZE: u32 = 512;
-/// How long a worker polls its queues after a pass by default (µs): a
-/// QEMU IOThread's `poll-max-ns` default (32768 ns). Waking a thread whose
-/// CPU has gone idle costs tens of microseconds in a VM (a halted vCPU);
-/// a driver that resubmits within the window is served without that, and
-/// the window shrinks to nothing under a load that does not.
-pub const DEFAULT_POLL_US: u64 = 32;
+/// How long a worker polls its queues after a pass by default (µs). It
+/// must outlast a driver's turnaround, which includes waking the driver:
+/// tens of microseconds when its CPU has gone idle in a VM (a halted
+/// vCPU), so QEMU's `poll-max-ns` default (32768 ns, set for bare metal)
+/// misses most of them there and both sides sleep every round trip. The
+/// window adapts (see `request::Poller`): it grows only up to the waits it
+/// would have caught, and shrinks to nothing under a load whose waits are
+/// longer than this.
+pub const DEFAULT_POLL_US: u64 = 128;
 
 /// The virtio features the device offers: VERSION_1, EVENT_IDX (when
 /// `event_idx`), INDIRECT_DESC, and virtio-blk's SEG_MAX, BLK_SIZE, FLUSH

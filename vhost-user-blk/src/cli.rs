@@ -30,7 +30,7 @@ pattern: each 8-byte word holds its byte offset on the disk (little-endian).
   --no-event-idx        do not offer EVENT_IDX: every completion needs a signal
   --poll-us N           after a pass, poll the queues for up to N us (the window
                         adapts to the load) before sleeping until a kick, as a
-                        QEMU IOThread's poll-max-ns does (default 32; 0: never)
+                        QEMU IOThread's poll-max-ns does (default 128; 0: never)
   --latency-us N        an asynchronous disk: a request completes N us after the
                         device pops it, with all others due by then, in one pass
                         (as io_uring completions come in bursts; default 0)
@@ -295,6 +295,12 @@ mod tests {
             slow.contains("--latency-us") && slow.contains("2000000"),
             "{slow}"
         );
+    }
+
+    #[test]
+    fn the_usage_states_the_default_poll_window() {
+        let default = format!("(default {DEFAULT_POLL_US}; 0: never)");
+        assert!(USAGE.contains(&default), "USAGE does not say {default}");
     }
 
     #[test]
