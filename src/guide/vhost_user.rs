@@ -112,17 +112,19 @@
 //! ```
 //!
 //! Batching pays only if the device does not sleep while the driver
-//! resubmits: the workspace's backend polls its queues for up to 32 µs
-//! after a pass (as a QEMU IOThread's `poll-max-ns`), so the driver's next
-//! batch is served without a kick or a wake-up. Then a pass's single signal
-//! wakes the driver once for the whole pass, and both sides settle into
-//! passes that neither sleeps through: with libblkio's driver, up to 1.2x
-//! per-request IOPS with two queues on one worker, and up to 1.6x without
-//! EVENT_IDX (BENCHMARKS.md, "libblkio against the backend"). Where the driver has a
-//! CPU of its own and reaps while the device completes (one queue, iodepth
-//! 16 to 64), holding the signal costs it that overlap, and batching every
-//! pass loses up to half the IOPS: that is the case the moderation measures
-//! and avoids.
+//! resubmits: the workspace's backend polls its queues for up to 128 µs
+//! after a pass (as a QEMU IOThread's `poll-max-ns`, but longer than
+//! QEMU's 32 µs default, which is shorter than waking an idle vCPU in a
+//! VM), so the driver's next batch is served without a kick or a wake-up.
+//! Then a pass's single signal wakes the driver once for the whole pass,
+//! and both sides settle into passes that neither sleeps through: with
+//! libblkio's driver, up to 1.3x per-request IOPS at iodepth 64, and up to
+//! 1.6x without EVENT_IDX (BENCHMARKS.md, "libblkio against the backend").
+//! A device thread that sleeps as soon as its queues are empty turns each
+//! held signal into two wake-ups per round trip when the driver has a CPU
+//! of its own (one queue, iodepth 16 to 64), and batching every pass loses
+//! up to half the IOPS: that is the case the moderation measures and
+//! avoids.
 //!
 //! To batch every pass, hold `read_lock()` across each one and call
 //! [`notify`] directly; to signal each completion, call
