@@ -127,8 +127,8 @@ pub struct Moderation {
     /// Whether the device was idle longer than `DISTURBED` between two
     /// passes of the current epoch.
     epoch_disturbed: bool,
-    /// Epochs of the current probe, or of the current keep's watch, that
-    /// were not judged because they were disturbed.
+    /// Disturbed epochs measured again instead of judged: in the current
+    /// probe, or in a row in the current keep's watch.
     disturbed_epochs: u32,
     /// Passes before this are a warm-up, not measured (see `WARMUP`).
     measure_from: Option<Instant>,
@@ -188,6 +188,7 @@ const IDLE_EPOCH: Duration = Duration::from_millis(40);
 /// `MAX_DISTURBED` epochs in a row (a load whose own gaps are this long is
 /// judged as it is).
 const DISTURBED: Duration = Duration::from_millis(1);
+/// See `DISTURBED`.
 const MAX_DISTURBED: u32 = 4;
 /// Fewer completions than this in a probe epoch: the load is too light for
 /// the choice to matter; signals go at once.
