@@ -6,7 +6,7 @@
 //! cargo run --release --example urcu_workload -- nr_readers nr_writers duration \
 //!     [-c reader_loops] [-d writer_delay_loops] [-e writer_loops] \
 //!     [--flavor membarrier|fence|qsbr] [--no-sections | --counter-sections |
-//!     --floor-sections] [-v]
+//!     --floor-sections | --bare-qsbr] [-v]
 //! ```
 //!
 //! One pointer to an integer that holds 8. Each reader loops: enter a read
@@ -56,6 +56,15 @@
 //! semantics add to any section (the outermost entry's location, the
 //! outermost exit's test for deferred calls). The floor for a section that
 //! does what rcu-defer's online sections must do, in this workload.
+//!
+//! `--bare-qsbr` (with `--flavor qsbr` only): no rcu-defer at all. The
+//! readers run `--no-sections`' loop, and their quiescent states and the
+//! writers' grace periods are the least QSBR that keeps the workload
+//! correct (the `bare` module: a slot per reader, a counter the writer
+//! bumps and waits on). It is the same program with the library taken out:
+//! what the loop and the harness cost on their own, so that rcu-defer's
+//! online readers can be set beside it rather than beside a C program
+//! whose loop the compiler lays out differently.
 
 #[path = "../benches/common/floor_section.rs"]
 mod floor_section;
@@ -95,6 +104,8 @@ struct Config {
     qsbr: bool,
     /// What each read is inside.
     sections: Sections,
+    /// `--bare-qsbr`: the `bare` module's QSBR instead of rcu-defer.
+    bare: bool,
     verbose: bool,
 }
 
@@ -132,6 +143,9 @@ fn usage(prog: &str) -> ExitCode {
     println!("\t[--no-sections] (online readers read with no section; qsbr only)");
     println!("\t[--counter-sections] (online readers read inside a bare thread-local counter; qsbr only)");
     println!("\t[--floor-sections] (online readers read inside the least section with rcu-defer's semantics; qsbr only)");
+    println!(
+        "\t[--bare-qsbr] (readers and writers use a bare QSBR instead of rcu-defer; qsbr only)"
+    );
     println!("\t[-v] (verbose output)");
     println!();
     ExitCode::FAILURE
@@ -155,7 +169,13 @@ fn wait_until_go() {
 /// One reader: returns how many reads it made. Each mode has its own loop,
 /// as liburcu has one program per flavor.
 fn reader(config: &Config) -> u64 {
-    if config.qsbr {
+    if config.bare {
+        let slot = bare::register();
+        wait_until_go();
+        let reads = read_loop::<NONE>(config.rduration, config.verbose, || bare::quiescent(slot));
+        bare::offline(slot);
+        reads
+    } else if config.qsbr {
         let online = online();
         wait_until_go();
         let quiescent = || online.quiescent();
@@ -257,7 +277,11 @@ fn writer(config: &Config) -> u64 {
         if config.wduration != 0 {
             loop_sleep(config.wduration);
         }
-        synchronize_rcu();
+        if config.bare {
+            bare::synchronize();
+        } else {
+            synchronize_rcu();
+        }
         if !old.is_null() {
             // SAFETY: `old` came from `Box::into_raw` and was unpublished
             // before the grace period, which every reader that could reach
@@ -291,6 +315,7 @@ fn parse(args: &[String]) -> Option<Config> {
         wdelay: 0,
         qsbr: false,
         sections: Sections::Read,
+        bare: false,
         verbose: false,
     };
     let mut flavor = None;
@@ -304,6 +329,7 @@ fn parse(args: &[String]) -> Option<Config> {
             "--no-sections" => config.sections = Sections::None,
             "--counter-sections" => config.sections = Sections::Counter,
             "--floor-sections" => config.sections = Sections::Floor,
+            "--bare-qsbr" => config.bare = true,
             "--flavor" => {
                 flavor = match rest.next()?.as_str() {
                     "membarrier" => Some(Flavor::Membarrier),
@@ -324,11 +350,17 @@ fn parse(args: &[String]) -> Option<Config> {
             return None;
         }
     }
-    if config.sections != Sections::Read && !config.qsbr {
+    if (config.sections != Sections::Read || config.bare) && !config.qsbr {
         // Ordinary readers are protected only by their sections.
         eprintln!(
-            "urcu_workload: --no-sections, --counter-sections and --floor-sections need \
-             --flavor qsbr (online readers)"
+            "urcu_workload: --no-sections, --counter-sections, --floor-sections and \
+             --bare-qsbr need --flavor qsbr (online readers)"
+        );
+        return None;
+    }
+    if config.bare && config.sections != Sections::Read {
+        eprintln!(
+            "urcu_workload: --bare-qsbr reads with no sections; it takes no other section option"
         );
         return None;
     }
@@ -347,8 +379,13 @@ fn main() -> ExitCode {
             config.duration,
             config.nr_readers,
             config.nr_writers,
-            rcu_defer::flavor(),
+            if config.bare {
+                "unused".to_string()
+            } else {
+                rcu_defer::flavor().to_string()
+            },
             match (config.qsbr, config.sections) {
+                _ if config.bare => ", bare QSBR readers (no rcu-defer)",
                 (true, Sections::Read) => ", online readers",
                 (true, Sections::None) => ", online readers with no read sections",
                 (true, Sections::Counter) => ", online readers with a bare counter for sections",
@@ -356,6 +393,9 @@ fn main() -> ExitCode {
                 _ => "",
             }
         );
+    }
+    if config.bare {
+        bare::init(config.nr_readers as usize);
     }
     let config = &config;
     let (reads, writes) = thread::scope(|s| {
@@ -404,4 +444,135 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// `--bare-qsbr`: the least quiescent-state-based RCU that keeps the
+/// workload correct, with nothing of rcu-defer in it. Each reader has a
+/// slot on a line of its own holding the grace-period counter's value at
+/// its last quiescent state (`OFFLINE` when it is not reading); a writer
+/// bumps the counter and waits until every slot has reached the new value:
+/// it spins a little, then sleeps until a reader's quiescent state wakes
+/// it, as liburcu's urcu-qsbr writers do (a writer that only spun would
+/// hold up a reader that shares its CPU for a whole time slice).
+mod bare {
+    use std::hint::spin_loop;
+    use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    use std::sync::{Mutex, OnceLock};
+    use std::thread::{self, Thread};
+    use std::time::{Duration, Instant};
+
+    /// A counter alone on its line pair (adjacent-line prefetching).
+    #[repr(align(128))]
+    struct Slot(AtomicU64);
+
+    /// A slot's value while its reader is not reading: later than any
+    /// grace period.
+    const OFFLINE: u64 = u64::MAX;
+    /// How long a writer spins before it sleeps: longer than a reader
+    /// takes between quiescent states here (about 2.5 µs), as liburcu's
+    /// writers spin for theirs.
+    const SPIN_FOR: Duration = Duration::from_micros(20);
+
+    static GP: Slot = Slot(AtomicU64::new(1));
+    static SLOTS: OnceLock<Box<[Slot]>> = OnceLock::new();
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    /// Set by a writer about to sleep: the next quiescent state wakes the
+    /// writers in `SLEEPERS`.
+    static WAITING: AtomicBool = AtomicBool::new(false);
+    static SLEEPERS: Mutex<Vec<Thread>> = Mutex::new(Vec::new());
+
+    /// Makes a slot for each of `readers` readers, before they start.
+    pub fn init(readers: usize) {
+        SLOTS.get_or_init(|| {
+            (0..readers)
+                .map(|_| Slot(AtomicU64::new(OFFLINE)))
+                .collect()
+        });
+    }
+
+    fn slots() -> &'static [Slot] {
+        SLOTS
+            .get()
+            .expect("bare::init runs before the threads start")
+    }
+
+    /// Takes the next slot and reports a first quiescent state: the caller
+    /// reads from here on.
+    pub fn register() -> usize {
+        // Relaxed: only hands out distinct indices.
+        let slot = NEXT.fetch_add(1, Ordering::Relaxed);
+        publish(slot, GP.0.load(Ordering::Acquire));
+        slot
+    }
+
+    /// A quiescent state: the reader holds nothing it loaded before.
+    #[inline]
+    pub fn quiescent(slot: usize) {
+        // Acquire pairs with the writer's bump (AcqRel): the reader's later
+        // loads see what the writer unpublished before it.
+        let gp = GP.0.load(Ordering::Acquire);
+        // Relaxed: the reader's own slot.
+        if slots()[slot].0.load(Ordering::Relaxed) != gp {
+            publish(slot, gp);
+        }
+    }
+
+    fn publish(slot: usize, value: u64) {
+        // Release: the reader's loads before this point happen before the
+        // free of a writer whose scan reads this value.
+        slots()[slot].0.store(value, Ordering::Release);
+        // Pairs with the writer's fence between its bump and its scan:
+        // either the scan sees this store, or the reader's next loads see
+        // everything the writer unpublished before its bump. And with the
+        // fence after a writer sets `WAITING`: either its rescan sees this
+        // store, or the load below sees `WAITING`.
+        fence(Ordering::SeqCst);
+        // Relaxed: ordered by the fences.
+        if WAITING.load(Ordering::Relaxed) {
+            WAITING.store(false, Ordering::Relaxed);
+            for writer in SLEEPERS.lock().unwrap().iter() {
+                writer.unpark();
+            }
+        }
+    }
+
+    /// The reader stops reading: grace periods no longer wait for it.
+    pub fn offline(slot: usize) {
+        publish(slot, OFFLINE);
+    }
+
+    /// Waits until every reader has reported a quiescent state after the
+    /// call began (or gone offline).
+    pub fn synchronize() {
+        // AcqRel, and the fence: pair with the reader's Acquire load of the
+        // counter and with its fence in `publish`.
+        let gp = GP.0.fetch_add(1, Ordering::AcqRel) + 1;
+        fence(Ordering::SeqCst);
+        let spin_until = Instant::now() + SPIN_FOR;
+        for slot in slots() {
+            // Acquire pairs with the reader's Release store: its loads
+            // before the quiescent state happen before the caller's free.
+            while slot.0.load(Ordering::Acquire) < gp {
+                if Instant::now() < spin_until {
+                    spin_loop();
+                    continue;
+                }
+                {
+                    let mut sleepers = SLEEPERS.lock().unwrap();
+                    if !sleepers.iter().any(|t| t.id() == thread::current().id()) {
+                        sleepers.push(thread::current());
+                    }
+                }
+                // Relaxed, then the fence: pairs with the reader's fence in
+                // `publish` (see there).
+                WAITING.store(true, Ordering::Relaxed);
+                fence(Ordering::SeqCst);
+                if slot.0.load(Ordering::Acquire) < gp {
+                    // A wake-up that raced with another writer's is caught
+                    // by the timeout.
+                    thread::park_timeout(Duration::from_millis(1));
+                }
+            }
+        }
+    }
 }
